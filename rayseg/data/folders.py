@@ -1,0 +1,279 @@
+"""Readers for on-disk datasets: VOC-style segmentation folders and ImageFolder classification trees.
+
+Every sample is validated when it is loaded (decodable image, single-channel mask of the image's size,
+label values in range). A bad sample raises ``BadSampleError`` (message = file path + reason), or, with
+``skip_bad=True``, comes back as a *marker* ``{"bad": True, "id": ..., "reason": ...}`` that
+``collate_skip_bad`` drops from the batch while reporting it under ``batch["skipped"]``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile
+from torch.utils.data import Dataset, default_collate
+from torchvision import tv_tensors
+from torchvision.datasets.folder import find_classes, make_dataset
+
+from rayseg.data.errors import BadSampleError
+from rayseg.data.transforms import to_float_image, to_float_pair
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageFolderClassification",
+    "VOCSegmentationFolder",
+    "collate_skip_bad",
+    "load_mask",
+    "load_rgb",
+    "voc_palette",
+]
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png")
+# What PIL raises on corrupt / truncated / hostile files (SyntaxError: broken PNG chunks).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+def voc_palette(n: int = 256) -> np.ndarray:
+    """The PASCAL VOC colour map as an ``(n, 3)`` uint8 array (label 255 -> (224, 224, 192))."""
+    ids = np.arange(n)
+    cmap = np.zeros((n, 3), np.uint8)
+    for bit in range(8):
+        for ch in range(3):
+            cmap[:, ch] |= (((ids >> (3 * bit + ch)) & 1) << (7 - bit)).astype(np.uint8)
+    return cmap
+
+
+def _reason(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def load_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Fully decode an image as uint8 HxWx3; raise ``BadSampleError`` if it is missing or corrupt."""
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))  # convert() forces the decode of the whole file
+    except FileNotFoundError:
+        raise BadSampleError(path, "file not found") from None
+    except _DECODE_ERRORS as exc:
+        raise BadSampleError(path, f"cannot decode image ({_reason(exc)})") from None
+
+
+def load_mask(path: str | os.PathLike) -> np.ndarray:
+    """Decode a single-channel ("P" or "L") label PNG as uint8 HxW of raw pixel values (palette indices)."""
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("P", "L"):
+                raise BadSampleError(path, f"mask must be a single-channel 'P' or 'L' image, got mode {img.mode!r}")
+            return np.asarray(img)
+    except FileNotFoundError:
+        raise BadSampleError(path, "file not found") from None
+    except _DECODE_ERRORS as exc:
+        raise BadSampleError(path, f"cannot decode mask ({_reason(exc)})") from None
+
+
+def _warn_if_truncation_allowed() -> None:
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        warnings.warn(
+            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True: truncated images will load silently", stacklevel=3
+        )
+
+
+def collate_skip_bad(batch: Sequence[dict | None]) -> dict | None:
+    """``DataLoader`` collate_fn for datasets built with ``skip_bad=True``.
+
+    Drops bad-sample markers (``{"bad": True, "id", "reason"}``) and stacks the good samples with
+    ``default_collate``; the batch dict gets ``"skipped": [(id, reason), ...]`` (empty if none). Returns
+    None when every sample of the batch was bad, so the training loop simply skips that batch.
+    """
+    good, skipped = [], []
+    for sample in batch:
+        if sample is None:
+            skipped.append(("<unknown>", "dataset returned None"))
+        elif sample.get("bad"):
+            skipped.append((sample["id"], sample["reason"]))
+        else:
+            good.append(sample)
+    if not good:
+        return None
+    out = default_collate(good)
+    out["skipped"] = skipped
+    return out
+
+
+class _SkipBadMixin:
+    """Shared ``skip_bad`` handling: turn a ``BadSampleError`` into a marker and remember it."""
+
+    skip_bad: bool
+    bad_samples: dict[str, str]
+
+    def _load_or_mark(self, sample_id: str, load: Callable[[], dict]) -> dict:
+        try:
+            return load()
+        except BadSampleError as exc:
+            if not self.skip_bad:
+                raise
+            self.bad_samples[sample_id] = str(exc)
+            return {"bad": True, "id": sample_id, "reason": str(exc)}
+
+
+class VOCSegmentationFolder(_SkipBadMixin, Dataset):
+    """Segmentation dataset in PASCAL VOC layout.
+
+    ``root/JPEGImages/<id>.(jpg|jpeg|png)``, ``root/SegmentationClass/<id>.png`` ("P" or "L" PNG whose pixel
+    values are label ids), ``root/ImageSets/Segmentation/<split>.txt`` (one id per line).
+
+    ``label_map`` remaps raw mask values Cityscapes-style (raw -> train id); raw values missing from it become
+    ``ignore_index``. Samples: ``{"image": float 3xHxW, "mask": int64 HxW, "id": str}``. With ``skip_bad``
+    a bad sample is returned as a marker (see ``collate_skip_bad``) and recorded in ``self.bad_samples``
+    (id -> reason; per process, so DataLoader workers keep their own).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "train",
+        num_classes: int | None = None,
+        transform: Callable | None = None,
+        label_map: Mapping[int, int] | None = None,
+        class_names: Sequence[str] | None = None,
+        skip_bad: bool = False,
+        ignore_index: int = 255,
+    ):
+        if num_classes is None:
+            if class_names is None:
+                raise ValueError("VOCSegmentationFolder needs num_classes (or class_names)")
+            num_classes = len(class_names)
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} entries but num_classes={num_classes}")
+        if not 0 < num_classes <= 255 or not 0 <= ignore_index <= 255 or ignore_index < num_classes:
+            raise ValueError(
+                f"need 0 < num_classes <= 255 and num_classes <= ignore_index <= 255, "
+                f"got num_classes={num_classes}, ignore_index={ignore_index}"
+            )
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{self.root}: dataset root not found")
+        split_file = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
+        if not split_file.is_file():
+            raise FileNotFoundError(f"{split_file}: split file not found")
+        self.split, self.num_classes, self.ignore_index = split, num_classes, ignore_index
+        self.class_names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)]
+        self.transform, self.skip_bad = transform, skip_bad
+        self.ids = split_file.read_text().split()
+        self.label_map = dict(label_map) if label_map is not None else None
+        self._lut = self._build_lut(self.label_map)
+        self.bad_samples = {}
+        _warn_if_truncation_allowed()
+
+    def _build_lut(self, label_map: dict[int, int] | None) -> np.ndarray | None:
+        """256-entry raw value -> label lookup table (None = identity)."""
+        if label_map is None:
+            return None
+        lut = np.full(256, self.ignore_index, np.uint8)
+        for raw, label in label_map.items():
+            if not 0 <= raw <= 255:
+                raise ValueError(f"label_map key {raw} is not a uint8 mask value")
+            if not (0 <= label < self.num_classes or label == self.ignore_index):
+                raise ValueError(f"label_map maps {raw} -> {label}, out of range for num_classes={self.num_classes}")
+            lut[raw] = label
+        return lut
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def image_path(self, sample_id: str) -> Path:
+        """The image file of ``sample_id`` (first existing of .jpg/.jpeg/.png; the .jpg path if none exist)."""
+        candidates = [self.root / "JPEGImages" / f"{sample_id}{ext}" for ext in IMAGE_EXTENSIONS]
+        return next((p for p in candidates if p.is_file()), candidates[0])
+
+    def mask_path(self, sample_id: str) -> Path:
+        return self.root / "SegmentationClass" / f"{sample_id}.png"
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Load and validate sample ``i``: (uint8 HxWx3 image, uint8 HxW remapped mask). Raises BadSampleError."""
+        sample_id = self.ids[i]
+        image_path, mask_path = self.image_path(sample_id), self.mask_path(sample_id)
+        image = load_rgb(image_path)
+        mask = load_mask(mask_path)
+        if mask.shape != image.shape[:2]:
+            raise BadSampleError(
+                mask_path,
+                f"mask size {mask.shape[0]}x{mask.shape[1]} (HxW) does not match image size "
+                f"{image.shape[0]}x{image.shape[1]} of {image_path}",
+            )
+        if self._lut is not None:
+            mask = self._lut[mask]
+        present = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
+        bad = present[(present >= self.num_classes) & (present != self.ignore_index)]
+        if bad.size:
+            raise BadSampleError(mask_path, f"label values {bad.tolist()} out of range for num_classes={self.num_classes}")
+        return image, mask
+
+    def _sample(self, i: int) -> dict:
+        image, mask = self.load(i)
+        image_t = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1).contiguous())
+        mask_t = tv_tensors.Mask(torch.from_numpy(mask).to(torch.int64))
+        image_t, mask_t = (self.transform or to_float_pair)(image_t, mask_t)
+        return {"image": image_t, "mask": mask_t, "id": self.ids[i]}
+
+    def __getitem__(self, i: int) -> dict:
+        return self._load_or_mark(self.ids[i], lambda: self._sample(i))
+
+
+class ImageFolderClassification(_SkipBadMixin, Dataset):
+    """Classification tree ``root/<class_name>/*.(png|jpg|jpeg)`` with torchvision ImageFolder semantics.
+
+    Classes are the sorted sub-folder names. Samples: ``{"image": float 3xHxW, "label": int, "id": relative
+    path}``; with ``mask_root`` (e.g. the ``<root>_masks`` tree of ``write_image_folder``) also
+    ``"true_mask"``: bool HxW from ``mask_root/<relative path with .png suffix>``. ``transform`` is image-only.
+    Bad images: ``BadSampleError``, or markers with ``skip_bad`` (see ``collate_skip_bad``).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        transform: Callable | None = None,
+        skip_bad: bool = False,
+        extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+        mask_root: str | os.PathLike | None = None,
+    ):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{self.root}: image folder not found")
+        self.mask_root = Path(mask_root) if mask_root is not None else None
+        if self.mask_root is not None and not self.mask_root.is_dir():
+            raise FileNotFoundError(f"{self.mask_root}: mask folder not found")
+        self.class_names, class_to_idx = find_classes(self.root)
+        self.num_classes = len(self.class_names)
+        self.samples: list[tuple[str, int]] = make_dataset(self.root, class_to_idx, extensions=extensions)
+        self.transform, self.skip_bad = transform, skip_bad
+        self.bad_samples = {}
+        _warn_if_truncation_allowed()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def sample_id(self, i: int) -> str:
+        return Path(self.samples[i][0]).relative_to(self.root).as_posix()
+
+    def _sample(self, i: int) -> dict:
+        path, label = self.samples[i]
+        image = load_rgb(path)
+        image_t = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1).contiguous())
+        sample = {"label": label, "id": self.sample_id(i)}
+        if self.mask_root is not None:
+            mask_path = (self.mask_root / sample["id"]).with_suffix(".png")
+            mask = load_mask(mask_path)
+            if mask.shape != image.shape[:2]:
+                raise BadSampleError(mask_path, f"mask size {mask.shape} does not match image size {image.shape[:2]}")
+            sample["true_mask"] = torch.from_numpy(mask > 0)
+        sample["image"] = self.transform(image_t) if self.transform is not None else to_float_image(image_t)
+        return sample
+
+    def __getitem__(self, i: int) -> dict:
+        return self._load_or_mark(self.sample_id(i), lambda: self._sample(i))
