@@ -1,0 +1,88 @@
+"""Segmentation model = backbone + decoder + classifier, and torchvision image classifiers by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision import models as tvm
+
+from rayseg.models.backbones import Backbone, build_backbone
+from rayseg.models.heads import build_head
+
+
+class SegmentationModel(nn.Module):
+    """``backbone`` (feature dict) -> ``decoder`` (B x C x h x w) -> ``classifier`` (B x K x h x w) -> upsample.
+
+    ``classifier`` is any module mapping decoder features to logits (a 1x1 conv by default), so it can be
+    swapped. ``arch`` holds the build arguments as plain python values: ``build_model(**model.arch)``
+    rebuilds the same architecture.
+    """
+
+    def __init__(self, backbone: Backbone, decoder: nn.Module, num_classes: int, arch: dict[str, Any]):
+        super().__init__()
+        self.backbone = backbone
+        self.decoder = decoder
+        self.classifier = nn.Conv2d(decoder.out_channels, num_classes, 1)
+        self.arch = dict(arch, num_classes=num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> dict[str, Any]:
+        """``{"backbone": OrderedDict of levels, "decoder": B x C x h x w}``."""
+        features = self.backbone(x)
+        return {"backbone": features, "decoder": self.decoder(features)}
+
+    def classify(self, decoder_features: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+        """Classifier on decoder features, bilinearly upsampled to ``size`` (align_corners=False)."""
+        logits = self.classifier(decoder_features)
+        return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``B x num_classes x H x W`` at the input resolution."""
+        return self.classify(self.forward_features(x)["decoder"], x.shape[-2:])
+
+    def replace_classifier(self, num_classes: int) -> None:
+        """New, randomly initialised 1x1 conv classifier for ``num_classes`` (same device and dtype)."""
+        reference = next(self.decoder.parameters())
+        self.classifier = nn.Conv2d(self.decoder.out_channels, num_classes, 1).to(reference.device, reference.dtype)
+        self.arch["num_classes"] = num_classes
+
+    @property
+    def num_classes(self) -> int:
+        return self.arch["num_classes"]
+
+
+def build_model(
+    backbone: str = "resnet18",
+    head: str = "fcn",
+    num_classes: int = 21,
+    output_stride: int = 8,
+    channels: int = 128,
+    dropout: float = 0.1,
+) -> SegmentationModel:
+    """Build a randomly initialised segmentation model; ValueError on unknown names or unsupported strides."""
+    trunk = build_backbone(backbone, output_stride)
+    decoder = build_head(head, trunk.channels, channels, output_stride, dropout)
+    arch = {
+        "backbone": backbone,
+        "head": head,
+        "output_stride": int(output_stride),
+        "channels": int(channels),
+        "dropout": float(dropout),
+    }
+    return SegmentationModel(trunk, decoder, int(num_classes), arch)
+
+
+CLASSIFIERS = tuple(sorted(tvm.list_models(module=tvm)))  # torchvision image-classification architectures
+
+
+def build_classifier(name: str, num_classes: int) -> nn.Module:
+    """Randomly initialised torchvision image classifier ``name`` (e.g. resnet18, densenet121) for ``num_classes``."""
+    if name not in CLASSIFIERS:
+        raise ValueError(
+            f"unknown classifier {name!r}; use a torchvision classification model, e.g. resnet18, resnet50, "
+            f"mobilenet_v3_large, densenet121, efficientnet_b0, vgg11_bn, regnet_y_400mf "
+            f"({len(CLASSIFIERS)} in torchvision.models.list_models(module=torchvision.models))"
+        )
+    return tvm.get_model(name, weights=None, num_classes=num_classes)
