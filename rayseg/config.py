@@ -1,0 +1,325 @@
+"""Typed run configuration: dataclasses filled from one YAML file plus dotted ``key=value`` overrides.
+
+Every command validates its whole config before any Ray work starts. An unknown key, a value of the wrong
+type, a value outside its allowed choices or a missing file raises :class:`ConfigError` whose message is
+one line naming the key or the path; the CLI prints it and exits with code 2.
+
+A section is a dataclass; a field's ``metadata`` may carry ``choices`` (allowed values) and
+``doc`` (one line shown by ``rayseg config --explain``). Later methods add their own sections here.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported to the user as one line."""
+
+
+def _field(default: Any, doc: str = "", choices: tuple | None = None, **kw: Any) -> Any:
+    meta = {"doc": doc}
+    if choices is not None:
+        meta["choices"] = choices
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+@dataclass
+class RunSection:
+    name: str = _field("", "run folder name under storage; empty = <command>-<method>-<hash of the config>")
+    storage: str = _field("rayseg_runs", "root folder (or shared filesystem path) for every run's outputs")
+    seed: int = _field(0, "seed of data order, augmentation and initialisation")
+
+
+@dataclass
+class DataSection:
+    kind: str = _field("synthetic", "dataset reader", choices=("synthetic", "voc"))
+    root: str = _field("", "dataset folder (voc)")
+    domain: str = _field("A", "synthetic domain (A, B, C)")
+    train_split: str = _field("train", "split used for training")
+    val_split: str = _field("val", "split used for evaluation")
+    num_train: int = _field(512, "synthetic: number of training images")
+    num_val: int = _field(128, "synthetic: number of validation images")
+    image_size: int = _field(64, "synthetic: image side in pixels")
+    seed: int = _field(0, "synthetic: generator seed (fixed while run.seed varies)")
+    num_classes: int = _field(0, "voc: number of classes (label ids 0..num_classes-1, 255 = ignore)")
+    class_names: list[str] = _field([], "voc: optional class names")
+    label_map: dict[int, int] = _field({}, "raw label id -> train id (Cityscapes style); unmapped ids become ignore")
+    skip_bad: bool = _field(False, "skip and count unreadable or inconsistent samples instead of failing")
+    crop_size: int = _field(64, "training crop side")
+    base_size: int = _field(0, "training: reference side for random scaling; 0 = the image's own size")
+    scale_min: float = _field(0.5, "training: smallest random scale")
+    scale_max: float = _field(2.0, "training: largest random scale")
+    hflip: float = _field(0.5, "training: horizontal flip probability")
+    color_jitter: float = _field(0.2, "training: brightness/contrast/saturation jitter")
+    loader_workers: int = _field(0, "DataLoader worker processes per training worker")
+
+
+@dataclass
+class ModelSection:
+    backbone: str = _field("resnet18", "torchvision backbone", choices=(
+        "resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v3_large"))
+    head: str = _field("fcn", "decode head", choices=("fcn", "deeplabv3", "fpn"))
+    output_stride: int = _field(8, "backbone output stride", choices=(8, 16, 32))
+    channels: int = _field(128, "decode head width")
+    dropout: float = _field(0.1, "dropout before the classifier")
+    init_weights: str = _field("", "local weights file (backbone-only or backbone+head); empty = random init")
+
+
+@dataclass
+class OptimSection:
+    name: str = _field("sgd", "optimizer", choices=("sgd", "adamw"))
+    lr: float = _field(0.01, "base learning rate (for the total batch size of all workers)")
+    momentum: float = _field(0.9, "SGD momentum")
+    weight_decay: float = _field(1e-4, "weight decay")
+    betas: list[float] = _field([0.9, 0.999], "AdamW betas")
+    schedule: str = _field("poly", "learning-rate schedule", choices=("poly", "cosine", "step", "constant"))
+    poly_power: float = _field(0.9, "poly schedule power")
+    step_epochs: list[int] = _field([], "step schedule: epochs at which lr is multiplied by step_gamma")
+    step_gamma: float = _field(0.1, "step schedule factor")
+    warmup_steps: int = _field(0, "linear warm-up steps")
+    warmup_start: float = _field(0.1, "lr factor at the first warm-up step")
+    grad_clip: float = _field(0.0, "max gradient norm; 0 = no clipping")
+    head_lr_mult: float = _field(1.0, "lr multiplier of decoder + classifier parameters")
+
+
+@dataclass
+class TrainSection:
+    epochs: int = _field(10, "training epochs")
+    batch_size: int = _field(16, "images per worker per step")
+    num_workers: int = _field(1, "Ray Train workers; 0 = run in-process (Train local mode)")
+    use_gpu: bool = _field(False, "one GPU per worker (NCCL); false = CPU workers over gloo")
+    cpus_per_worker: float = _field(1.0, "CPUs reserved per training worker")
+    amp: bool = _field(True, "bf16 autocast on GPU (ignored on CPU)")
+    channels_last: bool = _field(False, "channels_last memory format")
+    checkpoint_every: int = _field(1, "save a checkpoint every N epochs (and after the last)")
+    keep_checkpoints: int = _field(2, "checkpoints kept")
+    log_every: int = _field(10, "progress line every N steps")
+    eval_every: int = _field(0, "evaluate every N epochs; 0 = after the last epoch only")
+    max_failures: int = _field(0, "worker-group restarts Ray Train may do from the last checkpoint")
+    max_steps_per_epoch: int = _field(0, "cap steps per epoch (quick runs); 0 = whole epoch")
+
+
+@dataclass
+class Config:
+    method: str = _field("supervised", "training objective", choices=("supervised",))
+    run: RunSection = field(default_factory=RunSection)
+    data: DataSection = field(default_factory=DataSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Short hash of everything that defines the run's result (not where it is stored)."""
+        d = self.to_dict()
+        d["run"] = {k: v for k, v in d["run"].items() if k not in ("name", "storage")}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+
+    def run_dir(self, command: str) -> str:
+        name = self.run.name or f"{command}-{self.method}-{self.fingerprint()}"
+        return os.path.join(os.path.abspath(self.run.storage), name)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Building a config from plain data
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and return it in that type (int -> float allowed)."""
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp)[:1]
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        k_tp, v_tp = typing.get_args(tp)
+        return {_coerce(k, k_tp, f"{key} key"): _coerce(v, v_tp, f"{key}.{k}") for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _suggest(name: str, options: list[str], prefix: str) -> str:
+    close = difflib.get_close_matches(name, options, n=1)
+    if close:
+        return f" (did you mean '{prefix}{close[0]}'?)"
+    return f" (known: {', '.join(prefix + o for o in sorted(options))})"
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"unknown key '{prefix}{key}'{_suggest(str(key), names, prefix)}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        key, tp, value = prefix + f.name, hints[f.name], data[f.name]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key}: expected a section (mapping), got {value!r}")
+            kwargs[f.name] = _build(tp, value, key + ".")
+            continue
+        value = _coerce(value, tp, key)
+        choices = f.metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{dotted}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``'train.epochs=3'`` -> ``('train.epochs', 3)``; the value is read as YAML (numbers, lists, bools)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{text}' is not of the form key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{p}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of sections")
+    return data
+
+
+def config_from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    tree = copy.deepcopy(data)
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+    cfg = _build(Config, tree, "")
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read ``path`` (or the defaults when None), apply ``overrides`` and validate."""
+    return config_from_dict(read_yaml(path) if path else {}, overrides)
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that a dataclass cannot express; each raises a one-line ConfigError."""
+    d, t, o = cfg.data, cfg.train, cfg.optim
+    if d.kind == "voc":
+        if not d.root:
+            raise ConfigError("data.root: required when data.kind is voc")
+        if not Path(d.root).is_dir():
+            raise ConfigError(f"data.root: folder not found: {d.root}")
+        if d.num_classes < 1:
+            raise ConfigError("data.num_classes: required (>= 1) when data.kind is voc")
+    for key, value in d.label_map.items():
+        if not (0 <= key <= 255) or not (0 <= value <= 255):
+            raise ConfigError(f"data.label_map: {key}: {value} is outside 0..255")
+    if cfg.model.init_weights and not Path(cfg.model.init_weights).is_file():
+        raise ConfigError(f"model.init_weights: file not found: {cfg.model.init_weights}")
+    if not 0.0 < d.scale_min <= d.scale_max:
+        raise ConfigError(f"data.scale_min/scale_max: need 0 < scale_min <= scale_max, got {d.scale_min}, {d.scale_max}")
+    positives = {"train.epochs": t.epochs, "train.batch_size": t.batch_size, "data.crop_size": d.crop_size,
+                 "train.checkpoint_every": t.checkpoint_every, "train.log_every": t.log_every,
+                 "train.keep_checkpoints": t.keep_checkpoints, "model.channels": cfg.model.channels}
+    for key, value in positives.items():
+        if value < 1:
+            raise ConfigError(f"{key}: must be >= 1, got {value}")
+    if t.num_workers < 0:
+        raise ConfigError(f"train.num_workers: must be >= 0, got {t.num_workers}")
+    if o.lr <= 0:
+        raise ConfigError(f"optim.lr: must be > 0, got {o.lr}")
+    if len(o.betas) != 2:
+        raise ConfigError(f"optim.betas: expected two values, got {o.betas}")
+
+
+def explain(cls: type = Config, prefix: str = "") -> list[str]:
+    """One line per key: ``dotted.key (type, default): doc``."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines += explain(tp, f"{prefix}{f.name}.")
+            continue
+        choices = f.metadata.get("choices")
+        extra = f" one of {', '.join(map(str, choices))}" if choices else ""
+        lines.append(f"{prefix}{f.name} ({_type_name(tp)}, default {getattr(defaults, f.name)!r}{extra}): "
+                      f"{f.metadata.get('doc', '')}")
+    return lines
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML (what the run actually used)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    os.replace(tmp, path)

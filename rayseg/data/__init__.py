@@ -1,0 +1,42 @@
+"""Datasets and transforms. Every segmentation dataset yields ``{"image": float 3xHxW, "mask": int64 HxW, "id"}``
+with 255 = ignore; see ``synthetic`` (the embedded benchmark), ``folders`` (VOC-style and ImageFolder trees)
+and ``transforms`` (joint image/mask augmentation)."""
+
+from __future__ import annotations
+
+from torch.utils.data import Dataset
+
+from rayseg.config import DataSection
+from rayseg.data.errors import BadSampleError
+from rayseg.data.folders import ImageFolderClassification, VOCSegmentationFolder, collate_skip_bad
+from rayseg.data.synthetic import SyntheticClassification, SyntheticSegmentation
+from rayseg.data.transforms import SegEvalTransform, SegTrainTransform
+
+IGNORE_INDEX = 255
+
+
+def build_segmentation_dataset(data: DataSection, train: bool) -> Dataset:
+    """The training (augmented) or evaluation split described by the ``data`` config section."""
+    if train:
+        transform = SegTrainTransform(crop_size=data.crop_size, base_size=data.base_size or None,
+                                      scale_range=(data.scale_min, data.scale_max), hflip_prob=data.hflip,
+                                      color_jitter=data.color_jitter, ignore_index=IGNORE_INDEX)
+    else:
+        transform = SegEvalTransform()
+    split = data.train_split if train else data.val_split
+    if data.kind == "synthetic":
+        return SyntheticSegmentation(domain=data.domain, split=split,
+                                     num_images=data.num_train if train else data.num_val,
+                                     image_size=data.image_size, seed=data.seed, transform=transform)
+    if data.kind == "voc":
+        return VOCSegmentationFolder(data.root, split=split, num_classes=data.num_classes, transform=transform,
+                                     label_map=data.label_map or None, class_names=data.class_names or None,
+                                     skip_bad=data.skip_bad, ignore_index=IGNORE_INDEX)
+    raise ValueError(f"data.kind: unknown dataset kind {data.kind!r}")
+
+
+__all__ = [
+    "IGNORE_INDEX", "BadSampleError", "ImageFolderClassification", "SegEvalTransform", "SegTrainTransform",
+    "SyntheticClassification", "SyntheticSegmentation", "VOCSegmentationFolder", "build_segmentation_dataset",
+    "collate_skip_bad",
+]

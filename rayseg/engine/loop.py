@@ -1,0 +1,247 @@
+"""The one training loop every method runs on each Ray Train worker.
+
+Ingest: each worker builds its own map-style ``Dataset`` and a ``DataLoader`` over a ``DistributedSampler``
+shard (not Ray Data). The datasets are random-access (files or the synthetic generator), the joint transforms are
+torchvision v2, and reseeding the sampler and augmentation RNG from (seed, epoch, rank) makes a resumed run
+replay exactly the data an uninterrupted run would see; it also keeps every CPU of a small machine for the
+training workers instead of sharing it with Ray Data tasks. (Ray Data is used where the input is a stream of
+shards: the labeling pipeline.)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from rayseg.config import Config, config_from_dict
+from rayseg.data import IGNORE_INDEX, build_segmentation_dataset, collate_skip_bad
+from rayseg.engine.checkpoint import LocalCheckpointStore, load_checkpoint, save_checkpoint
+from rayseg.engine.metrics import ConfusionMatrix
+from rayseg.engine.optim import build_optimizer, build_scheduler, parameter_groups
+from rayseg.engine.progress import RankZeroLogger, StepMeter, format_duration
+from rayseg.methods import get_method
+from rayseg.models.weights import export_weights
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    return module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
+
+
+def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            v = v.to(device, non_blocking=True)
+            if channels_last and v.dim() == 4:
+                v = v.contiguous(memory_format=torch.channels_last)
+        out[k] = v
+    return out
+
+
+def _all_ranks_have_batch(has_batch: bool, device: torch.device) -> bool:
+    """With ``data.skip_bad`` a batch can be empty on one rank; then every rank skips the step together."""
+    if not _distributed():
+        return has_batch
+    flag = torch.tensor([0 if has_batch else 1], device=device)
+    dist.all_reduce(flag)
+    return int(flag) == 0
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, cfg: Config, device: torch.device, rank: int, world: int) -> dict:
+    """mIoU, per-class IoU and pixel accuracy on the val split; each rank scores a disjoint slice of images
+    and the confusion matrices are summed across ranks."""
+    val_set = build_segmentation_dataset(cfg.data, train=False)
+    shard = Subset(val_set, range(rank, len(val_set), world))
+    loader = DataLoader(shard, batch_size=cfg.train.batch_size, collate_fn=collate_skip_bad)
+    cm = ConfusionMatrix(val_set.num_classes, IGNORE_INDEX, device=device)
+    was_training = model.training
+    model.eval()
+    for batch in loader:
+        if batch is None:
+            continue
+        image = batch["image"].to(device)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                            enabled=cfg.train.amp and device.type == "cuda"):
+            logits = model(image)
+        cm.update(logits.argmax(1), batch["mask"].to(device))
+    cm.all_reduce()
+    model.train(was_training)
+    return cm.compute(val_set.class_names)
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # no per-epoch "Reported metrics" lines
+    cfg: Config = config_from_dict(loop_config["config"])
+    run_dir = Path(loop_config["run_dir"])
+    local_mode = cfg.train.num_workers == 0
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
+    log = RankZeroLogger(rank == 0, str(run_dir / "tensorboard"))
+    torch.manual_seed(cfg.run.seed)  # identical initialisation on every rank
+
+    method_cls = get_method(cfg.method)
+    train_set = method_cls.train_dataset(cfg)
+    method = method_cls.from_config(cfg, train_set)
+    if cfg.train.channels_last:
+        method = method.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(parameter_groups(method, cfg.optim), cfg.optim)
+
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.run.seed,
+                                 drop_last=True)
+    workers = cfg.data.loader_workers
+    loader = DataLoader(train_set, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=True,
+                        num_workers=workers, collate_fn=collate_skip_bad, persistent_workers=workers > 0,
+                        multiprocessing_context="forkserver" if workers > 0 else None,
+                        pin_memory=device.type == "cuda")
+    steps_per_epoch = len(loader)
+    if cfg.train.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
+    if steps_per_epoch == 0:
+        raise ValueError(f"data: {len(train_set)} training images are fewer than one batch of "
+                         f"{cfg.train.batch_size} per worker x {world} workers")
+    total_steps = cfg.train.epochs * steps_per_epoch
+    scheduler = build_scheduler(optimizer, cfg.optim, total_steps, steps_per_epoch)
+
+    store = LocalCheckpointStore(run_dir, cfg.train.keep_checkpoints) if local_mode else None
+    start_epoch, global_step = 0, 0
+    ray_checkpoint = ray.train.get_checkpoint()
+    if ray_checkpoint is not None:
+        with ray_checkpoint.as_directory() as d:
+            last_epoch, global_step = load_checkpoint(d, method, optimizer, scheduler)
+        start_epoch = last_epoch + 1
+    elif store is not None and store.latest() is not None:
+        last_epoch, global_step = load_checkpoint(store.latest(), method, optimizer, scheduler)
+        start_epoch = last_epoch + 1
+    if start_epoch >= cfg.train.epochs and (run_dir / "summary.json").is_file():
+        log.print(f"[rayseg] {run_dir} is already complete ({cfg.train.epochs} epochs); nothing to do")
+        log.close()
+        return
+    if start_epoch:
+        log.print(f"[rayseg] resuming after epoch {start_epoch} (step {global_step}) from the last checkpoint")
+
+    method.to(device)
+    model = ray.train.torch.prepare_model(
+        method, move_to_device=False,
+        parallel_strategy_kwargs={"find_unused_parameters": method_cls.find_unused_parameters})
+    core = _unwrap(model)
+    amp = cfg.train.amp and device.type == "cuda"
+    meta = {"method": cfg.method, "config_fingerprint": cfg.fingerprint(), **core.export_meta()}
+
+    skipped: dict[str, str] = {}
+    last_losses: dict[str, float] = {}
+    rates: list[float] = []
+    metrics: dict = {}
+    run_start = time.perf_counter()
+    steps_done_this_run = 0
+    for epoch in range(start_epoch, cfg.train.epochs):
+        sampler.set_epoch(epoch)
+        torch.manual_seed(cfg.run.seed * 100_003 + epoch * 1_009 + rank)
+        model.train()
+        meter = StepMeter(world)
+        for step, batch in enumerate(loader):
+            if step >= steps_per_epoch:
+                break
+            if batch is not None:
+                skipped.update(batch.pop("skipped", []))
+            if not _all_ranks_have_batch(batch is not None, device):
+                log.print(f"[rayseg] step {global_step}: a whole batch was bad samples; step skipped")
+                continue
+            batch = _to_device(batch, device, cfg.train.channels_last)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+                losses = model(batch)
+            loss = sum(losses.values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            global_step += 1
+            steps_done_this_run += 1
+            core.on_step_end(global_step, total_steps)
+            meter.add({"loss": loss, **(losses if len(losses) > 1 else {})}, batch["image"].shape[0])
+            if global_step % cfg.train.log_every == 0 or step == steps_per_epoch - 1:
+                means, rate = meter.flush()
+                if not all(math.isfinite(v) for v in means.values()):
+                    raise FloatingPointError(f"non-finite loss at step {global_step}: {means}")
+                rates.append(rate)
+                last_losses = means
+                lr = optimizer.param_groups[0]["lr"]
+                elapsed = time.perf_counter() - run_start
+                eta = elapsed / steps_done_this_run * (total_steps - global_step)
+                terms = " ".join(f"{k} {v:.4f}" for k, v in means.items())
+                log.print(f"[rayseg] epoch {epoch + 1}/{cfg.train.epochs} step {step + 1}/{steps_per_epoch} "
+                          f"{terms} lr {lr:.3g} {rate:.1f} img/s ETA {format_duration(eta)}")
+                log.scalars({f"loss/{k}": v for k, v in means.items()}, global_step)
+                log.scalars({"lr": lr, "images_per_s": rate}, global_step, prefix="train/")
+
+        last = epoch == cfg.train.epochs - 1
+        report = {"epoch": epoch, "step": global_step, **{f"loss/{k}": v for k, v in last_losses.items()}}
+        if core.evaluates and (last or (cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0)):
+            metrics = evaluate(core.segmentation_model(), cfg, device, rank, world)
+            report["miou"] = metrics["miou"]
+            log.print(f"[rayseg] epoch {epoch + 1}: mIoU {100 * metrics['miou']:.2f} "
+                      f"pixel acc {100 * metrics['pixel_accuracy']:.2f}")
+            log.scalars({"miou": metrics["miou"], "pixel_accuracy": metrics["pixel_accuracy"]}, global_step,
+                        prefix="val/")
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0 and (last or (epoch + 1) % cfg.train.checkpoint_every == 0):
+                save_checkpoint(tmp, core, optimizer, scheduler, epoch, global_step, meta)
+                if store is not None:
+                    store.commit(tmp, epoch)
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(report, checkpoint=checkpoint)
+
+    if core.evaluates and not metrics:  # finished before, but killed before its outputs were written
+        metrics = evaluate(core.segmentation_model(), cfg, device, rank, world)
+    if _distributed():
+        gathered: list[dict] = [{} for _ in range(world)]
+        dist.all_gather_object(gathered, skipped)
+        for part in gathered:
+            skipped.update(part)
+    if rank == 0:
+        _write_outputs(run_dir, cfg, core, meta, metrics, skipped, last_losses, rates, global_step)
+    log.close()
+
+
+def _write_outputs(run_dir: Path, cfg: Config, core, meta: dict, metrics: dict, skipped: dict[str, str],
+                   last_losses: dict, rates: list[float], global_step: int) -> None:
+    """Exports, metrics.json and summary.json of a finished run (rank 0)."""
+    export = run_dir / "export"
+    export.mkdir(parents=True, exist_ok=True)
+    export_weights(core.segmentation_model(), export / "model.pt", part="model", meta=meta)
+    export_weights(core.segmentation_model(), export / "backbone.pt", part="backbone", meta=meta)
+    if metrics:
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if skipped:
+        (run_dir / "bad_samples.txt").write_text("".join(f"{k}\t{v}\n" for k, v in sorted(skipped.items())))
+    summary = {
+        "method": cfg.method, "epochs": cfg.train.epochs, "steps": global_step,
+        "final_losses": last_losses,
+        "images_per_s": sum(rates[1:]) / len(rates[1:]) if len(rates) > 1 else (rates[0] if rates else None),
+        "skipped_bad_samples": len(skipped), "miou": metrics.get("miou"),
+        "export": {"model": str(export / "model.pt"), "backbone": str(export / "backbone.pt")},
+    }
+    tmp = run_dir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, run_dir / "summary.json")

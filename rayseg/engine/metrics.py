@@ -1,0 +1,66 @@
+"""Segmentation metrics from a confusion matrix that can be summed across DDP workers.
+
+``confusion[t, p]`` counts pixels of true class ``t`` predicted as ``p``; ignore pixels are left out.
+Per class: ``IoU_k = TP_k / (TP_k + FP_k + FN_k)``. A class with no pixel in the labels and none in the
+predictions has an undefined IoU (0/0): it is reported as NaN and left out of the mean, the convention of
+torchvision's reference scripts and MMSegmentation. Pixel accuracy = ``trace / sum``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+
+class ConfusionMatrix:
+    def __init__(self, num_classes: int, ignore_index: int = 255, device: torch.device | str = "cpu"):
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+
+    @torch.no_grad()
+    def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch: ``prediction`` (class ids, any shape) against ``target`` (same shape, ignore allowed)."""
+        if prediction.shape != target.shape:
+            raise ValueError(f"prediction shape {tuple(prediction.shape)} != target shape {tuple(target.shape)}")
+        keep = target != self.ignore_index
+        t = target[keep].to(torch.int64)
+        p = prediction[keep].to(torch.int64)
+        if t.numel() and (int(t.max()) >= self.num_classes or int(t.min()) < 0):
+            raise ValueError(f"target has label ids outside 0..{self.num_classes - 1} (other than {self.ignore_index})")
+        counts = torch.bincount(t * self.num_classes + p, minlength=self.num_classes**2)
+        self.matrix += counts.reshape(self.num_classes, self.num_classes).to(self.matrix.device)
+
+    def all_reduce(self) -> None:
+        """Sum the matrix over all workers of the default process group (no-op when not distributed)."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(self.matrix, op=dist.ReduceOp.SUM)
+
+    def compute(self, class_names: list[str] | None = None) -> dict:
+        m = self.matrix.double().cpu()
+        tp = m.diag()
+        union = m.sum(0) + m.sum(1) - tp
+        iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
+        valid = ~torch.isnan(iou)
+        total = m.sum()
+        names = class_names or [str(i) for i in range(self.num_classes)]
+        return {
+            "miou": float(iou[valid].mean()) if valid.any() else float("nan"),
+            "pixel_accuracy": float(tp.sum() / total) if total > 0 else float("nan"),
+            "per_class_iou": {names[k]: (None if math.isnan(v) else float(v)) for k, v in enumerate(iou.tolist())},
+            "num_pixels": int(total),
+        }
+
+
+def format_metrics_table(metrics: dict) -> str:
+    """Plain-text table of per-class IoU, mIoU and pixel accuracy."""
+    rows = [("class", "IoU")]
+    rows += [(name, "-" if v is None else f"{100 * v:.2f}") for name, v in metrics["per_class_iou"].items()]
+    rows += [("mIoU", f"{100 * metrics['miou']:.2f}"), ("pixel acc", f"{100 * metrics['pixel_accuracy']:.2f}")]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{a:<{width}}  {b:>7}" for a, b in rows]
+    lines.insert(1, "-" * (width + 9))
+    lines.insert(len(lines) - 2, "-" * (width + 9))
+    return "\n".join(lines)

@@ -1,0 +1,71 @@
+"""Progress lines and TensorBoard scalars, written by rank 0 only."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import torch
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+class StepMeter:
+    """Averages loss terms between progress lines and measures images/s over the same window.
+
+    Loss tensors are accumulated on their device and read (one synchronisation) only when a line is printed.
+    """
+
+    def __init__(self, world_size: int):
+        self.world_size = world_size
+        self.sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
+        self.steps = 0
+        self.images = 0
+        self.start = time.perf_counter()
+
+    def add(self, losses: dict[str, torch.Tensor], batch_size: int) -> None:
+        for k, v in losses.items():
+            self.sums[k] = self.sums[k].to(v.device) + v.detach().float()
+        self.steps += 1
+        self.images += batch_size
+
+    def flush(self) -> tuple[dict[str, float], float]:
+        """Mean of each term and the global images/s since the last flush; resets the window."""
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        means = {k: float(v) / max(self.steps, 1) for k, v in self.sums.items()}
+        rate = self.images * self.world_size / elapsed
+        self.sums.clear()
+        self.steps = self.images = 0
+        self.start = time.perf_counter()
+        return means, rate
+
+
+class RankZeroLogger:
+    """Prints progress and writes TensorBoard scalars when ``enabled`` (rank 0); silent otherwise."""
+
+    def __init__(self, enabled: bool, tb_dir: str | None):
+        self.enabled = enabled
+        self.writer = None
+        if enabled and tb_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=tb_dir)
+
+    def print(self, text: str) -> None:
+        if self.enabled:
+            print(text, flush=True)
+
+    def scalars(self, values: dict[str, float], step: int, prefix: str = "") -> None:
+        if self.writer is not None:
+            for k, v in values.items():
+                self.writer.add_scalar(prefix + k, v, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()

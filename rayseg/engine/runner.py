@@ -1,0 +1,57 @@
+"""Driver side of training: starts or joins Ray and runs the worker loop with a ``TorchTrainer``.
+
+The run folder ``<storage>/<name>`` is both Ray Train's ``storage_path/name`` (its checkpoints and state) and
+the place of rayseg's outputs (config.yaml, TensorBoard, export/, metrics.json, summary.json). Because the name
+is deterministic, re-running the same command resumes the run from its last checkpoint, also after the driver
+was killed; re-running a finished run does no work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from rayseg.config import Config, save_config
+
+
+def ensure_ray(address: str | None = None) -> None:
+    """Join ``address`` (or ``RAY_ADDRESS``) if given, else start a local cluster; no-op when already up."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, logging_level=logging.WARNING,
+             include_dashboard=False if not (address or os.environ.get("RAY_ADDRESS")) else None)
+
+
+def train(cfg: Config, command: str, address: str | None = None) -> dict:
+    """Run (or resume) the training described by ``cfg``; returns the run's summary.json contents."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from rayseg.engine.loop import train_loop_per_worker
+
+    run_dir = Path(cfg.run_dir(command))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    if cfg.train.num_workers > 0:
+        ensure_ray(address)
+    t = cfg.train
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": cfg.to_dict(), "run_dir": str(run_dir)},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=t.num_workers, use_gpu=t.use_gpu,
+            resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}),
+        run_config=ray.train.RunConfig(
+            name=run_dir.name, storage_path=str(run_dir.parent),
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints)),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    return json.loads((run_dir / "summary.json").read_text())

@@ -1,0 +1,18 @@
+"""Training objectives, one module each. ``METHODS`` maps the config key ``method`` to its class."""
+
+from rayseg.methods.base import Method
+from rayseg.methods.supervised import Supervised
+
+METHODS: dict[str, type[Method]] = {
+    "supervised": Supervised,
+}
+
+
+def get_method(name: str) -> type[Method]:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"method: unknown method {name!r} (known: {', '.join(METHODS)})") from None
+
+
+__all__ = ["METHODS", "Method", "Supervised", "get_method"]

@@ -1,0 +1,98 @@
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from rayseg.config import Config, ConfigError, explain, load_config, parse_override, save_config
+
+
+def test_defaults_and_overrides_are_typed(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  epochs: 3\noptim:\n  lr: 1\n")
+    cfg = load_config(f, ["train.batch_size=4", "data.label_map={7: 0, 8: 1}", "optim.step_epochs=[2, 4]"])
+    assert cfg.train.epochs == 3 and cfg.train.batch_size == 4
+    assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
+    assert cfg.data.label_map == {7: 0, 8: 1}
+    assert cfg.optim.step_epochs == [2, 4]
+    assert cfg.model.backbone == "resnet18"  # untouched default
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.epoch=3"], "unknown key 'train.epoch' (did you mean 'train.epochs'?)"),
+    (["trian.epochs=3"], "unknown key 'trian'"),
+    (["train.epochs=ten"], "train.epochs: expected int, got str 'ten'"),
+    (["train.epochs=2.5"], "train.epochs: expected int, got float 2.5"),
+    (["train.use_gpu=3"], "train.use_gpu: expected bool"),
+    (["optim.name=adam"], "optim.name: 'adam' is not one of sgd, adamw"),
+    (["model.init_weights=/nonexistent/w.pt"], "model.init_weights: file not found: /nonexistent/w.pt"),
+    (["train=3"], "train: expected a section"),
+    (["data.kind=voc"], "data.root: required when data.kind is voc"),
+    (["data.kind=voc", "data.root=/nonexistent"], "data.root: folder not found: /nonexistent"),
+    (["train.epochs=0"], "train.epochs: must be >= 1, got 0"),
+    (["epochs"], "override 'epochs' is not of the form key=value"),
+])
+def test_errors_name_the_key(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="bad.yaml line 2: invalid YAML"):
+        load_config(bad)
+
+
+def test_parse_override_reads_yaml_values():
+    assert parse_override("a.b=0.1") == ("a.b", 0.1)
+    assert parse_override("a=true") == ("a", True)
+    assert parse_override("a=x=y") == ("a", "x=y")
+
+
+def test_run_dir_is_deterministic_and_tracks_the_config(tmp_path):
+    a = load_config(None, [f"run.storage={tmp_path}"])
+    b = load_config(None, [f"run.storage={tmp_path}"])
+    c = load_config(None, [f"run.storage={tmp_path}", "train.epochs=11"])
+    assert a.run_dir("pretrain") == b.run_dir("pretrain")
+    assert a.run_dir("pretrain") != c.run_dir("pretrain")
+    assert a.run_dir("pretrain").startswith(str(tmp_path))
+    named = load_config(None, [f"run.storage={tmp_path}", "run.name=exp1"])
+    assert named.run_dir("pretrain") == str(tmp_path / "exp1")
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config(None, ["train.epochs=7", "data.label_map={3: 1}"])
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert again == cfg
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["train"]["epochs"] == 7
+
+
+def test_explain_lists_every_key():
+    lines = explain()
+    assert any(line.startswith("train.epochs (int, default 10)") for line in lines)
+    assert any(line.startswith("optim.name (str, default 'sgd' one of sgd, adamw)") for line in lines)
+    assert len(lines) == sum(len(getattr(Config(), s).__dataclass_fields__) for s in
+                             ("run", "data", "model", "optim", "train")) + 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["pretrain", "train.epoch=3"], "error: unknown key 'train.epoch' (did you mean 'train.epochs'?)"),
+    (["finetune", "--config", "/nonexistent.yaml"], "error: config file not found: /nonexistent.yaml"),
+    (["finetune", "model.init_weights=/nonexistent.pt"], "error: model.init_weights: file not found"),
+])
+def test_cli_config_errors_exit_2_with_one_line_before_ray(args, message, tmp_path):
+    # RAY_ADDRESS points nowhere: if the CLI tried to start or join Ray before failing, the error would differ.
+    env = {"RAY_ADDRESS": "127.0.0.1:1", "PATH": "/usr/bin:/bin"}
+    import os
+    env = {**os.environ, **env}
+    r = subprocess.run([sys.executable, "-m", "rayseg", *args], capture_output=True, text=True, cwd=tmp_path,
+                       env=env, timeout=120)
+    assert r.returncode == 2
+    err = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith(message), r.stderr
