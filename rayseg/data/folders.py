@@ -56,7 +56,7 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
     """Fully decode an image as uint8 HxWx3; raise ``BadSampleError`` if it is missing or corrupt."""
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))  # convert() forces the decode of the whole file
+            return np.array(img.convert("RGB"))  # convert() forces the decode of the whole file
     except FileNotFoundError:
         raise BadSampleError(path, "file not found") from None
     except _DECODE_ERRORS as exc:
@@ -67,13 +67,15 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
     """Decode a single-channel ("P" or "L") label PNG as uint8 HxW of raw pixel values (palette indices)."""
     try:
         with Image.open(path) as img:
-            if img.mode not in ("P", "L"):
-                raise BadSampleError(path, f"mask must be a single-channel 'P' or 'L' image, got mode {img.mode!r}")
-            return np.asarray(img)
+            mode = img.mode
+            mask = np.array(img) if mode in ("P", "L") else None
     except FileNotFoundError:
         raise BadSampleError(path, "file not found") from None
     except _DECODE_ERRORS as exc:
         raise BadSampleError(path, f"cannot decode mask ({_reason(exc)})") from None
+    if mask is None:
+        raise BadSampleError(path, f"mask must be a single-channel 'P' or 'L' image, got mode {mode!r}")
+    return mask
 
 
 def _warn_if_truncation_allowed() -> None:
