@@ -167,7 +167,7 @@ def test_image_folder_over_written_tree(tmp_path):
     folder = ImageFolderClassification(root, mask_root=tmp_path / "imagenet_masks")
     assert folder.class_names == ["crescent", "disc", "ellipse"]  # sorted folder names
     assert folder.num_classes == 3 and len(folder) == len(folder.samples) == 18
-    by_id = {f"{cls.class_names[cls[i]['label']]}/train_{i:06d}.png": cls[i] for i in range(18)}
+    by_id = {f"{cls.class_names[cls[i]['label']]}/train-s0-{i:06d}.png": cls[i] for i in range(18)}
     for i in range(len(folder)):
         s = folder[i]
         want = by_id[s["id"]]

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 from torchvision import tv_tensors
 
 from rayseg.data.synthetic import (
@@ -147,15 +148,30 @@ def test_classification_class_subset_and_image_only_transform():
     assert torch.equal(again[4]["true_mask"], ds[4]["true_mask"])
 
 
-def test_distractors_are_background_in_the_true_mask():
-    ds = SyntheticClassification(num_images=40, image_size=64, style="A")
-    with_distractor = 0
+def _count_distractors(ds: SyntheticClassification) -> int:
+    """Images with saturated pixels outside the true mask (domain A's background is a low-saturation grey)."""
+    count = 0
     for i in range(len(ds)):
         image, _, true_mask = ds.render(i)
-        # domain A's background is a smooth grey-blue gradient: saturated pixels outside the object are a distractor
         saturation = image.max(axis=0).astype(int) - image.min(axis=0)
-        with_distractor += int(((saturation > 60) & ~true_mask).sum() > 10)
-    assert 8 <= with_distractor <= 32  # distractor_prob = 0.5
+        count += int(((saturation > 60) & ~true_mask).sum() > 10)
+    return count
+
+
+def test_distractors_are_background_in_the_true_mask():
+    class NoDistractor(SyntheticClassification):
+        distractor_prob = 0.0
+
+    assert _count_distractors(NoDistractor(num_images=40, image_size=64, style="A")) == 0
+    assert 8 <= _count_distractors(SyntheticClassification(num_images=40, image_size=64, style="A")) <= 32
+
+
+def test_worker_processes_generate_identical_samples():
+    ds = SyntheticSegmentation("C", num_images=8, image_size=32, seed=5)
+    loader = DataLoader(ds, batch_size=2, num_workers=2, multiprocessing_context="fork")
+    batches = list(loader)
+    assert torch.equal(torch.cat([b["image"] for b in batches]), torch.stack([ds[i]["image"] for i in range(8)]))
+    assert [sid for b in batches for sid in b["id"]] == [ds[i]["id"] for i in range(8)]
 
 
 def test_shapes_lie_inside_their_radius():

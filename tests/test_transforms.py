@@ -51,7 +51,7 @@ def test_image_and_mask_stay_aligned_over_random_seeds():
     transform = geometry_only(scale_range=(0.75, 1.5))
     image, mask = coordinate_pair()
     flipped, padded = 0, 0
-    for seed in range(30):
+    for seed in range(20):
         torch.manual_seed(seed)
         out_image, out_mask = transform(image, mask)
         assert out_image.shape == (3, 64, 64) and out_mask.shape == (64, 64)
@@ -61,7 +61,7 @@ def test_image_and_mask_stay_aligned_over_random_seeds():
         row = out_mask[valid.any(1).nonzero()[0, 0]]  # first labelled row
         flipped += int(row[cols[0]] % 10 > row[cols[-1]] % 10)
         padded += int((~valid).any())
-    assert 5 <= flipped <= 25 and padded > 0  # both flip states and padding were exercised
+    assert 4 <= flipped <= 16 and padded > 0  # both flip states and padding were exercised
 
 
 def test_alignment_check_detects_a_misaligned_pipeline():

@@ -524,7 +524,7 @@ def _write_if_changed(path: Path, data: bytes) -> bool:
 
 
 def write_image_folder(dataset: SyntheticClassification, root: str | os.PathLike) -> int:
-    """Write ``dataset`` as an ImageFolder tree ``root/<class_name>/<split>_<i>.png`` (RGB PNG).
+    """Write ``dataset`` as an ImageFolder tree ``root/<class_name>/<split>-s<seed>-<i:06d>.png`` (RGB PNG).
 
     The dominant objects' true masks go to the sibling tree ``<root>_masks/<class_name>/<same name>.png``
     (uint8, 0 / 255). Idempotent: identical existing files are left alone. Returns the number of images
@@ -535,7 +535,7 @@ def write_image_folder(dataset: SyntheticClassification, root: str | os.PathLike
     written = 0
     for i in range(len(dataset)):
         image, label, true_mask = dataset.render(i)
-        rel = Path(dataset.class_names[label]) / f"{dataset.split}_{i:06d}.png"
+        rel = Path(dataset.class_names[label]) / f"{dataset.split}-s{dataset.seed}-{i:06d}.png"
         written += _write_if_changed(root / rel, _png_bytes(image.transpose(1, 2, 0)))
         _write_if_changed(mask_root / rel, _png_bytes(true_mask.astype(np.uint8) * 255))
     return written
