@@ -23,8 +23,13 @@ def ensure_ray(address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
-    ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, logging_level=logging.WARNING,
-             include_dashboard=False if not (address or os.environ.get("RAY_ADDRESS")) else None)
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        # A local cluster needs no network interface: Ray then binds it to 127.0.0.1.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        ray.init(logging_level=logging.WARNING, include_dashboard=False)
+    else:
+        ray.init(address=address, logging_level=logging.WARNING)
 
 
 def train(cfg: Config, command: str, address: str | None = None) -> dict:
