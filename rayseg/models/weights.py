@@ -34,7 +34,7 @@ class WeightsError(RuntimeError):
 
 @dataclass
 class LoadReport:
-    """What ``load_weights`` did: tensors loaded, file tensors dropped (``"key: reason"``), model tensors missing."""
+    """What ``load_weights`` did: tensors loaded, file tensors dropped (``"key: reason"``), model tensors not loaded."""
 
     path: str
     source: str  # "rayseg model", "rayseg backbone", "model state dict", "torchvision classifier"
@@ -45,11 +45,13 @@ class LoadReport:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> str:
-        """One line, e.g. ``loaded 122 tensors from x.pt (rayseg backbone); decoder, classifier not in the file``."""
+        """One line: ``loaded 120 tensors from x.pt (rayseg backbone); decoder, classifier left as initialised``."""
         parts = [f"loaded {self.loaded} tensors from {self.path} ({self.source})", *self.notices]
-        not_in_file = sorted({key.split(".", 1)[0] for key in self.missing if not _is_bn_counter(key)})
-        if not_in_file:
-            parts.append(f"{', '.join(not_in_file)} not in the file (left as initialised)")
+        dropped = {entry.split(":")[0] for entry in self.dropped}  # already explained by a notice
+        absent = [key for key in self.missing if key not in dropped and not _is_bn_counter(key)]
+        kept = list(dict.fromkeys(key.split(".", 1)[0] for key in absent))
+        if kept:
+            parts.append(f"{', '.join(kept)} left as initialised")
         return "; ".join(parts)
 
 
@@ -123,7 +125,7 @@ def load_weights(model: SegmentationModel, path: str | os.PathLike, strict_backb
     state, target = weights["state_dict"], model.state_dict()
     unexpected = [key for key in state if key not in target]
     wrong_shape = [key for key in state if key in target and state[key].shape != target[key].shape]
-    report.missing = [key for key in target if key not in state]
+    absent = [key for key in target if key not in state]
 
     # the classifier is task-specific: if it does not fit, drop all of it and keep the model's own
     bad_classifier = [key for key in unexpected + wrong_shape if key.startswith("classifier.")]
@@ -140,8 +142,8 @@ def load_weights(model: SegmentationModel, path: str | os.PathLike, strict_backb
     wrong_shape = [key for key in wrong_shape if key not in dropped_classifier]
 
     file_has_decoder = any(key.startswith("decoder.") for key in state)
-    missing_backbone = [k for k in report.missing if k.startswith("backbone.") and not _is_bn_counter(k)]
-    missing_decoder = [k for k in report.missing if k.startswith("decoder.")] if file_has_decoder else []
+    missing_backbone = [k for k in absent if k.startswith("backbone.") and not _is_bn_counter(k)]
+    missing_decoder = [k for k in absent if k.startswith("decoder.")] if file_has_decoder else []
     problems = [
         _listing(len(unexpected), "unexpected keys", unexpected),
         _listing(len(missing_backbone), "missing backbone keys", missing_backbone),
@@ -151,7 +153,8 @@ def load_weights(model: SegmentationModel, path: str | os.PathLike, strict_backb
     problems = [p for p in problems if p]
     if problems and strict_backbone:
         raise WeightsError(
-            f"weights file {path} does not match the model ({arch['backbone']}/{arch['head']}): {', '.join(problems)}"
+            f"weights file {path} ({weights['source']}) does not match the model "
+            f"({arch['backbone']}/{arch['head']}): {', '.join(problems)}"
         )
     if problems:
         report.notices.append(f"not loaded: {', '.join(problems)}")
@@ -162,6 +165,7 @@ def load_weights(model: SegmentationModel, path: str | os.PathLike, strict_backb
     to_load = {key: tensor for key, tensor in state.items() if key not in skip}
     model.load_state_dict(to_load, strict=False)
     report.loaded = len(to_load)
+    report.missing = [key for key in target if key not in to_load]
     return report
 
 
@@ -255,10 +259,10 @@ def _why_unreadable(err: Exception) -> str:
             f"it holds a python object ({refused.group(1)}) that a safe load (weights_only=True) refuses; "
             "weight files may hold only tensors and plain python values"
         )
-    if "Weights only load failed" in text:
-        return "a safe load (weights_only=True) refused its content; weight files may hold only tensors and plain values"
-    first_line = text.strip().splitlines()[0] if text.strip() else "empty or truncated file"
-    return f"not a torch weights file ({type(err).__name__}: {first_line[:200]})"
+    unpickler = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    lines = text.strip().splitlines()
+    detail = unpickler.group(1) if unpickler else lines[0] if lines else "empty or truncated file"
+    return f"not a torch weights file ({type(err).__name__}: {detail.strip()[:200]})"
 
 
 def _check_plain(value: Any, where: str) -> None:
