@@ -67,6 +67,8 @@ def test_backbone_round_trip_leaves_decoder_untouched(tmp_path):
     assert report.summary() == (
         f"loaded 120 tensors from {path} (rayseg backbone); decoder, classifier left as initialised"
     )
+    # the output stride changes dilations, not parameters: the file loads into a stride-16 model too
+    assert load_weights(model(output_stride=16, head="deeplabv3"), path).loaded == 120
 
 
 def test_torchvision_classifier_loads_into_backbone(tmp_path):
