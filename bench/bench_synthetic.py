@@ -4,7 +4,8 @@ For 64x64 and 128x128, generates 500 segmentation samples (cycling domains A, B,
 ``SyntheticSegmentation.__getitem__`` and compares against a baseline run in the same process: the same
 500 images + masks written once as PNG files to a temporary directory and read back with PIL
 (``Image.open(...).convert("RGB")`` + mask, to float / int64 tensors). Also shows the validating
-``VOCSegmentationFolder`` reader on the same files. One core (``torch.set_num_threads(1)``), best of 3.
+``VOCSegmentationFolder`` reader on the same files. One core (``torch.set_num_threads(1)``), process CPU
+time, best of 5 rounds with the three measures interleaved.
 
 Run: ``python bench/bench_synthetic.py``
 """
@@ -22,18 +23,20 @@ from PIL import Image
 from rayseg.data.folders import VOCSegmentationFolder
 from rayseg.data.synthetic import DOMAINS, SyntheticSegmentation, write_voc_folder
 
-NUM_IMAGES, REPEATS = 500, 3
+NUM_IMAGES, REPEATS = 500, 5
 
 
-def best_rate(fn, n: int) -> float:
-    """Images/s of ``fn(i)`` over ``i in range(n)``, best of REPEATS (the least disturbed run)."""
-    best = float("inf")
+def best_rates(fns: dict, n: int) -> dict[str, float]:
+    """Images/s of each ``fn(i)`` over ``i in range(n)`` in CPU time of this process (so other processes on a
+    busy machine do not count), best of REPEATS rounds with the functions interleaved within each round."""
+    best = dict.fromkeys(fns, float("inf"))
     for _ in range(REPEATS):
-        start = time.perf_counter()
-        for i in range(n):
-            fn(i)
-        best = min(best, time.perf_counter() - start)
-    return n / best
+        for name, fn in fns.items():
+            start = time.process_time()
+            for i in range(n):
+                fn(i)
+            best[name] = min(best[name], time.process_time() - start)
+    return {name: n / seconds for name, seconds in best.items()}
 
 
 def read_png_pair(image_path: Path, mask_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,7 +50,7 @@ def read_png_pair(image_path: Path, mask_path: Path) -> tuple[torch.Tensor, torc
 def main() -> None:
     torch.set_num_threads(1)
     domains = list(DOMAINS)
-    print(f"synthetic generation vs PNG read, {NUM_IMAGES} images, 1 thread, best of {REPEATS}")
+    print(f"synthetic generation vs PNG read, {NUM_IMAGES} images, 1 thread, CPU time, best of {REPEATS}")
     for size in (64, 128):
         per_domain = -(-NUM_IMAGES // len(domains))
         datasets = [SyntheticSegmentation(d, num_images=per_domain, image_size=size) for d in domains]
@@ -63,9 +66,10 @@ def main() -> None:
             pairs = [
                 (root / "JPEGImages" / f"{sid}.png", root / "SegmentationClass" / f"{sid}.png") for sid in folder.ids
             ]
-            gen = best_rate(generate, NUM_IMAGES)
-            png = best_rate(lambda i: read_png_pair(*pairs[i]), NUM_IMAGES)
-            voc = best_rate(folder.__getitem__, NUM_IMAGES)
+            rates = best_rates(
+                {"gen": generate, "png": lambda i: read_png_pair(*pairs[i]), "voc": folder.__getitem__}, NUM_IMAGES
+            )
+            gen, png, voc = rates["gen"], rates["png"], rates["voc"]
         print(
             f"{size}x{size}: generate {gen:7.0f} img/s | PIL PNG read {png:7.0f} img/s | "
             f"ratio generate/PNG-read {gen / png:5.2f}x | VOCSegmentationFolder {voc:7.0f} img/s "

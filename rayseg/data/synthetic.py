@@ -310,10 +310,12 @@ class _Canvas:
 
     def paint(self, class_id: int, label: int, radius: float, cx: float, cy: float) -> None:
         """Paint one object of vocabulary class ``class_id`` with mask value ``label``."""
-        rng, spec, style = self.rng, CLASS_SPECS[class_id], self.style
-        angle = 0.0 if spec.shape in _ROTATION_FREE else rng.uniform(0, 2 * math.pi)
-        phase = rng.random()
-        color = _palette(style.hue_shift_deg)[class_id] + rng.normal(0, style.palette_jitter, 3).astype(np.float32)
+        spec, style = CLASS_SPECS[class_id], self.style
+        draws = self.rng.random(5, dtype=np.float32)  # one call: rotation, texture phase, 3 x colour jitter
+        angle = 0.0 if spec.shape in _ROTATION_FREE else 2 * math.pi * float(draws[0])
+        phase = float(draws[1])
+        jitter = (draws[2:] - 0.5) * np.float32(math.sqrt(12) * style.palette_jitter)  # uniform, std = palette_jitter
+        color = _palette(style.hue_shift_deg)[class_id] + jitter
         x0, x1 = max(0, math.floor(cx - radius)), min(self.size, math.ceil(cx + radius) + 1)
         y0, y1 = max(0, math.floor(cy - radius)), min(self.size, math.ceil(cy + radius) + 1)
         if x0 >= x1 or y0 >= y1:
@@ -412,21 +414,20 @@ class SyntheticSegmentation(Dataset):
         rng = np.random.default_rng([*self._key, i])
         s, classes = self.image_size, self.spec.classes
         canvas = _Canvas(s, rng, self.spec)
-        for _ in range(rng.integers(self.objects_per_image[0], self.objects_per_image[1] + 1)):
-            k = int(rng.integers(len(classes)))
-            radius = rng.uniform(0.14, 0.30) * s
-            cx, cy = rng.uniform(0.1 * s, 0.9 * s, 2)
-            canvas.paint(classes[k], k + 1, radius, cx, cy)
+        num_objects = rng.integers(self.objects_per_image[0], self.objects_per_image[1] + 1)
+        for k, r, x, y in rng.random((num_objects, 4)).tolist():  # class, radius, centre
+            k = int(k * len(classes))
+            canvas.paint(classes[k], k + 1, (0.14 + 0.16 * r) * s, (0.1 + 0.8 * x) * s, (0.1 + 0.8 * y) * s)
         return canvas.finish(), canvas.mask
 
     def __getitem__(self, i: int) -> dict:
         i = _check_index(i, self.num_images)
         image, mask = self.render(i)
-        image_t, mask_t = torch.from_numpy(image), torch.from_numpy(mask).to(torch.int64)
-        if self.transform is not None:
-            image_t, mask_t = self.transform(tv_tensors.Image(image_t), tv_tensors.Mask(mask_t))
-        else:
+        image_t, mask_t = torch.from_numpy(image), torch.from_numpy(mask)
+        if self.transform is None:
             image_t, mask_t = to_float_pair(image_t, mask_t)
+        else:
+            image_t, mask_t = self.transform(tv_tensors.Image(image_t), tv_tensors.Mask(mask_t.long()))
         return {"image": image_t, "mask": mask_t, "id": self.sample_id(i)}
 
 

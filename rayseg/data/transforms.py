@@ -41,7 +41,8 @@ def to_float_image(image: torch.Tensor) -> torch.Tensor:
 
 def to_float_pair(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``transform=None`` behaviour: image as float32 in [0, 1], mask as a plain int64 tensor."""
-    return to_float_image(image), torch.as_tensor(mask).to(torch.int64).as_subclass(torch.Tensor)
+    mask = torch.as_tensor(mask).as_subclass(torch.Tensor)
+    return to_float_image(image), mask if mask.dtype == torch.int64 else mask.to(torch.int64)
 
 
 def _as_pair(image: torch.Tensor, mask: torch.Tensor) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
