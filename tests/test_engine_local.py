@@ -10,8 +10,8 @@ from rayseg.config import load_config
 from rayseg.engine.runner import train
 from rayseg.models import build_model
 from rayseg.models.weights import load_weights
-from tests.engine_helpers import (assert_same_tensors, kill_after_first_checkpoint, load_state, run_cli,
-                                  tiny_overrides)
+from tests.engine_helpers import (assert_same_tensors, kill_after_first_checkpoint, load_state,
+                                  local_checkpoint_epoch, run_cli, tiny_overrides)
 
 
 @pytest.fixture(scope="module")
@@ -78,10 +78,9 @@ def test_killed_local_run_resumes_to_the_same_result(tmp_path):
     exactly the weights and optimizer state of an uninterrupted run."""
     args = ["pretrain", *tiny_overrides(tmp_path, "interrupted", **{"train.epochs": 4})]
     run_dir = tmp_path / "interrupted"
-    kill_after_first_checkpoint(args, run_dir, "local_checkpoints/epoch_*")
+    kill_after_first_checkpoint(args, run_dir, local_checkpoint_epoch)
     assert not (run_dir / "summary.json").exists()
-    first = sorted(run_dir.glob("local_checkpoints/epoch_*"))[-1]
-    epoch_done = load_state(first / "state.pt")["epoch"]
+    epoch_done = local_checkpoint_epoch(run_dir)
     r = run_cli(args)
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"resuming after epoch {epoch_done + 1}" in r.stdout
@@ -93,3 +92,49 @@ def test_killed_local_run_resumes_to_the_same_result(tmp_path):
     assert resumed["global_step"] == straight["global_step"] == 4 * 8
     assert_same_tensors(resumed["method"], straight["method"])
     assert_same_tensors(resumed["optimizer"]["state"], straight["optimizer"]["state"])
+
+
+@pytest.fixture
+def voc_with_bad_samples(tmp_path):
+    """A VOC tree of 16 synthetic scenes; one image truncated, one mask with a label value out of range."""
+    import numpy as np
+    from PIL import Image
+
+    from rayseg.data.synthetic import SyntheticSegmentation, write_voc_folder
+
+    root = tmp_path / "voc"
+    write_voc_folder(SyntheticSegmentation("A", "train", num_images=16, image_size=32, seed=1), root, "train")
+    write_voc_folder(SyntheticSegmentation("A", "val", num_images=4, image_size=32, seed=1), root, "val")
+    ids = (root / "ImageSets/Segmentation/train.txt").read_text().split()
+    image = next((root / "JPEGImages").glob(f"{ids[3]}.*"))
+    image.write_bytes(image.read_bytes()[:60])
+    mask_path = root / "SegmentationClass" / f"{ids[7]}.png"
+    mask = np.array(Image.open(mask_path))
+    mask[0, 0] = 9
+    Image.fromarray(mask).save(mask_path)
+    return root, image, mask_path
+
+
+def _voc_overrides(tmp_path, root, **extra):
+    return tiny_overrides(tmp_path / "runs", "voc", **{"data.kind": "voc", "data.root": root, "data.num_classes": 7,
+                                                      "train.epochs": 1, **extra})
+
+
+def test_bad_samples_are_skipped_and_counted(tmp_path, voc_with_bad_samples):
+    root, image, mask_path = voc_with_bad_samples
+    r = run_cli(["finetune", *_voc_overrides(tmp_path, root, **{"data.skip_bad": "true"})])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "skipped 2 bad samples" in r.stdout
+    summary = json.loads((tmp_path / "runs/voc/summary.json").read_text())
+    assert summary["skipped_bad_samples"] == 2
+    listed = (tmp_path / "runs/voc/bad_samples.txt").read_text()
+    assert str(image) in listed and f"{mask_path}: label values [9] out of range" in listed
+
+
+def test_a_bad_sample_without_skip_bad_is_one_error_line(tmp_path, voc_with_bad_samples):
+    root, image, mask_path = voc_with_bad_samples
+    r = run_cli(["finetune", *_voc_overrides(tmp_path, root)])
+    assert r.returncode == 1
+    err = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and (str(image) in err[0] or str(mask_path) in err[0]), r.stderr[-3000:]
+    assert "Traceback" not in r.stderr

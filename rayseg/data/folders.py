@@ -85,12 +85,13 @@ def _warn_if_truncation_allowed() -> None:
         )
 
 
-def collate_skip_bad(batch: Sequence[dict | None]) -> dict | None:
+def collate_skip_bad(batch: Sequence[dict | None]) -> dict:
     """``DataLoader`` collate_fn for datasets built with ``skip_bad=True``.
 
     Drops bad-sample markers (``{"bad": True, "id", "reason"}``) and stacks the good samples with
-    ``default_collate``; the batch dict gets ``"skipped": [(id, reason), ...]`` (empty if none). Returns
-    None when every sample of the batch was bad, so the training loop simply skips that batch.
+    ``default_collate``; the batch dict gets ``"skipped": [(id, reason), ...]`` (empty if none). When every
+    sample of the batch was bad the result holds only ``"skipped"`` (no ``"image"``), so the training loop
+    skips the step but still counts the bad samples.
     """
     good, skipped = [], []
     for sample in batch:
@@ -101,7 +102,7 @@ def collate_skip_bad(batch: Sequence[dict | None]) -> dict | None:
         else:
             good.append(sample)
     if not good:
-        return None
+        return {"skipped": skipped}
     out = default_collate(good)
     out["skipped"] = skipped
     return out

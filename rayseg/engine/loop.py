@@ -73,7 +73,7 @@ def evaluate(model: torch.nn.Module, cfg: Config, device: torch.device, rank: in
     was_training = model.training
     model.eval()
     for batch in loader:
-        if batch is None:
+        if "image" not in batch:  # every sample of the batch was bad (data.skip_bad)
             continue
         image = batch["image"].to(device)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16,
@@ -86,10 +86,14 @@ def evaluate(model: torch.nn.Module, cfg: Config, device: torch.device, rank: in
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # no per-epoch "Reported metrics" lines
     cfg: Config = config_from_dict(loop_config["config"])
     run_dir = Path(loop_config["run_dir"])
     local_mode = cfg.train.num_workers == 0
+    # Ray Train logs an INFO line per report ("Reported metrics" / "Reporting training result"); keep the
+    # console to rayseg's own progress lines. In a worker process that includes the root logger Ray configures.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    if not local_mode:
+        logging.getLogger().setLevel(logging.WARNING)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -160,9 +164,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         for step, batch in enumerate(loader):
             if step >= steps_per_epoch:
                 break
-            if batch is not None:
-                skipped.update(batch.pop("skipped", []))
-            if not _all_ranks_have_batch(batch is not None, device):
+            skipped.update(batch.pop("skipped", []))
+            if not _all_ranks_have_batch("image" in batch, device):
                 log.print(f"[rayseg] step {global_step}: a whole batch was bad samples; step skipped")
                 continue
             batch = _to_device(batch, device, cfg.train.channels_last)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import defaultdict
 
@@ -57,8 +58,11 @@ class RankZeroLogger:
             self.writer = SummaryWriter(log_dir=tb_dir)
 
     def print(self, text: str) -> None:
+        # Straight to stdout: Ray Train V2 patches print() in workers to also go through the root logger,
+        # which would show every line twice.
         if self.enabled:
-            print(text, flush=True)
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
 
     def scalars(self, values: dict[str, float], step: int, prefix: str = "") -> None:
         if self.writer is not None:
