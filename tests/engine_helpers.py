@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -31,14 +32,31 @@ def run_cli(args: list[str], timeout: float = 300, env: dict | None = None) -> s
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
-def kill_after_first_checkpoint(args: list[str], run_dir: Path, pattern: str, timeout: float = 300) -> str:
-    """Start ``rayseg ARGS`` and SIGKILL its whole process group as soon as one checkpoint is committed."""
+def local_checkpoint_epoch(run_dir: Path) -> int | None:
+    """Epoch of the newest committed local-mode checkpoint (renamed into place only when complete)."""
+    done = sorted(p for p in run_dir.glob("local_checkpoints/epoch_*") if (p / "state.pt").is_file())
+    return load_state(done[-1] / "state.pt")["epoch"] if done else None
+
+
+def ray_checkpoint_epoch(run_dir: Path) -> int | None:
+    """Epoch of the newest checkpoint Ray Train has committed (listed in its snapshot after the upload)."""
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):
+        return None
+    latest = snapshot.get("latest_checkpoint_result")
+    return latest["metrics"]["epoch"] if latest else None
+
+
+def kill_after_first_checkpoint(args: list[str], run_dir: Path, committed_epoch, timeout: float = 300) -> str:
+    """Start ``rayseg ARGS`` and SIGKILL its whole process group as soon as one checkpoint is committed
+    (``committed_epoch(run_dir)`` is not None)."""
     proc = subprocess.Popen([sys.executable, "-m", "rayseg", *args], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.time() + timeout
     try:
         while time.time() < deadline:
-            if any((p / "state.pt").is_file() for p in run_dir.glob(pattern)):
+            if committed_epoch(run_dir) is not None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 break
             if proc.poll() is not None:

@@ -1,0 +1,93 @@
+"""Real Ray: a 2-worker gloo run interrupted and resumed, and `ray job submit` to a real head node."""
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from rayseg.config import load_config
+from rayseg.engine.runner import train
+from tests.engine_helpers import (REPO, assert_same_tensors, kill_after_first_checkpoint, load_state,
+                                  ray_checkpoint_epoch, run_cli, tiny_overrides)
+from tests.ray_procs import cluster_pids, stop_pids
+
+pytestmark = pytest.mark.ray
+
+TWO_WORKERS = {"train.num_workers": 2, "train.epochs": 4, "train.checkpoint_every": 1}
+
+
+def _latest_ray_checkpoint(run_dir: Path) -> Path:
+    snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    return run_dir / snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
+
+
+def test_two_worker_run_resumes_after_kill_with_the_same_state(ray_cluster, tmp_path):
+    # Reference: the same run, uninterrupted, on the session cluster.
+    ref_cfg = load_config(None, tiny_overrides(tmp_path, "straight", **TWO_WORKERS))
+    ref = train(ref_cfg, "pretrain")
+    assert ref["steps"] == 4 * (32 // (4 * 2))  # each of 2 workers takes 4 images per step
+
+    # The same command in a driver process that joins the cluster, killed with -9 after its first checkpoint.
+    args = ["pretrain", "--address", ray_cluster, *tiny_overrides(tmp_path, "interrupted", **TWO_WORKERS)]
+    run_dir = tmp_path / "interrupted"
+    kill_after_first_checkpoint(args, run_dir, ray_checkpoint_epoch)
+    assert not (run_dir / "summary.json").exists()
+    epoch_done = ray_checkpoint_epoch(run_dir)
+    assert epoch_done < 3
+
+    r = run_cli(args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resuming after epoch {epoch_done + 1}" in r.stdout
+    final = load_state(_latest_ray_checkpoint(run_dir) / "state.pt")
+    straight = load_state(_latest_ray_checkpoint(tmp_path / "straight") / "state.pt")
+    assert final["epoch"] == straight["epoch"] == 3
+    assert final["global_step"] == straight["global_step"]
+    assert_same_tensors(final["method"], straight["method"], atol=1e-5)
+    assert_same_tensors(final["optimizer"]["state"], straight["optimizer"]["state"], atol=1e-5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head():
+    """`ray start --head` on 127.0.0.1 in its own temp dir with its own auth token; stopped by its PIDs."""
+    temp_dir = tempfile.mkdtemp(prefix="rs-head-", dir="/tmp")
+    token_file = Path(temp_dir) / "token"
+    token_file.write_text(secrets.token_hex(32))
+    dash = _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file),
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    start = subprocess.run(
+        ["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp_dir}", "--num-cpus=2",
+         "--disable-usage-stats"], capture_output=True, text=True, env=env, timeout=120)
+    try:
+        assert start.returncode == 0, start.stderr[-2000:]
+        yield f"http://127.0.0.1:{dash}", env
+    finally:
+        stop_pids(cluster_pids(temp_dir))
+
+
+def test_ray_job_submit_runs_a_finetune_job(ray_head, tmp_path):
+    address, env = ray_head
+    storage = tmp_path / "runs"
+    overrides = tiny_overrides(storage, "job", **{"train.num_workers": 1, "train.epochs": 1})
+    r = subprocess.run(
+        [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--address", address,
+         "--working-dir", str(REPO), "--", "python", "jobs/finetune.py", *overrides],
+        capture_output=True, text=True, env=env, timeout=400, cwd=REPO)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "succeeded" in r.stdout + r.stderr
+    assert "mIoU" in r.stdout  # the job's metrics table, streamed back by `ray job submit`
+    assert (storage / "job" / "metrics.json").is_file()
