@@ -7,12 +7,17 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from rayseg.config import load_config
+from rayseg.engine.loop import evaluate
 from rayseg.engine.runner import train
+from rayseg.models import build_model
+from rayseg.models.weights import load_weights
 from tests.engine_helpers import (REPO, assert_same_tensors, kill_after_first_checkpoint, load_state,
                                   ray_checkpoint_epoch, run_cli, tiny_overrides)
 from tests.ray_procs import cluster_pids, stop_pids
@@ -51,6 +56,16 @@ def test_two_worker_run_resumes_after_kill_with_the_same_state(ray_cluster, tmp_
     assert_same_tensors(final["method"], straight["method"], atol=1e-5)
     assert_same_tensors(final["optimizer"]["state"], straight["optimizer"]["state"], atol=1e-5)
 
+    # The confusion matrix summed over the 2 workers' halves of the val set equals one process scoring all of it
+    # with the exported model.
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    model = build_model(**{k: v for k, v in load_state(run_dir / "export/model.pt")["arch"].items()})
+    load_weights(model, run_dir / "export/model.pt")
+    cfg = load_config(run_dir / "config.yaml")
+    single = evaluate(model, cfg, torch.device("cpu"), rank=0, world=1)
+    assert single["num_pixels"] == metrics["num_pixels"] == 8 * 32 * 32
+    assert single["per_class_iou"] == metrics["per_class_iou"]
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -71,6 +86,8 @@ def ray_head():
     start = subprocess.run(
         ["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp_dir}", "--num-cpus=2",
+         # the agent's HTTP port is fixed (52365) by default and taken if another cluster runs here
+         f"--dashboard-agent-listen-port={_free_port()}",
          "--disable-usage-stats"], capture_output=True, text=True, env=env, timeout=120)
     try:
         assert start.returncode == 0, start.stderr[-2000:]
@@ -83,10 +100,14 @@ def test_ray_job_submit_runs_a_finetune_job(ray_head, tmp_path):
     address, env = ray_head
     storage = tmp_path / "runs"
     overrides = tiny_overrides(storage, "job", **{"train.num_workers": 1, "train.epochs": 1})
-    r = subprocess.run(
-        [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--address", address,
-         "--working-dir", str(REPO), "--", "python", "jobs/finetune.py", *overrides],
-        capture_output=True, text=True, env=env, timeout=400, cwd=REPO)
+    command = [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--address", address,
+               "--working-dir", str(REPO), "--", "python", "jobs/finetune.py", *overrides]
+    deadline = time.time() + 90
+    while True:  # right after `ray start` the head's job agent may not be up yet
+        r = subprocess.run(command, capture_output=True, text=True, env=env, timeout=400, cwd=REPO)
+        if "No available agent to submit job" not in r.stderr or time.time() > deadline:
+            break
+        time.sleep(3)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert "succeeded" in r.stdout + r.stderr
     assert "mIoU" in r.stdout  # the job's metrics table, streamed back by `ray job submit`

@@ -53,13 +53,27 @@ def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
     return out
 
 
-def _all_ranks_have_batch(has_batch: bool, device: torch.device) -> bool:
-    """With ``data.skip_bad`` a batch can be empty on one rank; then every rank skips the step together."""
+def _all_ranks_have_batch(has_batch: bool, device: torch.device, may_be_empty: bool) -> bool:
+    """With ``data.skip_bad`` a batch can be empty on one rank; then every rank skips the step together.
+    The check costs one tiny all-reduce per step, so it runs only when batches can be empty."""
+    if not may_be_empty:
+        if not has_batch:
+            raise RuntimeError("an empty batch although data.skip_bad is off")
+        return True
     if not _distributed():
         return has_batch
     flag = torch.tensor([0 if has_batch else 1], device=device)
     dist.all_reduce(flag)
     return int(flag) == 0
+
+
+def _broadcast_buffers(module: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics). DDP broadcasts them at the start of
+    each forward, but each rank then updates its own copy with its own batch; evaluation and export must all
+    use the same model."""
+    if _distributed():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 @torch.no_grad()
@@ -70,6 +84,7 @@ def evaluate(model: torch.nn.Module, cfg: Config, device: torch.device, rank: in
     shard = Subset(val_set, range(rank, len(val_set), world))
     loader = DataLoader(shard, batch_size=cfg.train.batch_size, collate_fn=collate_skip_bad)
     cm = ConfusionMatrix(val_set.num_classes, IGNORE_INDEX, device=device)
+    _broadcast_buffers(model)
     was_training = model.training
     model.eval()
     for batch in loader:
@@ -165,7 +180,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if step >= steps_per_epoch:
                 break
             skipped.update(batch.pop("skipped", []))
-            if not _all_ranks_have_batch("image" in batch, device):
+            if not _all_ranks_have_batch("image" in batch, device, may_be_empty=cfg.data.skip_bad):
                 log.print(f"[rayseg] step {global_step}: a whole batch was bad samples; step skipped")
                 continue
             batch = _to_device(batch, device, cfg.train.channels_last)

@@ -17,23 +17,29 @@ from rayseg.config import Config, save_config
 
 
 def ensure_ray(address: str | None = None) -> None:
-    """Join ``address`` (or ``RAY_ADDRESS``) if given, else start a local cluster; no-op when already up."""
+    """Join ``address`` (or ``RAY_ADDRESS``) if given, else start a fresh local cluster; no-op when Ray is up.
+
+    A local cluster needs no network interface, so it is bound to 127.0.0.1. Ray reads that choice when it is
+    first imported, so this must run before anything imports ray (``train`` calls it first).
+    """
+    address = address or os.environ.get("RAY_ADDRESS") or None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address is None:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None:
-        # A local cluster needs no network interface: Ray then binds it to 127.0.0.1.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        ray.init(logging_level=logging.WARNING, include_dashboard=False)
+        ray.init(address="local", logging_level=logging.WARNING, dashboard_host="127.0.0.1")
     else:
         ray.init(address=address, logging_level=logging.WARNING)
 
 
 def train(cfg: Config, command: str, address: str | None = None) -> dict:
     """Run (or resume) the training described by ``cfg``; returns the run's summary.json contents."""
+    if cfg.train.num_workers > 0:
+        ensure_ray(address)
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -42,8 +48,6 @@ def train(cfg: Config, command: str, address: str | None = None) -> dict:
     run_dir = Path(cfg.run_dir(command))
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    if cfg.train.num_workers > 0:
-        ensure_ray(address)
     t = cfg.train
     trainer = TorchTrainer(
         train_loop_per_worker,
