@@ -119,9 +119,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     method_cls = get_method(cfg.method)
     train_set = method_cls.train_dataset(cfg)
-    method = method_cls.from_config(cfg, train_set)
+    method = method_cls.from_config(cfg, train_set).to(device)
     if cfg.train.channels_last:
         method = method.to(memory_format=torch.channels_last)
+    # Built (and restored) after the move, so the optimizer state lives on the parameters' device.
     optimizer = build_optimizer(parameter_groups(method, cfg.optim), cfg.optim)
 
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.run.seed,
@@ -157,7 +158,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if start_epoch:
         log.print(f"[rayseg] resuming after epoch {start_epoch} (step {global_step}) from the last checkpoint")
 
-    method.to(device)
     model = ray.train.torch.prepare_model(
         method, move_to_device=False,
         parallel_strategy_kwargs={"find_unused_parameters": method_cls.find_unused_parameters})
