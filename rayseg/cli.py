@@ -67,11 +67,14 @@ def preflight(cfg: Config) -> None:
         train_set = method_cls.train_dataset(cfg)
         if len(train_set) == 0:
             raise ConfigError(f"data: the training split '{cfg.data.train_split}' is empty")
-        method_cls.from_config(cfg, train_set)
+        model = method_cls.from_config(cfg, train_set).segmentation_model()
     except (FileNotFoundError, WeightsError, ValueError) as e:
         if isinstance(e, ConfigError):
             raise
         raise ConfigError(str(e).splitlines()[0]) from None
+    report = getattr(model, "init_report", None)
+    if report is not None:
+        print(f"[rayseg] {report.summary()}", flush=True)
 
 
 def root_cause(error: BaseException) -> str:

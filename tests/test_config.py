@@ -96,3 +96,21 @@ def test_cli_config_errors_exit_2_with_one_line_before_ray(args, message, tmp_pa
     assert r.returncode == 2
     err = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith(message), r.stderr
+
+
+def test_cli_weights_that_do_not_fit_the_model_exit_2_before_ray(tmp_path):
+    import os
+
+    from rayseg.models import build_model
+    from rayseg.models.weights import export_weights
+
+    weights = tmp_path / "deeplab.pt"
+    export_weights(build_model("resnet18", "deeplabv3", num_classes=7, channels=16), weights)
+    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:1"}
+    r = subprocess.run([sys.executable, "-m", "rayseg", "finetune", f"model.init_weights={weights}",
+                        "model.head=fcn", f"run.storage={tmp_path}"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2
+    err = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error: ") and str(weights) in err[0], r.stderr
+    assert not any(tmp_path.glob("finetune-*")), "no run folder before the config is known to be good"
