@@ -1,0 +1,363 @@
+"""Per-model explanations for PSSL label generation (methods.md §3.1 step 2), plain PyTorch + captum.
+
+The default explainer is SmoothGrad with the InterpretDL defaults of the paper: 50 noisy copies of each image,
+noise std ``0.1 · (max x − min x)`` of that image's normalised input, gradient of the target class's softmax
+probability, gradients averaged over the copies, then ``|·|`` summed over channels::
+
+    E(x) = Σ_c | (1/S) Σ_s ∂ f_t(x + n_s) / ∂x_c |,      n_s ~ N(0, σ²),  σ = noise_level · (max x − min x)
+
+:func:`smoothgrad` computes exactly what ``NoiseTunnel(Saliency(f)).attribute(x, nt_type="smoothgrad",
+stdevs=σ, abs=False)`` followed by ``.abs().sum(1)`` computes (the same noise gives the same map, and with
+the same RNG seed it even draws the same noise), but batches noisy copies of several images into one
+forward/backward pass of at most ``batch_cap`` samples. IntegratedGradients and GradCAM go through captum.
+
+Models are used as they are (already on the images' device). While explaining, a model is put in eval mode
+and its parameters stop requiring gradients; both are restored afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from rayseg.labeling.ensemble import deciles, ensemble_mean
+
+__all__ = [
+    "METHODS",
+    "SmoothGradConfig",
+    "default_gradcam_layer",
+    "explain",
+    "explain_ensemble",
+    "gradcam",
+    "integrated_gradients",
+    "smoothgrad",
+    "targets_for",
+]
+
+METHODS = ("smoothgrad", "integrated_gradients", "gradcam")
+TARGETS = ("probability", "logit")
+TARGET_FROM = ("label", "prediction")
+
+
+@dataclass
+class SmoothGradConfig:
+    """Explainer settings. Defaults are the paper's (InterpretDL SmoothGrad defaults, target = true label).
+
+    * ``samples``: noisy copies per image (S).
+    * ``noise_level``: noise std = ``noise_level · (max x − min x)`` of each image's own normalised input.
+    * ``target``: ``"probability"`` (gradient of the softmax probability of the target class) or ``"logit"``.
+    * ``target_from``: ``"label"`` (the image's class) or ``"prediction"`` (each model's own argmax).
+    * ``batch_cap``: at most this many samples (noisy copies, IG steps or images) in one forward/backward.
+    * ``method``: ``"smoothgrad"``, ``"integrated_gradients"`` or ``"gradcam"``.
+    * ``amp``: bf16 autocast for the forward pass, on CUDA only (ignored on CPU, where results are exact).
+    * ``channels_last``: channels-last memory format for model and inputs, on CUDA only (ignored on CPU).
+    * ``ig_steps``: integration steps of IntegratedGradients (baseline: the all-zero image).
+    """
+
+    samples: int = 50
+    noise_level: float = 0.1
+    target: str = "probability"
+    target_from: str = "label"
+    batch_cap: int = 256
+    method: str = "smoothgrad"
+    amp: bool = True
+    channels_last: bool = True
+    ig_steps: int = 32
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("target", TARGETS), ("target_from", TARGET_FROM), ("method", METHODS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"SmoothGradConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("samples", "batch_cap", "ig_steps"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"SmoothGradConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.noise_level >= 0:
+            raise ValueError(f"SmoothGradConfig.noise_level must be >= 0, got {self.noise_level}")
+
+    def replace(self, **changes) -> SmoothGradConfig:
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes)
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def _explaining(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no parameter gradients while explaining (gradients flow to the inputs only); restore after."""
+    was_training = model.training
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    model.eval()
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def _fast_path(model: nn.Module, images: Tensor, cfg: SmoothGradConfig) -> tuple[contextlib.AbstractContextManager, bool]:
+    """(autocast context, use channels_last) for this device: both only on CUDA."""
+    on_cuda = images.is_cuda
+    use_cl = bool(cfg.channels_last and on_cuda and images.ndim == 4)
+    if use_cl:
+        model.to(memory_format=torch.channels_last)  # in place; numerically neutral
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if (cfg.amp and on_cuda) else contextlib.nullcontext()
+    return amp, use_cl
+
+
+def _target_scores(outputs: Tensor, targets: Tensor, target: str) -> Tensor:
+    """``f_t`` per sample: the softmax probability (``target="probability"``) or the logit of class ``t``."""
+    outputs = outputs.float()
+    if target == "probability":
+        outputs = outputs.softmax(dim=1)
+    return outputs.gather(1, targets.view(-1, 1)).squeeze(1)
+
+
+def _score_function(model: nn.Module, target: str) -> Callable[[Tensor], Tensor]:
+    """Forward function for captum: class probabilities or logits, ``[N, K]``."""
+    if target == "probability":
+        return lambda x: model(x).float().softmax(dim=1)
+    return lambda x: model(x).float()
+
+
+def _check_inputs(images: Tensor, targets: Tensor) -> Tensor:
+    if images.ndim != 4:
+        raise ValueError(f"expected images of shape [B, C, H, W], got shape {tuple(images.shape)}")
+    targets = torch.as_tensor(targets, device=images.device).long().reshape(-1)
+    if targets.shape[0] != images.shape[0]:
+        raise ValueError(f"got {targets.shape[0]} targets for {images.shape[0]} images")
+    return targets
+
+
+# --------------------------------------------------------------------------------------------------- targets
+
+
+def targets_for(model: nn.Module, images: Tensor, labels: Tensor | None, cfg: SmoothGradConfig) -> Tensor:
+    """Target class of each image: ``labels`` (``target_from="label"``) or ``argmax_k f_k(x)`` of this model
+    on the clean images (``target_from="prediction"``, eval mode, ``batch_cap`` images per forward). int64 ``[B]``."""
+    if cfg.target_from == "label":
+        if labels is None:
+            raise ValueError("target_from='label' needs the images' labels")
+        return _check_inputs(images, labels)
+    preds = []
+    with _explaining(model), torch.no_grad():
+        for chunk in images.split(cfg.batch_cap):
+            preds.append(model(chunk).argmax(dim=1))
+    return torch.cat(preds).long()
+
+
+# --------------------------------------------------------------------------------------------------- SmoothGrad
+
+
+def smoothgrad(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    cfg: SmoothGradConfig | None = None,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """SmoothGrad saliency maps ``[B, H, W]`` of ``images`` ``[B, C, H, W]`` for the classes ``targets`` ``[B]``.
+
+    ``E_b = Σ_c | (1/S) Σ_{s=1..S} ∂ f_{t_b}(x_b + n_{b,s}) / ∂x_b |_c`` : gradients averaged over the S noisy
+    copies first, then absolute value, then sum over channels. ``f_t`` is the softmax probability of class ``t``
+    (``cfg.target="probability"``) or its logit (``"logit"``).
+
+    Noise: ``noise`` ``[B, S, C, H, W]`` is added as given (``S`` = ``noise.shape[1]``; ``cfg.samples`` and
+    ``cfg.noise_level`` are then unused). Otherwise ``n_{b,s} = σ_b · ε``, ``ε ~ N(0, 1)`` drawn from
+    ``generator`` (default: torch's global RNG) with ``σ_b = cfg.noise_level · (max x_b − min x_b)``: one
+    ``randn(S, C, H, W)`` per image, images in order. This is exactly captum's draw
+    (``torch.normal(0, σ·ones(S, C, H, W))`` is bitwise ``randn · σ``), so after the same ``torch.manual_seed``
+    the maps equal ``NoiseTunnel(Saliency(f)).attribute(x_b[None], nt_type="smoothgrad", nt_samples=S,
+    stdevs=σ_b, target=t_b, abs=False).abs().sum(1)`` called image by image.
+
+    Efficiency: the ``B·S`` noisy copies are processed in chunks of at most ``cfg.batch_cap`` samples (copies of
+    several images share a chunk), one forward and one ``torch.autograd.grad`` per chunk, gradients w.r.t. the
+    inputs only; only one image's noise block and one chunk are in memory at a time.
+    """
+    cfg = cfg or SmoothGradConfig()
+    targets = _check_inputs(images, targets)
+    x = images.detach()
+    if not x.is_floating_point():
+        raise ValueError(f"images must be a float tensor, got {x.dtype}")
+    b, c, h, w = x.shape
+    if noise is not None:
+        if noise.shape[0] != b or noise.ndim != 5 or tuple(noise.shape[2:]) != (c, h, w):
+            raise ValueError(f"noise must have shape [B={b}, S, {c}, {h}, {w}], got {tuple(noise.shape)}")
+        samples = noise.shape[1]
+        noise = noise.to(device=x.device, dtype=x.dtype)
+        sigma = None
+    else:
+        samples = int(cfg.samples)
+        sigma = cfg.noise_level * (x.amax(dim=(1, 2, 3)) - x.amin(dim=(1, 2, 3)))  # [B]
+    rng_device = generator.device if generator is not None else x.device
+
+    block: dict[int, Tensor] = {}  # the noise of the image being processed (drawn lazily, in image order)
+
+    def noise_of(i: int, lo: int, hi: int) -> Tensor:
+        if noise is not None:
+            return noise[i, lo:hi]
+        if i not in block:
+            block.clear()
+            eps = torch.randn((samples, c, h, w), generator=generator, device=rng_device, dtype=x.dtype)
+            block[i] = eps.to(x.device) * sigma[i]
+        return block[i][lo:hi]
+
+    grad_sum = torch.zeros((b, c, h, w), dtype=torch.float32, device=x.device)
+    total, cap = b * samples, int(cfg.batch_cap)
+    with _explaining(model):
+        amp, use_cl = _fast_path(model, x, cfg)
+        for start in range(0, total, cap):
+            stop = min(start + cap, total)
+            pieces, owners = [], []
+            for i in range(start // samples, (stop - 1) // samples + 1):
+                lo, hi = max(start - i * samples, 0), min(stop - i * samples, samples)
+                pieces.append(x[i] + noise_of(i, lo, hi))
+                owners.append(torch.full((hi - lo,), i, dtype=torch.long, device=x.device))
+            noisy = torch.cat(pieces)
+            if use_cl:
+                noisy = noisy.contiguous(memory_format=torch.channels_last)
+            noisy.requires_grad_(True)
+            owner = torch.cat(owners)
+            with amp:
+                outputs = model(noisy)
+            selected = _target_scores(outputs, targets[owner], cfg.target).sum()
+            (grad,) = torch.autograd.grad(selected, noisy)
+            grad_sum.index_add_(0, owner, grad.float())
+    return (grad_sum / samples).abs().sum(dim=1)
+
+
+# --------------------------------------------------------------------------------------------------- captum explainers
+
+
+def integrated_gradients(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    steps: int = 32,
+    baseline: float = 0.0,
+    cfg: SmoothGradConfig | None = None,
+) -> Tensor:
+    """IntegratedGradients maps ``[B, H, W]`` via captum: ``E = Σ_c |IG_c(x)|`` with
+    ``IG(x) = (x − x') ⊙ ∫_0^1 ∂ f_t(x' + α (x − x')) / ∂x dα`` (Gauss-Legendre, ``steps`` points), baseline
+    ``x'`` the constant image ``baseline``. ``f_t`` as in :func:`smoothgrad`. At most ``cfg.batch_cap`` samples
+    (images × steps) per forward pass: images go to captum in groups of ``batch_cap // 2`` with
+    ``internal_batch_size = batch_cap`` (captum needs at least 2 steps per internal batch)."""
+    from captum.attr import IntegratedGradients
+
+    cfg = cfg or SmoothGradConfig()
+    targets = _check_inputs(images, targets)
+    cap = int(cfg.batch_cap)
+    maps = []
+    with _explaining(model):
+        ig = IntegratedGradients(_score_function(model, cfg.target))
+        group = max(1, cap // 2)
+        for chunk, tgt in zip(images.split(group), targets.split(group)):
+            attr = ig.attribute(chunk.detach(), baselines=float(baseline), target=tgt, n_steps=int(steps),
+                                internal_batch_size=max(cap, 2 * chunk.shape[0]))
+            maps.append(attr.abs().sum(dim=1))
+    return torch.cat(maps)
+
+
+def default_gradcam_layer(model: nn.Module) -> nn.Module:
+    """The layer GradCAM attributes to: the last block of a CNN that contains a ``Conv2d``.
+
+    torchvision ResNet/ResNeXt/Wide-ResNet: ``model.layer4``; models with a ``features`` Sequential
+    (MobileNet, EfficientNet, DenseNet, VGG): its last child containing a Conv2d (``features[-1]`` for
+    MobileNet/EfficientNet); otherwise the last ``nn.Conv2d`` of the model. No Conv2d → ``ValueError``.
+    """
+
+    def has_conv(m: nn.Module) -> bool:
+        return any(isinstance(s, nn.Conv2d) for s in m.modules())
+
+    layer4 = getattr(model, "layer4", None)
+    if isinstance(layer4, nn.Module) and has_conv(layer4):
+        return layer4
+    features = getattr(model, "features", None)
+    if isinstance(features, nn.Sequential):
+        blocks = [m for m in features.children() if has_conv(m)]
+        if blocks:
+            return blocks[-1]
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError(f"GradCAM needs a convolutional model; {type(model).__name__} has no Conv2d layer")
+    return convs[-1]
+
+
+def gradcam(
+    model: nn.Module,
+    layer: nn.Module | None,
+    images: Tensor,
+    targets: Tensor,
+    cfg: SmoothGradConfig | None = None,
+) -> Tensor:
+    """GradCAM maps ``[B, H, W]`` via captum ``LayerGradCam`` on ``layer`` (default :func:`default_gradcam_layer`):
+
+    ``E = ReLU(Σ_k α_k A_k)``, ``α_k = mean_{i,j} ∂ f_t / ∂A_k[i, j]`` for the layer's activations ``A``,
+    then bilinearly upsampled to ``H×W`` with ``LayerAttribution.interpolate``. ``f_t`` as in :func:`smoothgrad`.
+    At most ``cfg.batch_cap`` images per forward pass.
+    """
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    cfg = cfg or SmoothGradConfig()
+    targets = _check_inputs(images, targets)
+    layer = layer if layer is not None else default_gradcam_layer(model)
+    size = tuple(images.shape[-2:])
+    maps = []
+    with _explaining(model):
+        cam = LayerGradCam(_score_function(model, cfg.target), layer)
+        for chunk, tgt in zip(images.split(int(cfg.batch_cap)), targets.split(int(cfg.batch_cap))):
+            attr = cam.attribute(chunk.detach(), target=tgt, relu_attributions=True)
+            up = LayerAttribution.interpolate(attr, size, interpolate_mode="bilinear")
+            maps.append(up.sum(dim=1).float())
+    return torch.cat(maps)
+
+
+# --------------------------------------------------------------------------------------------------- dispatch
+
+
+def explain(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor | None,
+    cfg: SmoothGradConfig | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Saliency maps ``[B, H, W]`` of one model with ``cfg.method``, for the targets of :func:`targets_for`."""
+    cfg = cfg or SmoothGradConfig()
+    targets = targets_for(model, images, labels, cfg)
+    if cfg.method == "smoothgrad":
+        return smoothgrad(model, images, targets, cfg, generator=generator)
+    if cfg.method == "integrated_gradients":
+        return integrated_gradients(model, images, targets, steps=cfg.ig_steps, cfg=cfg)
+    return gradcam(model, None, images, targets, cfg)
+
+
+def explain_ensemble(
+    models: Sequence[nn.Module],
+    images: Tensor,
+    labels: Tensor | None,
+    cfg: SmoothGradConfig | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Explain ``images`` with each of the ``M`` models and combine (PSSL Eqs. 1-2).
+
+    Returns ``(per_model [M, B, H, W], ensemble [B, H, W], deciles uint8 [B, H, W])`` with
+    ``ensemble = (1/M) Σ_m minmax(E_m)`` (:func:`ensemble_mean`) and ``deciles = ⌊10·Z/N⌋`` of it
+    (:func:`deciles`). With ``target_from="prediction"`` each model explains its own prediction.
+    """
+    if len(models) == 0:
+        raise ValueError("explain_ensemble needs at least one model")
+    per_model = torch.stack([explain(m, images, labels, cfg, generator=generator) for m in models])
+    scores = ensemble_mean(per_model)
+    return per_model, scores, deciles(scores)
+
