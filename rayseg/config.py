@@ -115,13 +115,24 @@ class TrainSection:
 
 
 @dataclass
+class PSSLSection:
+    labels: str = _field("", "label-version folder written by `rayseg label` (holds shard-*.parquet)")
+    images: str = _field("", "image root the label ids are relative to (the labelled ImageFolder tree)")
+    num_classes: int = _field(0, "K image classes; the network predicts K+1 (index K = background)")
+    bg_weight: float = _field(0.1, "cross-entropy weight of the background class (PSSL w_bg)")
+    threshold_decile: int = _field(9, "deciles >= this are the image's class, the rest background")
+    ignore_d8: bool = _field(False, "label the decile just below the threshold as ignore instead of background")
+
+
+@dataclass
 class Config:
-    method: str = _field("supervised", "training objective", choices=("supervised",))
+    method: str = _field("supervised", "training objective", choices=("supervised", "pssl"))
     run: RunSection = field(default_factory=RunSection)
     data: DataSection = field(default_factory=DataSection)
     model: ModelSection = field(default_factory=ModelSection)
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
+    pssl: PSSLSection = field(default_factory=PSSLSection)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
