@@ -1,0 +1,426 @@
+"""The PSSL labelling job on Ray Data: ImageFolder -> explanation-ensemble deciles -> committed Parquet shards.
+
+Stages of the one streaming pipeline (over the images of every shard still to do)::
+
+    from_items(path, id, shard, class_index)                       driver, deterministic shard plan
+      -> map_batches(decode_and_resize)        CPU tasks            bytes, sha256, PIL decode (RGB), resize to
+                                                                    input_size x input_size, ImageNet
+                                                                    normalisation; a bad file becomes a row
+                                                                    with ``status`` = the reason
+      -> map_batches(ExplainActor)             actor pool           members loaded once per actor;
+                                               (ActorPoolStrategy(size=num_actors), num_gpus per actor,
+                                               fractions allowed, CPU when 0 / no CUDA); explain_ensemble
+                                               on the ok rows, deciles (uint8) + per-member top-decile masks
+      -> map_batches(encode_and_score)         CPU tasks            PNG-encode deciles; IoU with true masks
+      -> iter_batches on the driver                                 rows buffered per shard (they may arrive
+                                                                    in any order); a shard is written when
+                                                                    all its planned rows are in
+
+Commit protocol (see :mod:`rayseg.labeling.shards`): ``shard-XXXXX.parquet`` and ``shard-XXXXX.errors.parquet``
+are written to ``*.tmp`` names and renamed, then the manifest is written last (atomically). A re-run skips
+shards with a manifest, removes stale ``*.tmp`` files and re-does only the uncommitted shards, so a killed run
+followed by a re-run labels every image exactly once; re-running a finished job starts no Ray work.
+
+Images are explained at ``input_size x input_size`` (resized with bilinear filtering, aspect ratio not kept):
+the decile maps have that size. Noise of SmoothGrad is drawn from a generator seeded by ``seed`` and the ids of
+the batch, so a run is reproducible for a given batching.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from rayseg.data.folders import IMAGE_EXTENSIONS
+from rayseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from rayseg.labeling import shards
+from rayseg.labeling.explainers import SmoothGradConfig
+from rayseg.labeling.members import MemberSpec, check_weights, label_version, load_members, member_names
+
+__all__ = ["ExplainActor", "LabelingJob", "decode_and_resize", "encode_and_score", "plan_shards", "run_labeling"]
+
+
+@dataclass
+class LabelingJob:
+    """One labelling run. ``images``: ImageFolder root ``root/<class>/<file>`` (class index = sorted class folder
+    order). ``output``: labels root; shards go to ``output/<label_version>/``. Images are resized to
+    ``input_size x input_size`` for explanation (the decile maps have that size). ``true_masks``: optional
+    ``<root>_masks`` tree (same relative paths, 0/255 PNG) to score the top-decile masks (mean IoU)."""
+
+    images: str
+    output: str
+    members: list[MemberSpec]
+    num_classes: int
+    explainer: SmoothGradConfig = field(default_factory=SmoothGradConfig)
+    input_size: int = 64
+    shard_size: int = 64
+    batch_size: int = 8
+    num_actors: int = 1
+    num_gpus_per_actor: float = 0.0
+    allow_random_weights: bool = False
+    seed: int = 0
+    true_masks: str = ""
+    num_cpus_per_actor: float = 1.0
+
+
+# --------------------------------------------------------------------------------------------------- planning
+
+
+def list_images(root: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
+    """Sorted relative paths (posix) of all image files under ``root/<class>/`` and the class index of each."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: image folder not found")
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+    if not classes:
+        raise FileNotFoundError(f"{root}: no class folders (expected root/<class>/<image>)")
+    class_of = {}
+    for index, name in enumerate(classes):
+        for dirpath, _, files in os.walk(root / name, followlinks=True):
+            for f in files:
+                if f.lower().endswith(IMAGE_EXTENSIONS):
+                    class_of[(Path(dirpath) / f).relative_to(root).as_posix()] = index
+    if not class_of:
+        raise FileNotFoundError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
+    return sorted(class_of), class_of
+
+
+def plan_shards(ids: list[str], shard_size: int) -> list[list[str]]:
+    """Deterministic shard plan: sorted ids in chunks of ``shard_size``; shard ``i`` is chunk ``i``."""
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    ids = sorted(ids)
+    return [ids[i:i + shard_size] for i in range(0, len(ids), shard_size)]
+
+
+def _version(job: LabelingJob) -> str:
+    return label_version(job.members, job.explainer, job.input_size, {"num_classes": int(job.num_classes)})
+
+
+def _clean_tmp(version_dir: Path) -> None:
+    for folder in (version_dir, version_dir / shards.MANIFEST_DIR):
+        if folder.is_dir():
+            for tmp in folder.glob("*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------------- stages
+
+
+def decode_and_resize(batch: dict, images_root: str, input_size: int) -> dict:
+    """CPU stage: read, hash, decode (RGB) and resize every image; normalise with the ImageNet mean/std.
+    A file that cannot be read or decoded becomes a row with ``status`` = the reason (never an exception)."""
+    mean = np.asarray(IMAGENET_MEAN, np.float32).reshape(3, 1, 1)
+    std = np.asarray(IMAGENET_STD, np.float32).reshape(3, 1, 1)
+    n = len(batch["id"])
+    images = np.zeros((n, 3, input_size, input_size), np.float32)
+    hashes, status = [], []
+    for i, rel in enumerate(batch["id"]):
+        path = Path(images_root) / str(rel)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            hashes.append("")
+            status.append(f"{rel}: cannot read file ({type(exc).__name__}: {exc.strerror or exc})")
+            continue
+        hashes.append(hashlib.sha256(data).hexdigest())
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                rgb = img.convert("RGB")  # forces the decode of the whole file
+            rgb = rgb.resize((input_size, input_size), Image.BILINEAR)
+        except Exception as exc:  # PIL raises many types for corrupt data
+            msg = str(exc).splitlines()[0] if str(exc) else ""
+            status.append(f"{rel}: cannot decode image ({type(exc).__name__}: {msg})")
+            continue
+        array = np.asarray(rgb, np.float32).transpose(2, 0, 1) / 255.0
+        images[i] = (array - mean) / std
+        status.append("ok")
+    return {
+        "id": np.asarray(batch["id"], dtype=object),
+        "shard": np.asarray(batch["shard"], np.int64),
+        "class_index": np.asarray(batch["class_index"], np.int64),
+        "content_hash": np.asarray(hashes, dtype=object),
+        "status": np.asarray(status, dtype=object),
+        "image": images,
+    }
+
+
+class ExplainActor:
+    """Actor stage: the ensemble is loaded once per actor; each call explains the ok rows of a batch.
+
+    Output per row: ``deciles`` uint8 HxW (zeros for error rows) and ``member_top`` uint8 MxHxW, the top-decile
+    mask of each member alone (for the ensemble-vs-member IoU check). The ``image`` column is dropped."""
+
+    def __init__(self, members: list[dict], num_classes: int, explainer: dict, allow_random_weights: bool,
+                 use_gpu: bool, seed: int, num_threads: int = 0):
+        import torch
+
+        if num_threads > 0:
+            torch.set_num_threads(num_threads)
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        specs = [MemberSpec(**m) for m in members]
+        self.models = load_members(specs, num_classes, allow_random_weights, device=self.device)
+        self.cfg = SmoothGradConfig(**explainer)
+        self.seed = int(seed)
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        from rayseg.labeling.ensemble import deciles
+        from rayseg.labeling.explainers import explain_ensemble
+
+        images = batch.pop("image")
+        n, _, h, w = images.shape
+        ok = np.asarray([s == "ok" for s in batch["status"]], bool)
+        out_deciles = np.zeros((n, h, w), np.uint8)
+        out_members = np.zeros((n, len(self.models), h, w), np.uint8)
+        if ok.any():
+            ids = "\n".join(str(i) for i in batch["id"][ok])
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed((self.seed * 1_000_003 + int(hashlib.sha256(ids.encode()).hexdigest()[:12], 16))
+                                  % (2**63))
+            x = torch.from_numpy(np.ascontiguousarray(images[ok])).to(self.device)
+            labels = torch.from_numpy(np.asarray(batch["class_index"][ok], np.int64)).to(self.device)
+            with torch.enable_grad():
+                per_model, _, dec = explain_ensemble(self.models, x, labels, self.cfg, generator=generator)
+            member_top = deciles(per_model.float().flatten(0, 1)).view(per_model.shape) >= 9  # [M, B, H, W]
+            out_deciles[ok] = dec.cpu().numpy()
+            out_members[ok] = member_top.transpose(0, 1).cpu().numpy().astype(np.uint8)
+        batch["deciles"] = out_deciles
+        batch["member_top"] = out_members
+        return batch
+
+
+def _iou(pred: np.ndarray, true: np.ndarray) -> float:
+    union = np.logical_or(pred, true).sum()
+    return float(np.logical_and(pred, true).sum() / union) if union else 1.0
+
+
+def encode_and_score(batch: dict, true_masks: str) -> dict:
+    """CPU stage: PNG-encode the decile maps; with ``true_masks`` also the IoU of the top-decile mask (ensemble,
+    then each member; resized to the true mask's size, nearest) with the true mask (NaN when unavailable)."""
+    dec = batch.pop("deciles")
+    member_top = batch.pop("member_top")
+    n, m = member_top.shape[:2]
+    pngs, iou = [], np.full((n, m + 1), np.nan, np.float32)
+    for i in range(n):
+        if batch["status"][i] != "ok":
+            pngs.append(b"")
+            continue
+        pngs.append(shards.encode_deciles(dec[i]))
+        if not true_masks:
+            continue
+        mask_path = (Path(true_masks) / str(batch["id"][i])).with_suffix(".png")
+        try:
+            with Image.open(mask_path) as img:
+                true = np.asarray(img.convert("L")) > 127
+        except (OSError, ValueError):
+            continue
+        size = (true.shape[1], true.shape[0])
+        preds = [dec[i] >= 9] + [member_top[i, k].astype(bool) for k in range(m)]
+        for k, pred in enumerate(preds):
+            if pred.shape != true.shape:
+                pred = np.asarray(Image.fromarray(pred.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 127
+            iou[i, k] = _iou(pred, true)
+    batch["deciles_png"] = np.asarray(pngs, dtype=object)
+    batch["height"] = np.full(n, dec.shape[1], np.int32)
+    batch["width"] = np.full(n, dec.shape[2], np.int32)
+    batch["iou"] = iou
+    return batch
+
+
+# --------------------------------------------------------------------------------------------------- commit
+
+
+def _write_table(table: pa.Table, path: Path) -> int:
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    return path.stat().st_size
+
+
+def _commit_shard(version_dir: Path, index: int, planned: list[str], rows: list[dict], version: str,
+                  names: list[str], score: bool) -> dict:
+    """Write one shard's Parquet files, then its manifest. Returns the manifest (plus ``bytes`` written)."""
+    rows = sorted(rows, key=lambda r: r["id"])
+    good = [r for r in rows if r["status"] == "ok"]
+    bad = [r for r in rows if r["status"] != "ok"]
+    name = shards.shard_name(index)
+    labels = pa.Table.from_pydict({
+        "id": [r["id"] for r in good],
+        "content_hash": [r["content_hash"] for r in good],
+        "class_index": [int(r["class_index"]) for r in good],
+        "height": [int(r["height"]) for r in good],
+        "width": [int(r["width"]) for r in good],
+        "deciles_png": [bytes(r["deciles_png"]) for r in good],
+        "label_version": [version] * len(good),
+    }, schema=shards.SCHEMA)
+    written = _write_table(labels, version_dir / f"{name}.parquet")
+    errors_file = None
+    if bad:
+        errors_file = f"{name}.errors.parquet"
+        errors = pa.Table.from_pydict({"id": [r["id"] for r in bad], "reason": [r["status"] for r in bad],
+                                       "label_version": [version] * len(bad)}, schema=shards.ERRORS_SCHEMA)
+        written += _write_table(errors, version_dir / errors_file)
+    manifest = {"shard": index, "labels_file": f"{name}.parquet", "errors_file": errors_file, "rows": len(good),
+                "errors": len(bad), "ids": planned, "label_version": version}
+    if score:
+        ious = np.asarray([r["iou"] for r in good], np.float64).reshape(-1, len(names) + 1)
+        ious = ious[~np.isnan(ious).any(axis=1)]
+        manifest["iou"] = {"count": int(len(ious)), "ensemble_sum": float(ious[:, 0].sum()),
+                           "members_sum": {nm: float(ious[:, k + 1].sum()) for k, nm in enumerate(names)}}
+    shards.write_manifest(version_dir, index, manifest)
+    return {**manifest, "bytes": written}
+
+
+# --------------------------------------------------------------------------------------------------- driver
+
+
+def _run_pipeline(job: LabelingJob, version_dir: Path, version: str, plan: list[list[str]], todo: list[int],
+                  class_of: dict[str, int]) -> tuple[list[dict], int]:
+    """Label the shards ``todo`` in one Ray Data pipeline; commit each shard as soon as all its rows are in.
+    Returns (manifests of the newly committed shards, bytes written)."""
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = sys.stdout.isatty()
+    items = [{"id": rel, "shard": i, "class_index": class_of[rel]} for i in todo for rel in plan[i]]
+    names = member_names(job.members)
+    explain_kwargs = {}
+    if job.num_gpus_per_actor > 0:
+        explain_kwargs["num_gpus"] = float(job.num_gpus_per_actor)
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // max(1, job.batch_size), 64)))
+    ds = ds.map_batches(decode_and_resize, batch_size=job.batch_size, batch_format="numpy",
+                        fn_kwargs={"images_root": str(job.images), "input_size": int(job.input_size)})
+    ds = ds.map_batches(
+        ExplainActor,
+        batch_size=job.batch_size,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(size=int(job.num_actors)),
+        num_cpus=float(job.num_cpus_per_actor),
+        fn_constructor_kwargs={
+            "members": [dataclasses.asdict(m) for m in job.members],
+            "num_classes": int(job.num_classes),
+            "explainer": dataclasses.asdict(job.explainer),
+            "allow_random_weights": bool(job.allow_random_weights),
+            "use_gpu": job.num_gpus_per_actor > 0,
+            "seed": int(job.seed),
+            "num_threads": max(1, int(math.ceil(job.num_cpus_per_actor))),
+        },
+        **explain_kwargs,
+    )
+    ds = ds.map_batches(encode_and_score, batch_size=job.batch_size, batch_format="numpy",
+                        fn_kwargs={"true_masks": str(job.true_masks or "")})
+
+    pending: dict[int, list[dict]] = defaultdict(list)
+    committed, written = [], 0
+    for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
+        columns = list(batch)
+        for j in range(len(batch["id"])):
+            row = {c: batch[c][j] for c in columns}
+            index = int(row["shard"])
+            pending[index].append(row)
+            if len(pending[index]) == len(plan[index]):
+                manifest = _commit_shard(version_dir, index, plan[index], pending.pop(index), version, names,
+                                         bool(job.true_masks))
+                written += manifest.pop("bytes")
+                committed.append(manifest)
+    if pending:
+        raise RuntimeError(f"labelling pipeline ended with incomplete shards {sorted(pending)} "
+                           f"({sum(map(len, pending.values()))} rows); re-run to finish them")
+    return committed, written
+
+
+def _check_job(job: LabelingJob) -> None:
+    if not job.members:
+        raise ValueError("labeling job: members is empty (give at least one ensemble member)")
+    for name in ("input_size", "shard_size", "batch_size", "num_actors", "num_classes"):
+        if int(getattr(job, name)) < 1:
+            raise ValueError(f"labeling job: {name} must be >= 1, got {getattr(job, name)}")
+    if job.num_gpus_per_actor < 0:
+        raise ValueError(f"labeling job: num_gpus_per_actor must be >= 0, got {job.num_gpus_per_actor}")
+    if job.true_masks and not Path(job.true_masks).is_dir():
+        raise FileNotFoundError(f"{job.true_masks}: true mask folder not found")
+
+
+def run_labeling(job: LabelingJob) -> dict:
+    """Run (or resume) the labelling job; returns the summary (also written to ``<version_dir>/summary.json``).
+
+    Validation happens on the driver before any Ray work: job fields, the image folder, every member's weights
+    file (missing -> ``FileNotFoundError``) and that it loads into its architecture (``ValueError``)."""
+    start = time.perf_counter()
+    job.members = [m if isinstance(m, MemberSpec) else MemberSpec(**m) for m in job.members]
+    _check_job(job)
+    check_weights(job.members, job.allow_random_weights)
+    ids, class_of = list_images(job.images)
+    plan = plan_shards(ids, job.shard_size)
+    version = _version(job)
+    version_dir = Path(job.output) / version
+    version_dir.mkdir(parents=True, exist_ok=True)
+    _clean_tmp(version_dir)
+    done = {m["shard"] for m in shards.committed_shards(version_dir)}
+    todo = [i for i in range(len(plan)) if i not in done]
+
+    new, written = [], 0
+    if todo:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the random-weights warning is shown once by the actors
+            load_members(job.members, job.num_classes, job.allow_random_weights)  # wrong keys: fail here
+        new, written = _run_pipeline(job, version_dir, version, plan, todo, class_of)
+    seconds = time.perf_counter() - start
+
+    manifests = shards.committed_shards(version_dir)
+    new_images = sum(m["rows"] + m["errors"] for m in new)
+    summary = {
+        "label_version": version,
+        "version_dir": str(version_dir),
+        "images": len(ids),
+        "new_images": new_images,
+        "labelled": sum(m["rows"] for m in new),
+        "errors": sum(m["errors"] for m in new),
+        "total_rows": sum(m["rows"] for m in manifests),
+        "total_errors": sum(m["errors"] for m in manifests),
+        "shards": len(plan),
+        "shards_done": len(new),
+        "shards_skipped": len(plan) - len(todo),
+        "seconds": round(seconds, 3),
+        "images_per_s": round(new_images / seconds, 3) if new_images and seconds > 0 else 0.0,
+        "output_bytes": written,
+        "total_bytes": sum(p.stat().st_size for p in version_dir.glob("shard-*.parquet")),
+    }
+    if job.true_masks:
+        names = member_names(job.members)
+        scored = [m["iou"] for m in manifests if m.get("iou")]
+        count = sum(s["count"] for s in scored)
+        summary["iou_images"] = count
+        summary["iou_ensemble"] = sum(s["ensemble_sum"] for s in scored) / count if count else float("nan")
+        summary["iou_members"] = {n: (sum(s["members_sum"].get(n, 0.0) for s in scored) / count if count
+                                      else float("nan")) for n in names}
+    tmp = version_dir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, version_dir / "summary.json")
+    line = (f"labelled {summary['labelled']} images, {summary['errors']} errors, {summary['images_per_s']:.1f} "
+            f"images/s, {written} bytes written; shards {summary['shards_done']} done, "
+            f"{summary['shards_skipped']} skipped of {summary['shards']} -> {version_dir}")
+    if job.true_masks:
+        members = ", ".join(f"{n} {v:.3f}" for n, v in summary["iou_members"].items())
+        line += f"; top-decile IoU ensemble {summary['iou_ensemble']:.3f} ({members})"
+    print(line, flush=True)
+    return summary

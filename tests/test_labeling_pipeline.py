@@ -1,0 +1,202 @@
+"""PSSL labelling on a real local Ray cluster: shards, corrupt files, resume, weights validation, label_version."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from rayseg.data.synthetic import SyntheticClassification, write_image_folder
+from rayseg.labeling import pipeline as pipeline_mod
+from rayseg.labeling import shards
+from rayseg.labeling.explainers import SmoothGradConfig
+from rayseg.labeling.members import MemberSpec, label_version, load_members
+from rayseg.labeling.pipeline import LabelingJob, run_labeling
+from rayseg.models import build_classifier
+
+ARCHS = ("resnet18", "mobilenet_v3_small")
+NUM_CLASSES = 3
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """24 synthetic 32x32 images in 3 classes, and two member weight files (random state dicts)."""
+    root = tmp_path_factory.mktemp("pssl")
+    write_image_folder(SyntheticClassification(num_images=24, image_size=32, classes=[0, 1, 2]), root / "images")
+    weights = []
+    for i, arch in enumerate(ARCHS):
+        torch.manual_seed(100 + i)
+        path = root / f"{arch}.pt"
+        state = build_classifier(arch, NUM_CLASSES).state_dict()
+        torch.save({"state_dict": state} if i else state, path)  # both accepted forms
+        weights.append(str(path))
+    return root, weights
+
+
+def make_job(root: Path, weights: list[str], output: Path, images: Path | None = None, **kw) -> LabelingJob:
+    return LabelingJob(images=str(images or root / "images"), output=str(output),
+                       members=[MemberSpec(a, w) for a, w in zip(ARCHS, weights)], num_classes=NUM_CLASSES,
+                       explainer=SmoothGradConfig(samples=4), input_size=32, shard_size=8, batch_size=8, **kw)
+
+
+def all_ids(images: Path) -> set[str]:
+    return {p.relative_to(images).as_posix() for p in images.rglob("*.png")}
+
+
+@pytest.fixture(scope="module")
+def labelled(ray_cluster, tiny):
+    root, weights = tiny
+    job = make_job(root, weights, root / "labels", true_masks=str(root / "images_masks"))
+    summary = run_labeling(job)
+    return job, summary
+
+
+# ------------------------------------------------------------------------------------------ Ray pipeline
+
+
+@pytest.mark.ray
+def test_end_to_end_three_committed_shards(labelled, tiny):
+    root, _ = tiny
+    job, summary = labelled
+    version_dir = Path(summary["version_dir"])
+    assert version_dir.parent == root / "labels" and version_dir.name == summary["label_version"]
+    manifests = shards.committed_shards(version_dir)
+    assert [m["shard"] for m in manifests] == [0, 1, 2]
+    assert all(m["rows"] == 8 and m["errors"] == 0 and m["errors_file"] is None for m in manifests)
+    table = shards.read_labels(version_dir)
+    ids = table.column("id").to_pylist()
+    assert len(ids) == 24 and set(ids) == all_ids(root / "images")
+    assert sorted(sum((m["ids"] for m in manifests), [])) == sorted(ids)
+    assert set(table.column("label_version").to_pylist()) == {summary["label_version"]}
+    classes = sorted(p.name for p in (root / "images").iterdir())
+    for row in table.to_pylist():
+        assert row["class_index"] == classes.index(row["id"].split("/")[0])
+        d = shards.decode_deciles(row["deciles_png"])
+        assert d.shape == (32, 32) and d.dtype == np.uint8 and d.max() <= 9 and (row["height"], row["width"]) == (32, 32)
+        assert d.max() == 9 and len(np.unique(d)) >= 5  # a ranking, not a constant map
+        import hashlib
+        assert row["content_hash"] == hashlib.sha256((root / "images" / row["id"]).read_bytes()).hexdigest()
+    assert summary["new_images"] == summary["labelled"] == summary["total_rows"] == 24
+    assert summary["errors"] == 0 and summary["shards_done"] == 3 and summary["shards_skipped"] == 0
+    assert summary["output_bytes"] > 0 and summary["images_per_s"] > 0
+    # IoU of the top-decile masks with the true masks: a number in [0, 1] per member and for the ensemble
+    assert summary["iou_images"] == 24
+    assert 0.0 <= summary["iou_ensemble"] <= 1.0
+    assert set(summary["iou_members"]) == {"resnet18#0", "mobilenet_v3_small#1"}
+    assert all(0.0 <= v <= 1.0 for v in summary["iou_members"].values())
+    assert (version_dir / "summary.json").is_file()
+
+
+@pytest.mark.ray
+def test_rerun_of_finished_job_does_no_ray_work(labelled, tiny, monkeypatch):
+    root, _ = tiny
+    job, first = labelled
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the pipeline must not run for a finished job")
+
+    monkeypatch.setattr(pipeline_mod, "_run_pipeline", boom)
+    t0 = time.perf_counter()
+    summary = run_labeling(job)
+    assert time.perf_counter() - t0 < 5
+    assert summary["new_images"] == 0 and summary["shards_skipped"] == 3 and summary["shards_done"] == 0
+    assert summary["total_rows"] == 24 and summary["label_version"] == first["label_version"]
+    assert summary["iou_ensemble"] == pytest.approx(first["iou_ensemble"])
+
+
+@pytest.mark.ray
+def test_resume_redoes_only_the_uncommitted_shard(labelled, tiny, tmp_path):
+    root, weights = tiny
+    _, first = labelled
+    out = tmp_path / "labels"
+    shutil.copytree(root / "labels", out)
+    version_dir = out / first["label_version"]
+    # A crash before the commit of shard 1: no manifest, no parquet, and a stale temp file.
+    shards.manifest_path(version_dir, 1).unlink()
+    (version_dir / "shard-00001.parquet").unlink()
+    (version_dir / "shard-00001.parquet.tmp").write_bytes(b"half written")
+    before = pq.read_table(version_dir / "shard-00000.parquet")
+
+    summary = run_labeling(make_job(root, weights, out))
+    assert summary["new_images"] == 8 and summary["shards_done"] == 1 and summary["shards_skipped"] == 2
+    assert not list(version_dir.glob("*.tmp"))
+    ids = shards.read_labels(version_dir).column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == 24 and set(ids) == all_ids(root / "images")
+    assert pq.read_table(version_dir / "shard-00000.parquet").equals(before)  # committed shards untouched
+
+
+@pytest.mark.ray
+def test_corrupt_files_become_error_rows(ray_cluster, tiny, tmp_path):
+    root, weights = tiny
+    images = tmp_path / "images"
+    shutil.copytree(root / "images", images)
+    files = sorted(images.rglob("*.png"))
+    truncated, not_image = files[3], files[17]
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    not_image.write_text("this is not a PNG\n")
+
+    summary = run_labeling(make_job(root, weights, tmp_path / "labels", images=images))
+    version_dir = Path(summary["version_dir"])
+    assert summary["labelled"] == 22 and summary["errors"] == 2 and summary["new_images"] == 24
+    assert summary["total_errors"] == 2
+    errors = shards.read_errors(version_dir).to_pylist()
+    bad = {truncated.relative_to(images).as_posix(), not_image.relative_to(images).as_posix()}
+    assert {e["id"] for e in errors} == bad
+    for e in errors:
+        assert e["id"] in e["reason"] and "cannot decode image" in e["reason"]
+        assert e["label_version"] == summary["label_version"]
+    labels = shards.read_labels(version_dir).column("id").to_pylist()
+    assert len(labels) == 22 and not (set(labels) & bad)
+    manifests = shards.committed_shards(version_dir)
+    assert sum(m["errors"] for m in manifests) == 2 and len(manifests) == 3
+
+
+# ------------------------------------------------------------------------------------------ no Ray
+
+
+def test_missing_weights_fail_on_the_driver_before_ray_work(tiny, tmp_path, monkeypatch):
+    root, weights = tiny
+    missing = str(tmp_path / "nope.pt")
+    job = make_job(root, [weights[0], missing], tmp_path / "labels")
+    monkeypatch.setattr(pipeline_mod, "_run_pipeline", lambda *a, **k: pytest.fail("Ray work started"))
+    with pytest.raises(FileNotFoundError, match=r"ensemble member mobilenet_v3_small: weights file not found: .*nope\.pt"):
+        run_labeling(job)
+    assert not (tmp_path / "labels").exists()
+
+
+def test_load_members_weights_random_and_wrong_keys(tiny, tmp_path):
+    _, weights = tiny
+    a, b = load_members([MemberSpec(ARCHS[0], weights[0]), MemberSpec(ARCHS[1], weights[1])], NUM_CLASSES)
+    assert not a.training and not b.training
+    torch.testing.assert_close(a.state_dict()["fc.weight"], torch.load(weights[0], weights_only=True)["fc.weight"])
+    with pytest.warns(UserWarning, match="random weights"):
+        r1 = load_members([MemberSpec("resnet18", "")], NUM_CLASSES, allow_random_weights=True)[0]
+    with pytest.warns(UserWarning):
+        r2 = load_members([MemberSpec("resnet18", "")], NUM_CLASSES, allow_random_weights=True)[0]
+    torch.testing.assert_close(r1.state_dict()["fc.weight"], r2.state_dict()["fc.weight"])  # seeded by index
+    with pytest.raises(ValueError, match=r"mobilenet_v3_small\.pt.*do not fit resnet18"):
+        load_members([MemberSpec("resnet18", weights[1])], NUM_CLASSES)
+    with pytest.raises(ValueError, match=r"resnet18\.pt.*do not fit resnet18 with 5 classes"):
+        load_members([MemberSpec("resnet18", weights[0])], 5)
+
+
+def test_label_version_changes_with_samples_and_weights(tiny, tmp_path):
+    _, weights = tiny
+    specs = [MemberSpec(a, w) for a, w in zip(ARCHS, weights)]
+    cfg = SmoothGradConfig(samples=4)
+    v = label_version(specs, cfg, 32, {})
+    assert len(v) == 12 and int(v, 16) >= 0
+    assert label_version(specs, SmoothGradConfig(samples=4), 32, {}) == v
+    assert label_version(specs, cfg.replace(samples=5), 32, {}) != v
+    assert label_version(specs, cfg, 64, {}) != v
+    changed = tmp_path / "changed.pt"
+    state = torch.load(weights[1], weights_only=True)
+    state["state_dict"]["classifier.3.bias"] += 1
+    torch.save(state, changed)
+    assert label_version([specs[0], MemberSpec(ARCHS[1], str(changed))], cfg, 32, {}) != v
+    assert label_version([specs[0], MemberSpec(ARCHS[1], "")], cfg, 32, {}) != v  # "random"
