@@ -212,6 +212,18 @@ def test_dataset_errors(tmp_path, labelled):
     assert ds.class_names == ["class0", "class1", "class2", "background"]
     with pytest.raises(BadSampleError, match=f"no-images/{ds.ids[0]}: file not found"):
         ds[0]
+    skipping = PSSLDataset(labels, tmp_path / "no-images", num_classes=K, skip_bad=True)
+    marker = skipping[1]
+    assert marker["bad"] and marker["id"] == ds.ids[1] and "file not found" in marker["reason"]
+    assert list(skipping.bad_samples) == [ds.ids[1]]
+
+
+def test_dataset_corrupt_decile_png_names_the_sample(labelled):
+    labels, images, _ = labelled
+    ds = PSSLDataset(labels, images, num_classes=K)
+    ds.deciles_png[2] = b"not a png"
+    with pytest.raises(BadSampleError, match=f"{ds.ids[2]}: cannot decode the decile map"):
+        ds[2]
 
 
 # ----------------------------------------------------------------------------------------------- method
@@ -246,13 +258,13 @@ def test_pssl_forward_and_training_reduce_the_loss(labelled):
     method = PSSL.from_config(cfg, train_set)
     assert method.loss.weight.tolist() == pytest.approx([1, 1, 1, 0.1])
     assert method.segmentation_model().classifier.out_channels == K + 1
-    batch = default_collate([train_set[i] for i in range(4)])
+    batch = default_collate([train_set[i] for i in range(2)])
     losses = method(batch)
     assert set(losses) == {"wce"}
     first = losses["wce"]
     assert first.ndim == 0 and torch.isfinite(first) and first.requires_grad
     opt = torch.optim.SGD(method.parameters(), lr=0.05, momentum=0.9)
-    for _ in range(8):
+    for _ in range(3):
         opt.zero_grad()
         method(batch)["wce"].backward()
         opt.step()

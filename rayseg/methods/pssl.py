@@ -25,7 +25,8 @@ from torchvision.transforms.v2 import functional as TF
 
 from rayseg.config import Config, ConfigError
 from rayseg.data import IGNORE_INDEX
-from rayseg.data.folders import load_rgb
+from rayseg.data.errors import BadSampleError
+from rayseg.data.folders import _SkipBadMixin, load_rgb
 from rayseg.data.transforms import SegTrainTransform, to_float_pair
 from rayseg.labeling import shards
 from rayseg.labeling.ensemble import pseudo_label
@@ -85,14 +86,16 @@ def _folder_class_names(images_root: Path, num_classes: int) -> list[str]:
     return folders if len(folders) == num_classes else [f"class{i}" for i in range(num_classes)]
 
 
-class PSSLDataset(Dataset):
+class PSSLDataset(_SkipBadMixin, Dataset):
     """Images of an ImageFolder tree with their PSSL pseudo-masks from committed label shards.
 
     Item ``i``: ``{"image": float 3xHxW, "mask": int64 HxW, "id": str}``. The mask is built from the decile map
     (nearest-resized to the image size, methods.md §3.1 item 7) by :func:`rayseg.labeling.ensemble.pseudo_label`:
     ``D >= threshold`` -> the image's class, ``D = threshold-1`` -> 255 when ``ignore_d8``, the rest -> K
     (background); ``transform(image, mask)`` is a joint transform (crop padding of the mask = 255).
-    ``num_classes`` is K+1; ``class_names`` the K class names + ``"background"``.
+    ``num_classes`` is K+1; ``class_names`` the K class names + ``"background"``. A missing or corrupt image (or
+    decile PNG) raises ``BadSampleError`` naming it, or with ``skip_bad`` comes back as a marker for
+    ``collate_skip_bad`` and is recorded in ``bad_samples``.
     """
 
     def __init__(
@@ -103,6 +106,7 @@ class PSSLDataset(Dataset):
         transform: Callable | None = None,
         threshold: int = 9,
         ignore_d8: bool = False,
+        skip_bad: bool = False,
     ):
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -124,19 +128,28 @@ class PSSLDataset(Dataset):
         self.num_classes = self.num_image_classes + 1  # K + 1: index K = background
         self.class_names = _folder_class_names(self.images_root, self.num_image_classes) + ["background"]
         self.transform, self.threshold, self.ignore_d8 = transform, int(threshold), bool(ignore_d8)
+        self.skip_bad, self.bad_samples = bool(skip_bad), {}
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def pseudo_mask(self, i: int, size: tuple[int, int]) -> torch.Tensor:
         """The int64 ``size`` pseudo-mask of item ``i`` (before any transform)."""
-        deciles = torch.from_numpy(shards.decode_deciles(self.deciles_png[i]))
+        try:
+            deciles = torch.from_numpy(shards.decode_deciles(self.deciles_png[i]))
+        except Exception as exc:  # noqa: BLE001 - PIL raises many kinds on a corrupt PNG
+            raise BadSampleError(self.labels_dir / self.ids[i], f"cannot decode the decile map ({exc})") from None
+        if deciles.ndim != 2:
+            raise BadSampleError(self.labels_dir / self.ids[i], f"decile map of shape {tuple(deciles.shape)}, not HxW")
         if tuple(deciles.shape) != tuple(size):
             deciles = TF.resize(deciles[None], list(size), interpolation=InterpolationMode.NEAREST)[0]
         return pseudo_label(deciles, self.class_index[i], background_index=self.num_image_classes,
                             threshold=self.threshold, ignore_d8=self.ignore_d8, ignore_index=IGNORE_INDEX)
 
     def __getitem__(self, i: int) -> dict:
+        return self._load_or_mark(self.ids[i], lambda: self._load(i))
+
+    def _load(self, i: int) -> dict:
         image_id = self.ids[i]
         rgb = load_rgb(self.images_root / image_id)  # BadSampleError naming the file when missing / corrupt
         image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
@@ -184,9 +197,10 @@ class PSSL(Method):
         d = cfg.data
         transform = SegTrainTransform(crop_size=d.crop_size, base_size=d.base_size or None,
                                       scale_range=(d.scale_min, d.scale_max), hflip_prob=d.hflip,
-                                      color_jitter=d.color_jitter)
+                                      color_jitter=d.color_jitter, ignore_index=IGNORE_INDEX)
         return PSSLDataset(cfg.pssl.labels, cfg.pssl.images, cfg.pssl.num_classes, transform=transform,
-                           threshold=cfg.pssl.threshold_decile, ignore_d8=cfg.pssl.ignore_d8)
+                           threshold=cfg.pssl.threshold_decile, ignore_d8=cfg.pssl.ignore_d8,
+                           skip_bad=d.skip_bad)
 
     @classmethod
     def from_config(cls, cfg: Config, train_set: Dataset) -> "PSSL":
