@@ -24,7 +24,6 @@ from torch import nn
 
 import rayseg
 from rayseg.labeling.explainers import SmoothGradConfig
-from rayseg.models import build_classifier
 
 __all__ = ["MemberSpec", "label_version", "load_members", "member_names"]
 
@@ -87,6 +86,8 @@ def load_members(
     * Weights that do not fit the architecture (missing / unexpected keys, wrong shapes): ``ValueError``, one line
       naming the file.
     """
+    from rayseg.models import build_classifier  # torchvision: imported only where models are built
+
     specs = [_as_spec(s) for s in specs]
     if not specs:
         raise ValueError("the ensemble needs at least one member")

@@ -45,8 +45,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from rayseg.data.folders import IMAGE_EXTENSIONS
-from rayseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from rayseg.labeling import shards
 from rayseg.labeling.explainers import SmoothGradConfig
 from rayseg.labeling.members import MemberSpec, check_weights, label_version, load_members, member_names
@@ -59,7 +57,9 @@ class LabelingJob:
     """One labelling run. ``images``: ImageFolder root ``root/<class>/<file>`` (class index = sorted class folder
     order). ``output``: labels root; shards go to ``output/<label_version>/``. Images are resized to
     ``input_size x input_size`` for explanation (the decile maps have that size). ``true_masks``: optional
-    ``<root>_masks`` tree (same relative paths, 0/255 PNG) to score the top-decile masks (mean IoU)."""
+    ``<root>_masks`` tree (same relative paths, 0/255 PNG) to score the top-decile masks (mean IoU).
+    ``num_cpus_per_actor``: CPUs reserved per explainer actor (also its torch thread count).
+    ``cpu_tasks``: at most this many concurrent tasks per CPU stage (decode, encode); 0 lets Ray Data decide."""
 
     images: str
     output: str
@@ -75,6 +75,7 @@ class LabelingJob:
     seed: int = 0
     true_masks: str = ""
     num_cpus_per_actor: float = 1.0
+    cpu_tasks: int = 0
 
 
 # --------------------------------------------------------------------------------------------------- planning
@@ -82,6 +83,8 @@ class LabelingJob:
 
 def list_images(root: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
     """Sorted relative paths (posix) of all image files under ``root/<class>/`` and the class index of each."""
+    from rayseg.data.folders import IMAGE_EXTENSIONS
+
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: image folder not found")
@@ -121,11 +124,13 @@ def _clean_tmp(version_dir: Path) -> None:
 # --------------------------------------------------------------------------------------------------- stages
 
 
-def decode_and_resize(batch: dict, images_root: str, input_size: int) -> dict:
-    """CPU stage: read, hash, decode (RGB) and resize every image; normalise with the ImageNet mean/std.
-    A file that cannot be read or decoded becomes a row with ``status`` = the reason (never an exception)."""
-    mean = np.asarray(IMAGENET_MEAN, np.float32).reshape(3, 1, 1)
-    std = np.asarray(IMAGENET_STD, np.float32).reshape(3, 1, 1)
+def decode_and_resize(batch: dict, images_root: str, input_size: int, mean: tuple, std: tuple) -> dict:
+    """CPU stage: read, hash, decode (RGB) and resize every image; normalise with ``mean``/``std`` (the driver
+    passes the ImageNet ones of :mod:`rayseg.data.transforms`, so that this module's import stays light for
+    the task workers: no torchvision). A file that cannot be read or decoded becomes a row with ``status`` =
+    the reason (never an exception)."""
+    mean = np.asarray(mean, np.float32).reshape(3, 1, 1)
+    std = np.asarray(std, np.float32).reshape(3, 1, 1)
     n = len(batch["id"])
     images = np.zeros((n, 3, input_size, input_size), np.float32)
     hashes, status = [], []
@@ -295,7 +300,9 @@ def _run_pipeline(job: LabelingJob, version_dir: Path, version: str, plan: list[
     """Label the shards ``todo`` in one Ray Data pipeline; commit each shard as soon as all its rows are in.
     Returns (manifests of the newly committed shards, bytes written)."""
     import ray
-    from ray.data import ActorPoolStrategy, DataContext
+    from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
+
+    from rayseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = sys.stdout.isatty()
@@ -305,8 +312,15 @@ def _run_pipeline(job: LabelingJob, version_dir: Path, version: str, plan: list[
     if job.num_gpus_per_actor > 0:
         explain_kwargs["num_gpus"] = float(job.num_gpus_per_actor)
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // max(1, job.batch_size), 64)))
-    ds = ds.map_batches(decode_and_resize, batch_size=job.batch_size, batch_format="numpy",
-                        fn_kwargs={"images_root": str(job.images), "input_size": int(job.input_size)})
+    # CPU task stages carry max_retries (Ray's default for tasks, so no change in behaviour) so that their remote
+    # args differ from the actor stage's: otherwise Ray Data fuses decoding into the explainer actors, and on
+    # GPU actors the decoding would no longer overlap with the explanation.
+    cpu_args = {"max_retries": 3}
+    if job.cpu_tasks > 0:
+        cpu_args["compute"] = TaskPoolStrategy(size=int(job.cpu_tasks))
+    ds = ds.map_batches(decode_and_resize, batch_size=job.batch_size, batch_format="numpy", **cpu_args,
+                        fn_kwargs={"images_root": str(job.images), "input_size": int(job.input_size),
+                                   "mean": tuple(IMAGENET_MEAN), "std": tuple(IMAGENET_STD)})
     ds = ds.map_batches(
         ExplainActor,
         batch_size=job.batch_size,
@@ -324,7 +338,7 @@ def _run_pipeline(job: LabelingJob, version_dir: Path, version: str, plan: list[
         },
         **explain_kwargs,
     )
-    ds = ds.map_batches(encode_and_score, batch_size=job.batch_size, batch_format="numpy",
+    ds = ds.map_batches(encode_and_score, batch_size=job.batch_size, batch_format="numpy", **cpu_args,
                         fn_kwargs={"true_masks": str(job.true_masks or "")})
 
     pending: dict[int, list[dict]] = defaultdict(list)
