@@ -92,7 +92,8 @@ def test_weighted_ce_all_ignored_is_zero_with_gradient():
 
 def test_weighted_ce_rejects_wrong_channel_count():
     with pytest.raises(ValueError, match="K\\+1 = 4"):
-        BackgroundWeightedCrossEntropy(num_classes=3, bg_weight=0.1)(torch.zeros(1, 3, 2, 2), torch.zeros(1, 2, 2).long())
+        BackgroundWeightedCrossEntropy(num_classes=3, bg_weight=0.1)(torch.zeros(1, 3, 2, 2),
+                                                                     torch.zeros(1, 2, 2, dtype=torch.long))
 
 
 # ---------------------------------------------------------------------------------------------- dataset
