@@ -115,7 +115,8 @@ def print_summary(command: str, cfg: Config, summary: dict) -> None:
     metrics_file = run_dir / "metrics.json"
     if command == "finetune" and metrics_file.is_file():
         print(format_metrics_table(json.loads(metrics_file.read_text())))
-    print(f"[rayseg] exported weights: {summary['export']['model']}")
+    for name, path in summary["export"].items():
+        print(f"[rayseg] exported {name}: {path}")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

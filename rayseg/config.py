@@ -125,14 +125,26 @@ class PSSLSection:
 
 
 @dataclass
+class ClassifierSection:
+    arch: str = _field("resnet18", "torchvision classifier architecture (method classifier)")
+    archs: list[str] = _field(["resnet18", "mobilenet_v3_small", "shufflenet_v2_x1_0"],
+                              "ensemble members trained by `rayseg train-classifiers`")
+    images: str = _field("", "ImageFolder root to train on; empty = the synthetic classification set")
+    num_images: int = _field(1024, "synthetic classification set: training images")
+    num_val: int = _field(256, "synthetic classification set: held-out images for accuracy")
+    image_size: int = _field(64, "input side in pixels (images are resized to it)")
+
+
+@dataclass
 class Config:
-    method: str = _field("supervised", "training objective", choices=("supervised", "pssl"))
+    method: str = _field("supervised", "training objective", choices=("supervised", "pssl", "classifier"))
     run: RunSection = field(default_factory=RunSection)
     data: DataSection = field(default_factory=DataSection)
     model: ModelSection = field(default_factory=ModelSection)
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
     pssl: PSSLSection = field(default_factory=PSSLSection)
+    classifier: ClassifierSection = field(default_factory=ClassifierSection)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

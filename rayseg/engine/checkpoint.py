@@ -1,5 +1,6 @@
-"""Training-state checkpoints: one directory with ``state.pt`` (everything needed to resume) and the exported
-``model.pt`` / ``backbone.pt`` that ``rayseg finetune`` reads.
+"""Training-state checkpoints: one directory with ``state.pt`` (everything needed to resume) and the method's
+exported weights (``Method.export``: ``model.pt`` / ``backbone.pt`` for segmentation methods, which
+``rayseg finetune`` reads).
 
 ``state.pt`` holds the method's state dict (model plus method state such as prototypes or queues), optimizer,
 lr scheduler, epoch and global step. There is no GradScaler: mixed precision is bf16, which needs none. RNG
@@ -20,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-from rayseg.models.weights import export_weights
 
 STATE_FILE = "state.pt"
 
@@ -31,9 +31,7 @@ def save_checkpoint(directory: str | os.PathLike, method, optimizer, scheduler, 
     torch.save({"method": method.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "epoch": epoch, "global_step": global_step},
                directory / STATE_FILE)
-    model = method.segmentation_model()
-    export_weights(model, directory / "model.pt", part="model", meta=meta)
-    export_weights(model, directory / "backbone.pt", part="backbone", meta=meta)
+    method.export(directory, meta)
 
 
 def load_checkpoint(directory: str | os.PathLike, method, optimizer, scheduler) -> tuple[int, int]:

@@ -31,7 +31,6 @@ from rayseg.engine.metrics import ConfusionMatrix
 from rayseg.engine.optim import build_optimizer, build_scheduler, parameter_groups
 from rayseg.engine.progress import RankZeroLogger, StepMeter, format_duration
 from rayseg.methods import get_method
-from rayseg.models.weights import export_weights
 
 
 def _distributed() -> bool:
@@ -247,8 +246,7 @@ def _write_outputs(run_dir: Path, cfg: Config, core, meta: dict, metrics: dict, 
     """Exports, metrics.json and summary.json of a finished run (rank 0)."""
     export = run_dir / "export"
     export.mkdir(parents=True, exist_ok=True)
-    export_weights(core.segmentation_model(), export / "model.pt", part="model", meta=meta)
-    export_weights(core.segmentation_model(), export / "backbone.pt", part="backbone", meta=meta)
+    exported = core.export(export, meta)
     if metrics:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if skipped:
@@ -258,7 +256,7 @@ def _write_outputs(run_dir: Path, cfg: Config, core, meta: dict, metrics: dict, 
         "final_losses": last_losses,
         "images_per_s": sum(rates[1:]) / len(rates[1:]) if len(rates) > 1 else (rates[0] if rates else None),
         "skipped_bad_samples": len(skipped), "miou": metrics.get("miou"),
-        "export": {"model": str(export / "model.pt"), "backbone": str(export / "backbone.pt")},
+        "export": exported,
     }
     tmp = run_dir / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))

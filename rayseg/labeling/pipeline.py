@@ -312,10 +312,10 @@ def _run_pipeline(job: LabelingJob, version_dir: Path, version: str, plan: list[
     if job.num_gpus_per_actor > 0:
         explain_kwargs["num_gpus"] = float(job.num_gpus_per_actor)
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // max(1, job.batch_size), 64)))
-    # CPU task stages carry max_retries (Ray's default for tasks, so no change in behaviour) so that their remote
-    # args differ from the actor stage's: otherwise Ray Data fuses decoding into the explainer actors, and on
-    # GPU actors the decoding would no longer overlap with the explanation.
-    cpu_args = {"max_retries": 3}
+    # CPU task stages pass max_calls=0 (Ray's default for CPU tasks: unlimited, so no change in behaviour) so that
+    # their remote args differ from the actor stage's: otherwise Ray Data fuses decoding into the explainer
+    # actors, and on GPU actors the decoding would no longer overlap with the explanation.
+    cpu_args: dict = {"max_calls": 0}
     if job.cpu_tasks > 0:
         cpu_args["compute"] = TaskPoolStrategy(size=int(job.cpu_tasks))
     ds = ds.map_batches(decode_and_resize, batch_size=job.batch_size, batch_format="numpy", **cpu_args,

@@ -8,6 +8,8 @@ The engine knows no method by name and a method knows nothing of Ray.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -16,6 +18,7 @@ from torch.utils.data import Dataset
 
 from rayseg.config import Config
 from rayseg.models import SegmentationModel
+from rayseg.models.weights import export_weights
 
 
 class Method(nn.Module):
@@ -49,3 +52,13 @@ class Method(nn.Module):
     def export_meta(self) -> dict[str, Any]:
         """Plain values stored with exported weights (class names, label tables)."""
         return {}
+
+    def export(self, directory: str | os.PathLike, meta: dict[str, Any]) -> dict[str, str]:
+        """Write the weight files other commands read; returns ``{name: path}``.
+
+        Default: ``model.pt`` (backbone + head + classifier) and ``backbone.pt`` of ``segmentation_model()``.
+        """
+        model = self.segmentation_model()
+        directory = Path(directory)
+        return {part: str(export_weights(model, directory / f"{part}.pt", part=part, meta=meta))
+                for part in ("model", "backbone")}
