@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from PIL import Image
 
 from rayseg.data.synthetic import SyntheticClassification, write_image_folder
 from rayseg.labeling import pipeline as pipeline_mod
@@ -79,7 +81,6 @@ def test_end_to_end_three_committed_shards(labelled, tiny):
         d = shards.decode_deciles(row["deciles_png"])
         assert d.shape == (32, 32) and d.dtype == np.uint8 and d.max() <= 9 and (row["height"], row["width"]) == (32, 32)
         assert d.max() == 9 and len(np.unique(d)) >= 5  # a ranking, not a constant map
-        import hashlib
         assert row["content_hash"] == hashlib.sha256((root / "images" / row["id"]).read_bytes()).hexdigest()
     assert summary["new_images"] == summary["labelled"] == summary["total_rows"] == 24
     assert summary["errors"] == 0 and summary["shards_done"] == 3 and summary["shards_skipped"] == 0
@@ -200,3 +201,38 @@ def test_label_version_changes_with_samples_and_weights(tiny, tmp_path):
     torch.save(state, changed)
     assert label_version([specs[0], MemberSpec(ARCHS[1], str(changed))], cfg, 32, {}) != v
     assert label_version([specs[0], MemberSpec(ARCHS[1], "")], cfg, 32, {}) != v  # "random"
+
+
+def test_stages_without_ray_decode_errors_and_iou_numbers(tiny, tmp_path):
+    root, _ = tiny
+    images = tmp_path / "images"
+    (images / "a").mkdir(parents=True)
+    shutil.copy(next((root / "images").rglob("*.png")), images / "a" / "good.png")
+    (images / "a" / "bad.png").write_bytes(b"not an image")
+    batch = {"id": np.array(["a/good.png", "a/bad.png", "a/gone.png"], object), "shard": np.zeros(3, np.int64),
+             "class_index": np.zeros(3, np.int64)}
+    out = pipeline_mod.decode_and_resize(batch, str(images), 16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    assert out["image"].shape == (3, 3, 16, 16) and out["image"].dtype == np.float32
+    assert out["status"][0] == "ok" and out["status"][1].startswith("a/bad.png: cannot decode image")
+    assert out["status"][2].startswith("a/gone.png: cannot read file")
+    assert -2.0 <= out["image"][0].min() and out["image"][0].max() <= 2.0  # (x - 0.5) / 0.25 with x in [0, 1]
+
+    # IoU: true mask = left half of an 8x8 image; deciles 9 on the left 4x4 quarter (IoU 0.5 after nearest
+    # resize of the 4x4 map to 8x8), member 0 top = whole left half (IoU 1), member 1 top = right half (IoU 0).
+    masks = tmp_path / "masks"
+    (masks / "a").mkdir(parents=True)
+    true = np.zeros((8, 8), np.uint8)
+    true[:, :4] = 255
+    Image.fromarray(true).save(masks / "a" / "good.png")
+    dec = np.zeros((2, 4, 4), np.uint8)
+    dec[0, :2, :2] = 9
+    top = np.zeros((2, 2, 4, 4), np.uint8)
+    top[0, 0, :, :2] = 1
+    top[0, 1, :, 2:] = 1
+    enc = pipeline_mod.encode_and_score({"id": np.array(["a/good.png", "a/bad.png"], object),
+                                         "status": np.array(["ok", "a/bad.png: cannot decode"], object),
+                                         "deciles": dec, "member_top": top}, str(masks))
+    np.testing.assert_allclose(enc["iou"][0], [0.5, 1.0, 0.0])
+    assert np.isnan(enc["iou"][1]).all() and enc["deciles_png"][1] == b""
+    np.testing.assert_array_equal(shards.decode_deciles(enc["deciles_png"][0]), dec[0])
+    assert "deciles" not in enc and "member_top" not in enc
