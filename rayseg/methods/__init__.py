@@ -1,12 +1,14 @@
 """Training objectives, one module each. ``METHODS`` maps the config key ``method`` to its class."""
 
 from rayseg.methods.base import Method
+from rayseg.methods.classifier import ImageClassifier
 from rayseg.methods.pssl import PSSL
 from rayseg.methods.supervised import Supervised
 
 METHODS: dict[str, type[Method]] = {
     "supervised": Supervised,
     "pssl": PSSL,
+    "classifier": ImageClassifier,
 }
 
 
@@ -17,4 +19,4 @@ def get_method(name: str) -> type[Method]:
         raise ValueError(f"method: unknown method {name!r} (known: {', '.join(METHODS)})") from None
 
 
-__all__ = ["METHODS", "PSSL", "Method", "Supervised", "get_method"]
+__all__ = ["METHODS", "PSSL", "ImageClassifier", "Method", "Supervised", "get_method"]

@@ -1,0 +1,119 @@
+"""`rayseg train-classifiers`: train the PSSL ensemble members and measure their top-1 accuracy (driver side).
+
+Each architecture of ``classifier.archs`` is one run of method ``classifier`` through the shared engine
+(:func:`rayseg.engine.runner.train`), in its own deterministic run folder, so re-running the command resumes
+unfinished members and does no work for finished ones. The member config is the user's config with
+``method: classifier``, ``classifier.arch: <arch>`` and ``classifier.archs: [<arch>]`` (so adding a member to the
+list does not change the folder, hence the weights, of the others). The run folder is
+``<command>-<arch>-<fingerprint of the member config>``, or ``<run.name>-<arch>`` when ``run.name`` is set.
+
+Accuracy is measured here in plain PyTorch (eval mode, no Ray) on the exported ``classifier.pt`` loaded with
+:func:`rayseg.labeling.members.load_members` (exactly what ``rayseg label`` will do), with the labeling
+preprocessing: on the synthetic set's held-out ``val`` split (``classifier.num_val`` images); with
+``classifier.images`` (an ImageFolder, no held-out split) on the training images themselves — the row's
+``split`` is then ``"train"`` and the table says so.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from rayseg.config import Config, ConfigError, config_from_dict
+
+__all__ = ["evaluate_accuracy", "format_members_table", "member_config", "train_members"]
+
+
+def member_config(cfg: Config, arch: str, command: str = "train-classifiers") -> Config:
+    """The (validated) config that trains ensemble member ``arch``."""
+    data = cfg.to_dict()
+    data["method"] = "classifier"
+    data["classifier"]["arch"] = arch
+    data["classifier"]["archs"] = [arch]
+    data["run"]["name"] = ""
+    member = config_from_dict(data)
+    member.run.name = f"{cfg.run.name}-{arch}" if cfg.run.name else f"{command}-{arch}-{member.fingerprint()}"
+    return member
+
+
+def _check_archs(archs: Sequence[str]) -> None:
+    from rayseg.models.segmentation import CLASSIFIERS
+
+    if not archs:
+        raise ConfigError("classifier.archs: empty (list the torchvision architectures of the ensemble members)")
+    for i, arch in enumerate(archs):
+        if arch not in CLASSIFIERS:
+            raise ConfigError(f"classifier.archs[{i}]: unknown torchvision classifier {arch!r} "
+                              f"(e.g. resnet18, mobilenet_v3_small, shufflenet_v2_x1_0)")
+    duplicates = sorted({a for a in archs if list(archs).count(a) > 1})
+    if duplicates:
+        raise ConfigError(f"classifier.archs: {duplicates[0]!r} listed twice (one run folder per architecture)")
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: torch.nn.Module, dataset, batch_size: int = 64) -> tuple[float, int, int]:
+    """Top-1 accuracy of ``model`` (put in eval mode) on ``dataset`` items ``{"image", "label"}``.
+
+    Returns ``(accuracy, images scored, bad samples skipped)``; accuracy is NaN when nothing could be scored."""
+    from torch.utils.data import DataLoader
+
+    from rayseg.data import collate_skip_bad
+
+    model.eval()
+    device = next(model.parameters()).device
+    correct = total = skipped = 0
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_skip_bad):
+        skipped += len(batch.get("skipped", []))
+        if "image" not in batch:
+            continue
+        pred = model(batch["image"].to(device)).argmax(dim=1).cpu()
+        correct += int((pred == batch["label"]).sum())
+        total += int(batch["label"].numel())
+    return (correct / total if total else math.nan), total, skipped
+
+
+def train_members(cfg: Config, command: str = "train-classifiers", address: str | None = None) -> list[dict]:
+    """Train (or resume, or skip when finished) every member of ``cfg.classifier.archs``; one row per member:
+    ``{"arch", "weights", "accuracy", "split", "images", "skipped", "run_dir"}``."""
+    from rayseg.engine.runner import train
+    from rayseg.labeling.members import MemberSpec, load_members
+    from rayseg.methods.classifier import build_classification_dataset
+
+    _check_archs(cfg.classifier.archs)
+    members = [member_config(cfg, arch, command) for arch in cfg.classifier.archs]  # all validated up front
+    held_out = not cfg.classifier.images
+    eval_set = None
+    rows = []
+    for member in members:
+        summary = train(member, command, address=address)
+        weights = summary["export"]["classifier"]
+        num_classes = int(torch.load(weights, map_location="cpu", weights_only=True)["num_classes"])
+        (model,) = load_members([MemberSpec(member.classifier.arch, weights)], num_classes)
+        if eval_set is None:
+            eval_set = build_classification_dataset(member, train=False, split="val" if held_out else "train",
+                                                    num_images=member.classifier.num_val if held_out else None)
+        accuracy, scored, skipped = evaluate_accuracy(model, eval_set)
+        rows.append({"arch": member.classifier.arch, "weights": weights, "accuracy": accuracy,
+                     "split": "val" if held_out else "train", "images": scored, "skipped": skipped,
+                     "run_dir": member.run_dir(command)})
+    return rows
+
+
+def format_members_table(rows: Sequence[dict]) -> str:
+    """A plain-text table: architecture, top-1 accuracy (and on which images), weights file."""
+    header = ("member", "top-1 acc", "measured on", "weights")
+    lines = []
+    for r in rows:
+        split = r.get("split", "val")
+        where = f"{r.get('images', '?')} {'held-out val' if split == 'val' else 'TRAINING'} images"
+        acc = r["accuracy"]
+        lines.append((r["arch"], "n/a" if acc != acc else f"{100 * acc:.1f}%", where, r["weights"]))
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    out += [fmt.format(*line) for line in lines]
+    if any(r.get("split") == "train" for r in rows):
+        out.append("(classifier.images has no held-out split: accuracy is on the training images)")
+    return "\n".join(out)
