@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p = sub.add_parser("finetune", help="fine-tune (optionally from pre-trained weights) and evaluate mIoU")
     _add_config_args(p)
+    p = sub.add_parser("label", help="pseudo-label an ImageFolder with an explanation ensemble (Ray Data)")
+    _add_config_args(p)
     p = sub.add_parser("demo", help="the whole pipeline on the embedded synthetic benchmark")
     p.add_argument("--quick", action="store_true", help="smaller budget (a smoke test of every step)")
     p.add_argument("--storage", default="rayseg_runs/demo", help="where the demo's runs go")
@@ -119,6 +121,17 @@ def print_summary(command: str, cfg: Config, summary: dict) -> None:
         print(f"[rayseg] exported {name}: {path}")
 
 
+def cmd_label(args: argparse.Namespace) -> int:
+    from rayseg.engine.runner import ensure_ray
+    from rayseg.labeling.job import labeling_job
+    from rayseg.labeling.pipeline import run_labeling
+
+    job = labeling_job(resolve(args, "label"))  # every check before Ray starts
+    ensure_ray(args.address)
+    run_labeling(job)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from rayseg.demo import run_demo
 
@@ -163,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("pretrain", "finetune"):
         return run_guarded(lambda: cmd_train(args, args.command))
+    if args.command == "label":
+        return run_guarded(lambda: cmd_label(args))
     if args.command == "demo":
         return run_guarded(lambda: cmd_demo(args))
     return run_guarded(lambda: cmd_config(args))

@@ -125,6 +125,28 @@ class PSSLSection:
 
 
 @dataclass
+class LabelSection:
+    images: str = _field("", "ImageFolder root to label (root/<class>/<image>)")
+    output: str = _field("rayseg_labels", "labels root; shards go to <output>/<label_version>/")
+    true_masks: str = _field("", "optional tree of true object masks (same relative paths) to score the labels")
+    members: list[str] = _field([], "ensemble members as ARCH:WEIGHTS_FILE (ARCH alone with allow_random_weights)")
+    allow_random_weights: bool = _field(False, "members without weights get random weights (tests only)")
+    num_classes: int = _field(0, "classifier output classes; 0 = the number of class folders")
+    input_size: int = _field(64, "images are resized to input_size x input_size for explanation")
+    method: str = _field("smoothgrad", "explainer", choices=("smoothgrad", "integrated_gradients", "gradcam"))
+    samples: int = _field(50, "SmoothGrad noise samples")
+    noise_level: float = _field(0.1, "SmoothGrad noise std as a fraction of each image's value range")
+    target: str = _field("probability", "explained output", choices=("probability", "logit"))
+    target_from: str = _field("label", "explained class", choices=("label", "prediction"))
+    batch_cap: int = _field(256, "most noisy samples in one forward/backward pass (memory cap)")
+    shard_size: int = _field(64, "images per committed shard")
+    batch_size: int = _field(8, "images per explain call")
+    num_actors: int = _field(1, "explainer actors")
+    gpus_per_actor: float = _field(0.0, "GPUs per explainer actor (fractions allowed; 0 = CPU)")
+    cpus_per_actor: float = _field(1.0, "CPUs per explainer actor (its torch threads)")
+
+
+@dataclass
 class ClassifierSection:
     arch: str = _field("resnet18", "torchvision classifier architecture (method classifier)")
     archs: list[str] = _field(["resnet18", "mobilenet_v3_small", "shufflenet_v2_x1_0"],
@@ -145,6 +167,7 @@ class Config:
     train: TrainSection = field(default_factory=TrainSection)
     pssl: PSSLSection = field(default_factory=PSSLSection)
     classifier: ClassifierSection = field(default_factory=ClassifierSection)
+    label: LabelSection = field(default_factory=LabelSection)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

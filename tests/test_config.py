@@ -78,7 +78,7 @@ def test_explain_lists_every_key():
     assert any(line.startswith("train.epochs (int, default 10)") for line in lines)
     assert any(line.startswith("optim.name (str, default 'sgd' one of sgd, adamw)") for line in lines)
     assert len(lines) == sum(len(getattr(Config(), s).__dataclass_fields__) for s in
-                             ("run", "data", "model", "optim", "train", "pssl", "classifier")) + 1
+                             ("run", "data", "model", "optim", "train", "pssl", "classifier", "label")) + 1
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,0 +1,44 @@
+"""`rayseg label`: config checks before Ray, and a run through the CLI on the session cluster."""
+
+import json
+
+import pytest
+
+from rayseg.data.synthetic import SyntheticClassification, write_image_folder
+from tests.engine_helpers import run_cli
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("label") / "images"
+    write_image_folder(SyntheticClassification(num_images=16, image_size=32, classes=[0, 1]), root)
+    return root
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["label.members=[resnet18:/nonexistent/w.pt]"],
+     "error: label.members: ensemble member resnet18: weights file not found: /nonexistent/w.pt"),
+    (["label.members=[]"], "error: label.members: at least one ensemble member"),
+    (["label.images=/nonexistent"], "error: label.images: folder not found: /nonexistent"),
+])
+def test_label_config_errors_exit_2_before_ray(image_folder, tmp_path, overrides, message):
+    args = ["label", f"label.images={image_folder}", f"label.output={tmp_path}", *overrides]
+    r = run_cli(args, env={"RAY_ADDRESS": "127.0.0.1:1"})  # joining Ray would fail differently
+    assert r.returncode == 2
+    err = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith(message), r.stderr
+
+
+def test_label_command_writes_shards_and_scores_them(ray_cluster, image_folder, tmp_path):
+    args = ["label", "--address", ray_cluster, f"label.images={image_folder}",
+            f"label.true_masks={image_folder}_masks", f"label.output={tmp_path}", "label.members=[resnet18]",
+            "label.allow_random_weights=true", "label.samples=2", "label.input_size=32", "label.shard_size=8"]
+    r = run_cli(args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "labelled 16 images, 0 errors" in r.stdout
+    (version_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    summary = json.loads((version_dir / "summary.json").read_text())
+    assert summary["total_rows"] == 16 and summary["shards"] == 2
+    assert 0.0 <= summary["iou_ensemble"] <= 1.0
+    again = run_cli(args)
+    assert again.returncode == 0 and "shards 0 done, 2 skipped of 2" in again.stdout
