@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p = sub.add_parser("finetune", help="fine-tune (optionally from pre-trained weights) and evaluate mIoU")
     _add_config_args(p)
+    p = sub.add_parser("train-classifiers", help="train the classifiers of a PSSL explanation ensemble")
+    _add_config_args(p)
     p = sub.add_parser("label", help="pseudo-label an ImageFolder with an explanation ensemble (Ray Data)")
     _add_config_args(p)
     p = sub.add_parser("demo", help="the whole pipeline on the embedded synthetic benchmark")
@@ -69,14 +71,14 @@ def preflight(cfg: Config) -> None:
         train_set = method_cls.train_dataset(cfg)
         if len(train_set) == 0:
             raise ConfigError(f"data: the training split '{cfg.data.train_split}' is empty")
-        model = method_cls.from_config(cfg, train_set).segmentation_model()
+        method = method_cls.from_config(cfg, train_set)
     except (FileNotFoundError, WeightsError, ValueError) as e:
         if isinstance(e, ConfigError):
             raise
         raise ConfigError(str(e).splitlines()[0]) from None
-    report = getattr(model, "init_report", None)
-    if report is not None:
-        print(f"[rayseg] {report.summary()}", flush=True)
+    for module in method.modules():
+        if getattr(module, "init_report", None) is not None:
+            print(f"[rayseg] {module.init_report.summary()}", flush=True)
 
 
 def root_cause(error: BaseException) -> str:
@@ -119,6 +121,19 @@ def print_summary(command: str, cfg: Config, summary: dict) -> None:
         print(format_metrics_table(json.loads(metrics_file.read_text())))
     for name, path in summary["export"].items():
         print(f"[rayseg] exported {name}: {path}")
+
+
+def cmd_train_classifiers(args: argparse.Namespace) -> int:
+    from rayseg.labeling.train_members import format_members_table, member_config, train_members
+
+    cfg = resolve(args, "train-classifiers")
+    for arch in cfg.classifier.archs:
+        preflight(member_config(cfg, arch))
+    rows = train_members(cfg, address=args.address)
+    print(format_members_table(rows))
+    members = ", ".join(f"{r['arch']}:{r['weights']}" for r in rows)
+    print(f"[rayseg] label with: label.members=[{members}]")
+    return 0
 
 
 def cmd_label(args: argparse.Namespace) -> int:
@@ -176,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("pretrain", "finetune"):
         return run_guarded(lambda: cmd_train(args, args.command))
+    if args.command == "train-classifiers":
+        return run_guarded(lambda: cmd_train_classifiers(args))
     if args.command == "label":
         return run_guarded(lambda: cmd_label(args))
     if args.command == "demo":
