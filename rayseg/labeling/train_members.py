@@ -112,8 +112,8 @@ def format_members_table(rows: Sequence[dict]) -> str:
         lines.append((r["arch"], "n/a" if acc != acc else f"{100 * acc:.1f}%", where, r["weights"]))
     widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    out = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
-    out += [fmt.format(*line) for line in lines]
+    out = [fmt.format(*header).rstrip(), fmt.format(*("-" * w for w in widths))]
+    out += [fmt.format(*line).rstrip() for line in lines]
     if any(r.get("split") == "train" for r in rows):
         out.append("(classifier.images has no held-out split: accuracy is on the training images)")
     return "\n".join(out)
