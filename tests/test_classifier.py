@@ -87,6 +87,8 @@ def test_export_loads_with_weights_only_and_in_load_members(tmp_path):
     ds = ImageClassifier.train_dataset(cfg)
     torch.manual_seed(0)
     method = ImageClassifier.from_config(cfg, ds).eval()
+    norms = [m for m in method.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.momentum == 0.1 for m in norms)  # torchvision's 0.01 is for long ImageNet runs
     out = method.export(tmp_path / "export", {"method": "classifier", "config_fingerprint": "abc"})
     assert set(out) == {"classifier"} and out["classifier"].endswith("classifier.pt")
     payload = torch.load(out["classifier"], map_location="cpu", weights_only=True)

@@ -111,6 +111,19 @@ def build_classification_dataset(cfg: Config, train: bool = True, split: str = "
     return ClassificationItems(base)
 
 
+#: BatchNorm running-statistics momentum used at least (PyTorch's default). Some torchvision models (MobileNetV3,
+#: EfficientNet) use 0.01 for long ImageNet schedules; after the few hundred steps of a toy run their running
+#: statistics are still mostly the initial (0, 1), and eval-mode predictions, which the explainers use, are near
+#: chance while the batch-statistics ones are not. Momentum is not part of the state dict: weights are unchanged.
+BATCHNORM_MOMENTUM = 0.1
+
+
+def _short_run_batchnorm(model: nn.Module, momentum: float = BATCHNORM_MOMENTUM) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.momentum is not None:
+            module.momentum = max(module.momentum, momentum)
+
+
 class ImageClassifier(Method):
     """``L = F.cross_entropy(f(I), y)`` for a torchvision classifier ``f`` (the PSSL ensemble members)."""
 
@@ -138,6 +151,7 @@ class ImageClassifier(Method):
             model = build_classifier(arch, train_set.num_classes)
         except ValueError as exc:
             raise ConfigError(f"classifier.arch: {exc}") from None
+        _short_run_batchnorm(model)
         names = list(getattr(train_set, "class_names", None) or [f"class{i}" for i in range(train_set.num_classes)])
         return cls(model, arch, names, cfg.classifier.image_size)
 
