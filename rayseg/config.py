@@ -127,6 +127,8 @@ class PSSLSection:
 @dataclass
 class LabelSection:
     images: str = _field("", "ImageFolder root to label (root/<class>/<image>)")
+    images_parquet: str = _field("", "Parquet file or folder with columns id (string), image (binary: encoded image "
+                                 "bytes), label (int: class index); used instead of label.images")
     output: str = _field("rayseg_labels", "labels root; shards go to <output>/<label_version>/")
     true_masks: str = _field("", "optional tree of true object masks (same relative paths) to score the labels")
     members: list[str] = _field([], "ensemble members as ARCH:WEIGHTS_FILE (ARCH alone with allow_random_weights)")

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -236,3 +237,110 @@ def test_stages_without_ray_decode_errors_and_iou_numbers(tiny, tmp_path):
     assert np.isnan(enc["iou"][1]).all() and enc["deciles_png"][1] == b""
     np.testing.assert_array_equal(shards.decode_deciles(enc["deciles_png"][0]), dec[0])
     assert "deciles" not in enc and "member_top" not in enc
+
+
+# ------------------------------------------------------------------------------------------ Parquet input
+
+
+def write_image_table(images: Path, path: Path, count: int = 16, corrupt: bool = True) -> list[str]:
+    """A Parquet table (id, image bytes, label) of the first ``count`` images of ``images``, with ids unlike the
+    file paths, plus one corrupt entry. Returns the ids (sorted)."""
+    classes = sorted(p.name for p in images.iterdir())
+    files = sorted(images.rglob("*.png"))[:count]
+    ids = [f"img-{i:03d}" for i in range(len(files))]
+    data = [f.read_bytes() for f in files]
+    labels = [classes.index(f.parent.name) for f in files]
+    if corrupt:
+        ids.append("img-corrupt")
+        data.append(b"\x89PNG\r\n\x1a\n not really")
+        labels.append(0)
+    order = list(reversed(range(len(ids))))  # table order is not id order
+    table = pa.table({"id": [ids[i] for i in order], "image": pa.array([data[i] for i in order], pa.binary()),
+                      "label": pa.array([labels[i] for i in order], pa.int64())})
+    pq.write_table(table, path, row_group_size=5)
+    return sorted(ids)
+
+
+@pytest.mark.ray
+def test_parquet_input_labels_rows_errors_and_resumes(ray_cluster, tiny, tmp_path):
+    root, weights = tiny
+    table_path = tmp_path / "images.parquet"
+    ids = write_image_table(root / "images", table_path)
+    job = make_job(root, weights, tmp_path / "labels", images_parquet=str(table_path))
+    job.images = ""
+    summary = run_labeling(job)
+    version_dir = Path(summary["version_dir"])
+    assert summary["images"] == 17 and summary["labelled"] == 16 and summary["errors"] == 1
+    assert summary["shards"] == 3 and "iou_ensemble" not in summary  # no true masks: no IoU
+    assert summary["images_parquet"] == str(table_path.resolve()) and summary["images_root"] == ""
+    labels = shards.read_labels(version_dir)
+    assert sorted(labels.column("id").to_pylist()) == [i for i in ids if i != "img-corrupt"]
+    source = pq.read_table(table_path).to_pylist()
+    by_id = {r["id"]: r for r in source}
+    for row in labels.to_pylist():
+        assert row["content_hash"] == hashlib.sha256(by_id[row["id"]]["image"]).hexdigest()
+        assert row["class_index"] == by_id[row["id"]]["label"]
+        d = shards.decode_deciles(row["deciles_png"])
+        assert d.shape == (32, 32) and d.max() == 9
+    (error,) = shards.read_errors(version_dir).to_pylist()
+    assert error["id"] == "img-corrupt" and "cannot decode image" in error["reason"]
+    manifests = shards.committed_shards(version_dir)
+    assert [m["ids"] for m in manifests] == [ids[0:8], ids[8:16], ids[16:]]
+
+    # resume: shard 1 lost before its commit -> only its 8 rows are decoded and labelled again
+    shards.manifest_path(version_dir, 1).unlink()
+    (version_dir / "shard-00001.parquet").unlink()
+    again = run_labeling(job)
+    assert again["new_images"] == 8 and again["shards_done"] == 1 and again["shards_skipped"] == 2
+    ids_after = shards.read_labels(version_dir).column("id").to_pylist()
+    assert len(ids_after) == len(set(ids_after)) == 16
+
+
+def test_decode_parquet_rows_shard_lookup_drops_committed_and_reports_bad_bytes(tiny):
+    root, _ = tiny
+    good = next((root / "images").rglob("*.png")).read_bytes()
+    batch = {"id": np.array(["b", "a", "d", "c", "e"], object),
+             "image": np.array([good, good, None, b"junk", good], object), "label": np.array([1, 0, 2, 1, 0])}
+    # plan: [a, b] [c, d] [e]; shard 0 already committed
+    out = pipeline_mod.decode_parquet_rows(batch, ["a", "c", "e"], [1, 2], 16, (0.5,) * 3, (0.25,) * 3)
+    assert list(out["id"]) == ["d", "c", "e"] and list(out["shard"]) == [1, 1, 2]
+    assert list(out["class_index"]) == [2, 1, 0] and out["image"].shape == (3, 3, 16, 16)
+    assert out["status"][0] == "d: no image bytes (null)" and out["content_hash"][0] == ""
+    assert out["status"][1].startswith("c: cannot decode image")
+    assert out["content_hash"][1] == hashlib.sha256(b"junk").hexdigest()
+    assert out["status"][2] == "ok" and out["content_hash"][2] == hashlib.sha256(good).hexdigest()
+    empty = pipeline_mod.decode_parquet_rows(batch, ["a", "c", "e"], [], 16, (0.5,) * 3, (0.25,) * 3)
+    assert len(empty["id"]) == 0 and empty["image"].shape == (0, 3, 16, 16)
+
+
+def test_list_parquet_images_and_config_checks(tiny, tmp_path):
+    from rayseg.config import ConfigError, load_config
+    from rayseg.labeling.job import labeling_job
+
+    root, weights = tiny
+    path = tmp_path / "t.parquet"
+    ids = write_image_table(root / "images", path, count=4, corrupt=False)
+    listed, class_of = pipeline_mod.list_parquet_images(path)
+    assert listed == ids and set(class_of) == set(ids)
+    pq.write_table(pa.table({"id": ["x", "x"], "image": [b"", b""], "label": [0, 1]}), tmp_path / "dup.parquet")
+    with pytest.raises(ValueError, match="unique"):
+        pipeline_mod.list_parquet_images(tmp_path / "dup.parquet")
+    pq.write_table(pa.table({"id": ["x"], "bytes": [b""]}), tmp_path / "cols.parquet")
+    with pytest.raises(ValueError, match="lacks column.*image, label"):
+        pipeline_mod.list_parquet_images(tmp_path / "cols.parquet")
+
+    members = f"label.members=[resnet18:{weights[0]}]"
+    cfg = load_config(None, [f"label.images_parquet={path}", members])
+    job = labeling_job(cfg)
+    assert job.images_parquet == str(path) and job.images == "" and job.num_classes == max(class_of.values()) + 1
+    for overrides, message in [
+        ([members], "label.images, label.images_parquet: give exactly one"),
+        ([f"label.images={root / 'images'}", f"label.images_parquet={path}", members], "give exactly one"),
+        ([f"label.images_parquet={tmp_path / 'nope.parquet'}", members], "label.images_parquet: not found"),
+        ([f"label.images_parquet={tmp_path / 'dup.parquet'}", members], "label.images_parquet: .*unique"),
+    ]:
+        with pytest.raises(ConfigError, match=message) as info:
+            labeling_job(load_config(None, overrides))
+        assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="exactly one of images"):
+        run_labeling(make_job(root, weights, tmp_path / "labels", images_parquet=str(path)))

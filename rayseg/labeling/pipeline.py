@@ -1,8 +1,10 @@
-"""The PSSL labelling job on Ray Data: ImageFolder -> explanation-ensemble deciles -> committed Parquet shards.
+"""The PSSL labelling job on Ray Data: ImageFolder or Parquet table -> explanation-ensemble deciles -> committed
+Parquet shards.
 
 Stages of the one streaming pipeline (over the images of every shard still to do)::
 
-    from_items(path, id, shard, class_index)                       driver, deterministic shard plan
+    from_items(id, shard, class_index)                             driver, deterministic shard plan
+      (Parquet input: read_parquet(id, image, label)               read tasks; see below)
       -> map_batches(decode_and_resize)        CPU tasks            bytes, sha256, PIL decode (RGB), resize to
                                                                     input_size x input_size, ImageNet
                                                                     normalisation; a bad file becomes a row
@@ -24,6 +26,14 @@ followed by a re-run labels every image exactly once; re-running a finished job 
 Images are explained at ``input_size x input_size`` (resized with bilinear filtering, aspect ratio not kept):
 the decile maps have that size. Noise of SmoothGrad is drawn from a generator seeded by ``seed`` and the ids of
 the batch, so a run is reproducible for a given batching.
+
+Parquet input (``images_parquet``: a file or a folder of files with columns ``id`` string, ``image`` binary =
+encoded image bytes, ``label`` int = class index): the driver reads only ``id`` and ``label`` (pyarrow) to build
+the same sorted-id shard plan; the pipeline then starts with ``ray.data.read_parquet`` (the bytes are read by
+Ray's read tasks, streamed, never through the driver) and :func:`decode_parquet_rows` replaces
+:func:`decode_and_resize`. It finds each row's shard by bisecting the sorted first ids of the planned shards
+(the plan is chunks of the sorted ids, so that is exact; only ``len(plan)`` strings are shipped to the tasks,
+not an id -> shard map) and drops the rows of shards already committed. Ids must be unique and non-empty.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import bisect
 import json
 import math
 import os
@@ -49,7 +60,8 @@ from rayseg.labeling import shards
 from rayseg.labeling.explainers import SmoothGradConfig
 from rayseg.labeling.members import MemberSpec, check_weights, label_version, load_members, member_names
 
-__all__ = ["ExplainActor", "LabelingJob", "decode_and_resize", "encode_and_score", "plan_shards", "run_labeling"]
+__all__ = ["ExplainActor", "LabelingJob", "decode_and_resize", "decode_parquet_rows", "encode_and_score",
+           "list_images", "list_parquet_images", "plan_shards", "run_labeling"]
 
 
 @dataclass
@@ -59,7 +71,9 @@ class LabelingJob:
     ``input_size x input_size`` for explanation (the decile maps have that size). ``true_masks``: optional
     ``<root>_masks`` tree (same relative paths, 0/255 PNG) to score the top-decile masks (mean IoU).
     ``num_cpus_per_actor``: CPUs reserved per explainer actor (also its torch thread count).
-    ``cpu_tasks``: at most this many concurrent tasks per CPU stage (decode, encode); 0 lets Ray Data decide."""
+    ``cpu_tasks``: at most this many concurrent tasks per CPU stage (decode, encode); 0 lets Ray Data decide.
+    ``images_parquet``: a Parquet file or folder (columns ``id``, ``image`` bytes, ``label``) used instead of
+    ``images`` (exactly one of the two is set); ids are the table's ``id`` values."""
 
     images: str
     output: str
@@ -76,6 +90,7 @@ class LabelingJob:
     true_masks: str = ""
     num_cpus_per_actor: float = 1.0
     cpu_tasks: int = 0
+    images_parquet: str = ""
 
 
 # --------------------------------------------------------------------------------------------------- planning
@@ -102,12 +117,53 @@ def list_images(root: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
     return sorted(class_of), class_of
 
 
+PARQUET_COLUMNS = ("id", "image", "label")
+
+
+def list_parquet_images(path: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
+    """Sorted ids of a Parquet image table (file or folder) and the class index (``label``) of each. Only the
+    ``id`` and ``label`` columns are read. Raises ``FileNotFoundError`` (missing / empty) or ``ValueError``
+    (missing columns, null or duplicate ids, null or negative labels)."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: Parquet image table not found")
+    dataset = pads.dataset(str(path), format="parquet")
+    missing = [c for c in PARQUET_COLUMNS if c not in dataset.schema.names]
+    if missing:
+        raise ValueError(f"{path}: Parquet image table lacks column(s) {', '.join(missing)} "
+                         f"(expected id string, image binary, label int; has {', '.join(dataset.schema.names)})")
+    if not pa.types.is_integer(dataset.schema.field("label").type):
+        raise ValueError(f"{path}: column label must be an integer class index, "
+                         f"got {dataset.schema.field('label').type}")
+    table = dataset.to_table(columns=["id", "label"])
+    if table.num_rows == 0:
+        raise FileNotFoundError(f"{path}: Parquet image table has no rows")
+    if table.column("id").null_count or table.column("label").null_count:
+        raise ValueError(f"{path}: null id or label values")
+    ids = [str(i) for i in table.column("id").to_pylist()]
+    labels = table.column("label").to_pylist()
+    if int(pc.min(table.column("label")).as_py()) < 0:
+        raise ValueError(f"{path}: negative label values")
+    class_of = dict(zip(ids, (int(v) for v in labels)))
+    if len(class_of) != len(ids) or "" in class_of:
+        dup = len(ids) - len(class_of)
+        raise ValueError(f"{path}: ids must be unique and non-empty ({dup} duplicate(s))")
+    return sorted(class_of), class_of
+
+
 def plan_shards(ids: list[str], shard_size: int) -> list[list[str]]:
     """Deterministic shard plan: sorted ids in chunks of ``shard_size``; shard ``i`` is chunk ``i``."""
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     ids = sorted(ids)
     return [ids[i:i + shard_size] for i in range(0, len(ids), shard_size)]
+
+
+def _list_job_images(job: LabelingJob) -> tuple[list[str], dict[str, int]]:
+    return list_parquet_images(job.images_parquet) if job.images_parquet else list_images(job.images)
 
 
 def _version(job: LabelingJob) -> str:
@@ -129,18 +185,47 @@ def decode_and_resize(batch: dict, images_root: str, input_size: int, mean: tupl
     passes the ImageNet ones of :mod:`rayseg.data.transforms`, so that this module's import stays light for
     the task workers: no torchvision). A file that cannot be read or decoded becomes a row with ``status`` =
     the reason (never an exception)."""
+    contents: list = []
+    for rel in batch["id"]:
+        try:
+            contents.append((Path(images_root) / str(rel)).read_bytes())
+        except OSError as exc:
+            contents.append(f"{rel}: cannot read file ({type(exc).__name__}: {exc.strerror or exc})")
+    return _decode_rows(batch["id"], batch["shard"], batch["class_index"], contents, input_size, mean, std)
+
+
+def decode_parquet_rows(batch: dict, shard_starts: list[str], todo: list[int], input_size: int, mean: tuple,
+                        std: tuple) -> dict:
+    """CPU stage for Parquet input: ``batch`` has the table's ``id``, ``image`` (bytes) and ``label`` columns.
+    Each row's shard is found by bisecting ``shard_starts`` (the first id of every planned shard, sorted);
+    rows of shards not in ``todo`` (already committed) are dropped. Then as :func:`decode_and_resize`: sha256
+    of the bytes, decode, resize, normalise; null or undecodable bytes become a row with ``status`` = the
+    reason."""
+    todo_set = set(int(t) for t in todo)
+    ids, shard, labels, contents = [], [], [], []
+    for rel, data, label in zip(batch["id"], batch["image"], batch["label"]):
+        rel = str(rel)
+        index = bisect.bisect_right(shard_starts, rel) - 1
+        if index not in todo_set:
+            continue
+        ids.append(rel)
+        shard.append(index)
+        labels.append(int(label))
+        contents.append(f"{rel}: no image bytes (null)" if data is None else bytes(data))
+    return _decode_rows(ids, shard, labels, contents, input_size, mean, std)
+
+
+def _decode_rows(ids, shard, class_index, contents: list, input_size: int, mean: tuple, std: tuple) -> dict:
+    """``contents[i]``: the encoded bytes of image ``ids[i]``, or a str = the reason it has none."""
     mean = np.asarray(mean, np.float32).reshape(3, 1, 1)
     std = np.asarray(std, np.float32).reshape(3, 1, 1)
-    n = len(batch["id"])
+    n = len(ids)
     images = np.zeros((n, 3, input_size, input_size), np.float32)
     hashes, status = [], []
-    for i, rel in enumerate(batch["id"]):
-        path = Path(images_root) / str(rel)
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
+    for i, (rel, data) in enumerate(zip(ids, contents)):
+        if isinstance(data, str):
             hashes.append("")
-            status.append(f"{rel}: cannot read file ({type(exc).__name__}: {exc.strerror or exc})")
+            status.append(data)
             continue
         hashes.append(hashlib.sha256(data).hexdigest())
         try:
@@ -155,9 +240,9 @@ def decode_and_resize(batch: dict, images_root: str, input_size: int, mean: tupl
         images[i] = (array - mean) / std
         status.append("ok")
     return {
-        "id": np.asarray(batch["id"], dtype=object),
-        "shard": np.asarray(batch["shard"], np.int64),
-        "class_index": np.asarray(batch["class_index"], np.int64),
+        "id": np.asarray([str(i) for i in ids], dtype=object),
+        "shard": np.asarray(shard, np.int64),
+        "class_index": np.asarray(class_index, np.int64),
         "content_hash": np.asarray(hashes, dtype=object),
         "status": np.asarray(status, dtype=object),
         "image": images,
@@ -306,21 +391,26 @@ def _run_pipeline(job: LabelingJob, version_dir: Path, version: str, plan: list[
 
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = sys.stdout.isatty()
-    items = [{"id": rel, "shard": i, "class_index": class_of[rel]} for i in todo for rel in plan[i]]
     names = member_names(job.members)
     explain_kwargs = {}
     if job.num_gpus_per_actor > 0:
         explain_kwargs["num_gpus"] = float(job.num_gpus_per_actor)
-    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // max(1, job.batch_size), 64)))
     # CPU task stages pass max_calls=0 (Ray's default for CPU tasks: unlimited, so no change in behaviour) so that
     # their remote args differ from the actor stage's: otherwise Ray Data fuses decoding into the explainer
     # actors, and on GPU actors the decoding would no longer overlap with the explanation.
     cpu_args: dict = {"max_calls": 0}
     if job.cpu_tasks > 0:
         cpu_args["compute"] = TaskPoolStrategy(size=int(job.cpu_tasks))
-    ds = ds.map_batches(decode_and_resize, batch_size=job.batch_size, batch_format="numpy", **cpu_args,
-                        fn_kwargs={"images_root": str(job.images), "input_size": int(job.input_size),
-                                   "mean": tuple(IMAGENET_MEAN), "std": tuple(IMAGENET_STD)})
+    norm = {"input_size": int(job.input_size), "mean": tuple(IMAGENET_MEAN), "std": tuple(IMAGENET_STD)}
+    if job.images_parquet:
+        ds = ray.data.read_parquet(str(job.images_parquet)).select_columns(list(PARQUET_COLUMNS))
+        ds = ds.map_batches(decode_parquet_rows, batch_size=job.batch_size, batch_format="numpy", **cpu_args,
+                            fn_kwargs={"shard_starts": [chunk[0] for chunk in plan], "todo": list(todo), **norm})
+    else:
+        items = [{"id": rel, "shard": i, "class_index": class_of[rel]} for i in todo for rel in plan[i]]
+        ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // max(1, job.batch_size), 64)))
+        ds = ds.map_batches(decode_and_resize, batch_size=job.batch_size, batch_format="numpy", **cpu_args,
+                            fn_kwargs={"images_root": str(job.images), **norm})
     ds = ds.map_batches(
         ExplainActor,
         batch_size=job.batch_size,
@@ -368,6 +458,9 @@ def _check_job(job: LabelingJob) -> None:
             raise ValueError(f"labeling job: {name} must be >= 1, got {getattr(job, name)}")
     if job.num_gpus_per_actor < 0:
         raise ValueError(f"labeling job: num_gpus_per_actor must be >= 0, got {job.num_gpus_per_actor}")
+    if bool(job.images) == bool(job.images_parquet):
+        raise ValueError("labeling job: give exactly one of images (ImageFolder root) and images_parquet "
+                         f"(Parquet table), got images={job.images!r}, images_parquet={job.images_parquet!r}")
     if job.true_masks and not Path(job.true_masks).is_dir():
         raise FileNotFoundError(f"{job.true_masks}: true mask folder not found")
 
@@ -381,7 +474,9 @@ def run_labeling(job: LabelingJob) -> dict:
     job.members = [m if isinstance(m, MemberSpec) else MemberSpec(**m) for m in job.members]
     _check_job(job)
     check_weights(job.members, job.allow_random_weights)
-    ids, class_of = list_images(job.images)
+    ids, class_of = _list_job_images(job)
+    if max(class_of.values()) >= int(job.num_classes):
+        raise ValueError(f"labeling job: class index {max(class_of.values())} >= num_classes {job.num_classes}")
     plan = plan_shards(ids, job.shard_size)
     version = _version(job)
     version_dir = Path(job.output) / version
@@ -418,6 +513,8 @@ def run_labeling(job: LabelingJob) -> dict:
         "images_per_s": round(new_images / seconds, 3) if new_images and seconds > 0 else 0.0,
         "output_bytes": written,
         "total_bytes": sum(p.stat().st_size for p in version_dir.glob("shard-*.parquet")),
+        "images_root": str(Path(job.images).resolve()) if job.images else "",
+        "images_parquet": str(Path(job.images_parquet).resolve()) if job.images_parquet else "",
     }
     if job.true_masks:
         names = member_names(job.members)

@@ -1,0 +1,162 @@
+"""`rayseg show-labels`: a PNG grid of a few PSSL labels (image, decile heat map, pseudo-mask), for a look.
+
+Rendered with matplotlib's Agg canvas on a standalone ``Figure`` (no pyplot, so no global backend state is
+touched and it works headless). Reads committed shards only (:func:`rayseg.labeling.shards.read_labels`); images
+come from the ImageFolder root (``images_root/<id>``) or from the Parquet image table (``id``/``image``
+columns) the labels were made from. When neither is given, the source recorded in the version's
+``summary.json`` is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rayseg.labeling import shards
+
+__all__ = ["show_labels"]
+
+CELL_INCHES = 2.4
+DPI = 100
+
+
+def _is_parquet(path: Path) -> bool:
+    if path.is_file():
+        return path.suffix == ".parquet"
+    return path.is_dir() and any(path.glob("*.parquet")) and not any(p.is_dir() for p in path.iterdir())
+
+
+def _source(version_dir: Path, images_root, parquet) -> tuple[Path | None, Path | None]:
+    """(ImageFolder root, Parquet table): exactly one is set."""
+    if images_root is None and parquet is None:
+        summary = version_dir / "summary.json"
+        recorded = json.loads(summary.read_text()) if summary.is_file() else {}
+        images_root = recorded.get("images_root") or None
+        parquet = recorded.get("images_parquet") or None
+        if images_root is None and parquet is None:
+            raise ValueError(f"{version_dir}: no image source recorded in summary.json; give images_root "
+                             "(ImageFolder root) or parquet (Parquet image table)")
+    if images_root is not None and parquet is not None:
+        raise ValueError("show_labels: give images_root or parquet, not both")
+    if images_root is not None and _is_parquet(Path(images_root)):  # --images may name the table too
+        images_root, parquet = None, images_root
+    if images_root is not None and not Path(images_root).is_dir():
+        raise FileNotFoundError(f"{images_root}: image folder not found")
+    if parquet is not None and not Path(parquet).exists():
+        raise FileNotFoundError(f"{parquet}: Parquet image table not found")
+    return (Path(images_root) if images_root is not None else None,
+            Path(parquet) if parquet is not None else None)
+
+
+def _image_bytes(ids: list[str], images_root: Path | None, parquet: Path | None) -> dict[str, bytes | None]:
+    if images_root is not None:
+        out = {}
+        for rel in ids:
+            try:
+                out[rel] = (images_root / rel).read_bytes()
+            except OSError:
+                out[rel] = None
+        return out
+    import pyarrow.dataset as pads
+
+    table = pads.dataset(str(parquet), format="parquet").to_table(
+        columns=["id", "image"], filter=pc.field("id").isin(ids))
+    out = dict.fromkeys(ids)
+    out.update(zip(table.column("id").to_pylist(), table.column("image").to_pylist()))
+    return out
+
+
+def _class_names(images_root: Path | None) -> list[str]:
+    if images_root is None:
+        return []
+    return sorted(e.name for e in os.scandir(images_root) if e.is_dir())
+
+
+def show_labels(version_dir: str | os.PathLike, images_root: str | os.PathLike | None, out_png: str | os.PathLike,
+                count: int = 8, threshold: int = 9, seed: int | None = None, *,
+                parquet: str | os.PathLike | None = None) -> Path:
+    """Render ``count`` labelled images of ``version_dir`` (a ``<labels root>/<label_version>`` folder) as a PNG
+    grid at ``out_png``: one row per image, columns = the image (resized to the decile map size), the decile heat
+    map (0..9, fixed colour scale with a colorbar), the pseudo-mask (deciles >= ``threshold``, red over the
+    image). Rows: the first ``count`` ids in sorted order, or a sample seeded by ``seed`` when given. Titles: id
+    and class name (class folder of ``images_root``; ``class <index>`` for Parquet input). ``images_root`` may
+    also be a Parquet image table (file or folder of ``*.parquet``), like ``parquet``; both None -> the source
+    recorded in ``summary.json``. An image that is missing or no longer matches the labelled content hash is
+    marked in its title (grey when unreadable). Written atomically; returns the path of the PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    version_dir = Path(version_dir)
+    if count < 1:
+        raise ValueError(f"show_labels: count must be >= 1, got {count}")
+    if not 0 <= int(threshold) <= 9:
+        raise ValueError(f"show_labels: threshold must be a decile 0..9, got {threshold}")
+    if not version_dir.is_dir():
+        raise FileNotFoundError(f"{version_dir}: label version folder not found")
+    root, table_path = _source(version_dir, images_root, parquet)
+    all_ids = sorted(shards.read_labels(version_dir, columns=["id"]).column("id").to_pylist())
+    if not all_ids:
+        raise ValueError(f"{version_dir}: no committed label shards")
+    chosen = all_ids[:count] if seed is None else sorted(random.Random(seed).sample(all_ids, min(count, len(all_ids))))
+    labels = shards.read_labels(version_dir)
+    labels = labels.filter(pc.is_in(labels.column("id"), value_set=pa.array(chosen, pa.string())))
+    rows = {r["id"]: r for r in labels.to_pylist()}
+    contents = _image_bytes(chosen, root, table_path)
+    names = _class_names(root)
+
+    n = len(chosen)
+    fig = Figure(figsize=(3 * CELL_INCHES + 0.6, n * CELL_INCHES), dpi=DPI)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(n, 3, squeeze=False)
+    for r, rel in enumerate(chosen):
+        row = rows[rel]
+        dec = shards.decode_deciles(row["deciles_png"])
+        h, w = dec.shape
+        data = contents.get(rel)
+        note = ""
+        image = np.full((h, w, 3), 128, np.uint8)
+        if data is None:
+            note = " (image missing)"
+        else:
+            if hashlib.sha256(data).hexdigest() != row["content_hash"]:
+                note = " (image changed)"
+            try:
+                with Image.open(io.BytesIO(data)) as img:
+                    image = np.asarray(img.convert("RGB").resize((w, h), Image.BILINEAR))
+            except Exception:  # corrupt now: show grey, say so
+                note = " (image unreadable)"
+        k = int(row["class_index"])
+        cls = names[k] if k < len(names) else f"class {k}"
+        mask = dec >= int(threshold)
+        overlay = image.astype(np.float32) / 255.0
+        overlay[mask] = 0.5 * overlay[mask] + 0.5 * np.array([1.0, 0.0, 0.0], np.float32)
+
+        ax_img, ax_dec, ax_mask = axes[r]
+        ax_img.imshow(image, interpolation="nearest")
+        ax_img.set_title(f"{rel}\n{cls}{note}", fontsize=7)
+        heat = ax_dec.imshow(dec, cmap="viridis", vmin=0, vmax=9, interpolation="nearest")
+        ax_dec.set_title("deciles 0..9", fontsize=7)
+        fig.colorbar(heat, ax=ax_dec, fraction=0.046, pad=0.04, ticks=[0, 3, 6, 9])
+        ax_mask.imshow(overlay, interpolation="nearest")
+        ax_mask.set_title(f"pseudo-mask (decile >= {int(threshold)}): {cls}", fontsize=7)
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.tight_layout()
+
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_png.with_name(out_png.name + ".tmp")
+    with open(tmp, "wb") as f:
+        fig.savefig(f, format="png", dpi=DPI)
+    os.replace(tmp, out_png)
+    return out_png
