@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p = sub.add_parser("label", help="pseudo-label an ImageFolder with an explanation ensemble (Ray Data)")
     _add_config_args(p)
+    p = sub.add_parser("show-labels", help="render a PNG grid: image, decile heat map, pseudo-mask")
+    p.add_argument("--labels", required=True, help="label-version folder written by `rayseg label`")
+    p.add_argument("--images", default="", help="the labelled ImageFolder root")
+    p.add_argument("--parquet", default="", help="or the labelled Parquet table of image bytes")
+    p.add_argument("--out", default="labels.png", help="PNG file to write")
+    p.add_argument("--count", type=int, default=8, help="images to show")
     p = sub.add_parser("demo", help="the whole pipeline on the embedded synthetic benchmark")
     p.add_argument("--quick", action="store_true", help="smaller budget (a smoke test of every step)")
     p.add_argument("--storage", default="rayseg_runs/demo", help="where the demo's runs go")
@@ -147,6 +153,21 @@ def cmd_label(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_show_labels(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rayseg.labeling.show import show_labels
+
+    if not Path(args.labels).is_dir():
+        raise ConfigError(f"--labels: folder not found: {args.labels}")
+    if bool(args.images) == bool(args.parquet):
+        raise ConfigError("--images, --parquet: give exactly one (the labelled images)")
+    path = show_labels(args.labels, args.images or None, args.out, count=args.count,
+                       **({"parquet": args.parquet} if args.parquet else {}))
+    print(f"[rayseg] wrote {path}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from rayseg.demo import run_demo
 
@@ -195,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_guarded(lambda: cmd_train_classifiers(args))
     if args.command == "label":
         return run_guarded(lambda: cmd_label(args))
+    if args.command == "show-labels":
+        return run_guarded(lambda: cmd_show_labels(args))
     if args.command == "demo":
         return run_guarded(lambda: cmd_demo(args))
     return run_guarded(lambda: cmd_config(args))
