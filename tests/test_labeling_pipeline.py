@@ -325,6 +325,9 @@ def test_list_parquet_images_and_config_checks(tiny, tmp_path):
     pq.write_table(pa.table({"id": ["x", "x"], "image": [b"", b""], "label": [0, 1]}), tmp_path / "dup.parquet")
     with pytest.raises(ValueError, match="unique"):
         pipeline_mod.list_parquet_images(tmp_path / "dup.parquet")
+    pq.write_table(pa.table({"id": [1], "image": [b""], "label": [0]}), tmp_path / "intid.parquet")
+    with pytest.raises(ValueError, match="id must be a string"):
+        pipeline_mod.list_parquet_images(tmp_path / "intid.parquet")
     pq.write_table(pa.table({"id": ["x"], "bytes": [b""]}), tmp_path / "cols.parquet")
     with pytest.raises(ValueError, match="lacks column.*image, label"):
         pipeline_mod.list_parquet_images(tmp_path / "cols.parquet")

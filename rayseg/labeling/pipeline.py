@@ -135,6 +135,9 @@ def list_parquet_images(path: str | os.PathLike) -> tuple[list[str], dict[str, i
     if missing:
         raise ValueError(f"{path}: Parquet image table lacks column(s) {', '.join(missing)} "
                          f"(expected id string, image binary, label int; has {', '.join(dataset.schema.names)})")
+    id_type = dataset.schema.field("id").type
+    if not (pa.types.is_string(id_type) or pa.types.is_large_string(id_type)):
+        raise ValueError(f"{path}: column id must be a string, got {id_type}")
     if not pa.types.is_integer(dataset.schema.field("label").type):
         raise ValueError(f"{path}: column label must be an integer class index, "
                          f"got {dataset.schema.field('label').type}")
