@@ -42,3 +42,12 @@ def test_label_command_writes_shards_and_scores_them(ray_cluster, image_folder, 
     assert 0.0 <= summary["iou_ensemble"] <= 1.0
     again = run_cli(args)
     assert again.returncode == 0 and "shards 0 done, 2 skipped of 2" in again.stdout
+
+    png = tmp_path / "grid.png"
+    shown = run_cli(["show-labels", "--labels", str(version_dir), "--images", str(image_folder), "--out", str(png),
+                     "--count", "3"])
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    from PIL import Image
+
+    with Image.open(png) as grid:
+        assert grid.format == "PNG" and grid.height > 300 and grid.width > 300
