@@ -347,3 +347,14 @@ def test_list_parquet_images_and_config_checks(tiny, tmp_path):
         assert "\n" not in str(info.value)
     with pytest.raises(ValueError, match="exactly one of images"):
         run_labeling(make_job(root, weights, tmp_path / "labels", images_parquet=str(path)))
+
+
+def test_actors_that_leave_no_cpu_for_decoding_are_refused():
+    from rayseg.labeling.pipeline import LabelingJob, check_cpu_budget
+    from rayseg.labeling.members import MemberSpec
+
+    job = LabelingJob(images="x", output="y", members=[MemberSpec("resnet18")], num_classes=2,
+                      num_actors=1, num_cpus_per_actor=2.0)
+    with pytest.raises(ValueError, match="leaves none of this cluster's 2 CPUs for decoding; use at most 1"):
+        check_cpu_budget(job, 2.0)
+    check_cpu_budget(job, 3.0)  # one CPU left for the CPU stages: fine

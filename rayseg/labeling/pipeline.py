@@ -390,6 +390,8 @@ def _run_pipeline(job: LabelingJob, version_dir: Path, version: str, plan: list[
     import ray
     from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
 
+    check_cpu_budget(job, ray.cluster_resources().get("CPU", 0.0))
+
     from rayseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     ctx = DataContext.get_current()
@@ -451,6 +453,16 @@ def _run_pipeline(job: LabelingJob, version_dir: Path, version: str, plan: list[
         raise RuntimeError(f"labelling pipeline ended with incomplete shards {sorted(pending)} "
                            f"({sum(map(len, pending.values()))} rows); re-run to finish them")
     return committed, written
+
+
+def check_cpu_budget(job: LabelingJob, cluster_cpus: float) -> None:
+    """The explainer actors reserve ``num_actors x num_cpus_per_actor`` CPUs and the decode/encode tasks need at
+    least one more; otherwise Ray Data waits forever for a CPU (no error, no progress). Fail with one line."""
+    reserved = job.num_actors * job.num_cpus_per_actor
+    if reserved + 1 > cluster_cpus:
+        raise ValueError(f"label.cpus_per_actor x label.num_actors = {reserved:g} CPUs leaves none of this "
+                         f"cluster's {cluster_cpus:g} CPUs for decoding; use at most {max(cluster_cpus - 1, 0):g} "
+                         f"CPUs for the explainer actors")
 
 
 def _check_job(job: LabelingJob) -> None:

@@ -1,0 +1,441 @@
+"""PSSL labelling throughput of ``rayseg label`` (Ray Data) against a naive captum loop, pipeline efficiency,
+explainer memory and stored bytes per label.
+
+Setup: an ImageFolder of N synthetic classification images (``SyntheticClassification(num_images=N,
+image_size=64, seed=0)``), M = 3 ensemble members (resnet18, mobilenet_v3_small, shufflenet_v2_x1_0, random
+weights saved to local files: speed does not depend on the weights), SmoothGrad with S noise samples, input 64,
+target = the image's class, softmax probability (the explainer's defaults apart from S). CPU only.
+
+1. naive loop: in this process with ``torch.set_num_threads(2)``, image by image: read + decode + resize
+   (the pipeline's ``decode_and_resize`` on a one-row batch), then model by model captum
+   ``NoiseTunnel(Saliency(softmax∘model)).attribute(x[None], nt_type="smoothgrad", nt_samples=S,
+   stdevs=σ_image, target=label, abs=False)`` (``nt_samples_batch_size`` default: all S copies in one pass),
+   ``|·|`` summed over channels, then the ensemble math of :mod:`rayseg.labeling.ensemble` (min-max, mean,
+   deciles) and the PNG encode of the decile map. Images/s.
+2. rayseg end to end: ``run_labeling(LabelingJob(num_actors=1, num_cpus_per_actor=2, batch_size=8,
+   batch_cap=256))`` into a fresh output folder (the same folder would resume and do nothing). Images/s =
+   N / wall time of ``run_labeling`` measured here (driver-side weight check, Ray Data start-up of the actor
+   pool and the Parquet commit included), and the summary's own ``images_per_s``. The time until the driver
+   receives the first output batch is recorded by wrapping ``ray.data.Dataset.iter_batches`` in this process:
+   an upper bound of the start-up (it contains the first batch's explanation, and Ray Data may hold outputs
+   back and hand several over at once). Before the measured jobs, one unmeasured job on one batch of other
+   images takes the cold start of Ray's worker processes after ``ray.init`` (its wall time is reported).
+   Target: >= 2x the naive loop.
+3. pipeline efficiency = pure ensemble forward+backward time / end-to-end time for the same images. Pure:
+   ``explain_ensemble(models, images, labels, cfg)`` in this process over the already decoded images in batches
+   of 8 (same threads, same settings). Two ways: (a) over the whole wall time of (2), fixed costs included;
+   (b) marginal: the job is also run on 2N images (the first N are the same images) and the pure time of the N
+   extra images is divided by the extra end-to-end time (the slope removes the fixed start-up cost). Target
+   >= 0.8.
+4. explainer memory: a subprocess loads the members and runs ``explain_ensemble`` on batches of 8; its peak RSS
+   (``ru_maxrss``) after 4 and after 16 batches (``--quick``: 2 and 6) must be the same (no growth with the
+   number of images). The peak RSS (``VmHWM``) of the Ray actor itself is also read from ``/proc/<pid>/status``
+   while the job runs (pid from ``ray.util.state.list_actors`` of this cluster), for the N and the 2N run; left
+   out when the state API is unavailable.
+5. stored bytes per label: ``summary["total_bytes"] / total_rows`` (Parquet, all columns) and the mean size of
+   the PNG decile maps.
+
+Ray is started once, as ``ensure_ray()`` starts it (local, 127.0.0.1) but with ``max(cores, 2 + 2)`` logical
+CPUs (``--ray-cpus``): the explainer actor reserves 2 CPUs and the decode and encode tasks 1 each, and on a
+2-core machine a cluster with 2 logical CPUs never schedules the decode task next to the actor: the job hangs
+(the tests' cluster has 4 logical CPUs for the same reason). Naive, pure and end-to-end runs alternate
+(``--repeats`` rounds) because the speed of a shared machine drifts within minutes; the mean rates are compared.
+Nothing here asserts a time. Record the full run in ``bench/RESULTS.md`` with the date and machine.
+
+Run: ``python bench/bench_labeling.py [--quick] [--json PATH] [--repeats R]`` (``--quick``: N=16, S=4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a local cluster binds to 127.0.0.1
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python bench/bench_labeling.py` from the repository root
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from rayseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from rayseg.labeling import shards  # noqa: E402
+from rayseg.labeling.ensemble import deciles, ensemble_mean  # noqa: E402
+from rayseg.labeling.explainers import SmoothGradConfig, explain_ensemble  # noqa: E402
+from rayseg.labeling.members import MemberSpec, load_members  # noqa: E402
+
+ARCHS = ("resnet18", "mobilenet_v3_small", "shufflenet_v2_x1_0")
+SIZE, BATCH, BATCH_CAP, THREADS = 64, 8, 256, 2
+FULL = {"num_images": 64, "samples": 16}
+QUICK = {"num_images": 16, "samples": 4}
+MEMORY_BATCHES = {"full": (4, 16), "quick": (2, 6)}  # explain_ensemble calls before each peak-RSS reading
+
+
+# --------------------------------------------------------------------------------------------------- setup
+
+
+def make_members(folder: Path, num_classes: int) -> list[MemberSpec]:
+    from rayseg.models import build_classifier
+
+    specs = []
+    for i, arch in enumerate(ARCHS):
+        torch.manual_seed(1000 + i)
+        path = folder / f"{arch}.pt"
+        torch.save(build_classifier(arch, num_classes).state_dict(), path)
+        specs.append(MemberSpec(arch, str(path)))
+    return specs
+
+
+def decoded(images: Path) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """(ids, normalised images [N, 3, SIZE, SIZE], labels [N]) exactly as the pipeline's decode stage makes them."""
+    from rayseg.labeling.pipeline import decode_and_resize, list_images
+
+    ids, class_of = list_images(images)
+    out = decode_and_resize({"id": ids, "shard": [0] * len(ids), "class_index": [class_of[i] for i in ids]},
+                            str(images), SIZE, tuple(IMAGENET_MEAN), tuple(IMAGENET_STD))
+    assert all(s == "ok" for s in out["status"]), out["status"]
+    return ids, torch.from_numpy(out["image"]), torch.from_numpy(out["class_index"])
+
+
+# --------------------------------------------------------------------------------------------------- 1. naive
+
+
+def naive_loop(models: list, images: Path, cfg: SmoothGradConfig) -> dict:
+    """Images/s of the per-image, per-model captum loop (decode and PNG encode included)."""
+    from captum.attr import NoiseTunnel, Saliency
+
+    from rayseg.labeling.pipeline import decode_and_resize, list_images
+
+    torch.set_num_threads(THREADS)
+    ids, class_of = list_images(images)
+    tunnels = [NoiseTunnel(Saliency(lambda x, m=m: m(x).softmax(dim=1))) for m in models]
+    png_bytes = 0
+    start = time.perf_counter()
+    for rel in ids:
+        one = decode_and_resize({"id": [rel], "shard": [0], "class_index": [class_of[rel]]}, str(images), SIZE,
+                                tuple(IMAGENET_MEAN), tuple(IMAGENET_STD))
+        x = torch.from_numpy(one["image"])
+        label = int(one["class_index"][0])
+        sigma = cfg.noise_level * float(x.max() - x.min())
+        maps = []
+        for nt in tunnels:
+            attr = nt.attribute(x, nt_type="smoothgrad", nt_samples=cfg.samples, stdevs=sigma, target=label,
+                                abs=False)
+            maps.append(attr.abs().sum(dim=1))  # [1, H, W]
+        dec = deciles(ensemble_mean(torch.stack(maps)))[0]
+        png_bytes += len(shards.encode_deciles(dec.numpy()))
+    seconds = time.perf_counter() - start
+    return {"images": len(ids), "seconds": seconds, "images_per_s": len(ids) / seconds}
+
+
+# --------------------------------------------------------------------------------------------------- 3. pure
+
+
+def pure_ensemble(models: list, x: torch.Tensor, labels: torch.Tensor, cfg: SmoothGradConfig) -> list[float]:
+    """Seconds of ``explain_ensemble`` per batch of BATCH already decoded images (this process, THREADS threads)."""
+    torch.set_num_threads(THREADS)
+    times = []
+    for start in range(0, len(x), BATCH):
+        t0 = time.perf_counter()
+        explain_ensemble(models, x[start:start + BATCH], labels[start:start + BATCH], cfg)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+# --------------------------------------------------------------------------------------------------- 2. end to end
+
+
+class FirstOutput:
+    """Wraps ``ray.data.Dataset.iter_batches`` (driver side) to record when each output batch arrives."""
+
+    def __init__(self):
+        import ray.data
+
+        self.arrivals: list[tuple[float, int]] = []
+        self._cls = ray.data.Dataset
+        self._orig = self._cls.iter_batches
+        arrivals, orig = self.arrivals, self._orig
+
+        def iter_batches(ds, *args, **kwargs):
+            for batch in orig(ds, *args, **kwargs):
+                arrivals.append((time.perf_counter(), len(next(iter(batch.values())))))
+                yield batch
+
+        self._cls.iter_batches = iter_batches
+
+    def close(self):
+        self._cls.iter_batches = self._orig
+
+
+class ActorPeakRSS(threading.Thread):
+    """Polls the state API for the ExplainActor's pid, then its ``VmHWM`` (peak RSS) in ``/proc`` until it ends."""
+
+    def __init__(self, address: str):
+        super().__init__(daemon=True)
+        self.address = address  # this cluster's GCS: other engineers' clusters may run on the same machine
+        self.stop = threading.Event()
+        self.pid: int | None = None
+        self.peak_kb = 0
+        self.error = ""
+
+    def run(self):
+        try:
+            from ray.util.state import list_actors
+        except Exception as exc:  # noqa: BLE001 - optional measurement
+            self.error = f"{type(exc).__name__}: {exc}"
+            return
+        while not self.stop.is_set():
+            if self.pid is None:
+                try:
+                    for a in list_actors(address=self.address, filters=[("state", "=", "ALIVE")], detail=True,
+                                         raise_on_missing_output=False):
+                        if "ExplainActor" in str(a.class_name) and a.pid:
+                            self.pid = int(a.pid)
+                except Exception as exc:  # noqa: BLE001
+                    self.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                self.stop.wait(1.0)
+                continue
+            try:
+                for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        self.peak_kb = max(self.peak_kb, int(line.split()[1]))
+            except OSError:
+                return  # the actor has exited
+            self.stop.wait(0.25)
+
+
+def end_to_end(specs: list[MemberSpec], images: Path, num_classes: int, cfg: SmoothGradConfig, out_root: Path,
+               measure_actor: bool) -> dict:
+    from rayseg.labeling.pipeline import LabelingJob, run_labeling
+
+    output = Path(tempfile.mkdtemp(prefix="labels-", dir=out_root))  # fresh: the same folder would resume
+    job = LabelingJob(images=str(images), output=str(output), members=list(specs), num_classes=num_classes,
+                      explainer=cfg, input_size=SIZE, batch_size=BATCH, num_actors=1, num_cpus_per_actor=THREADS)
+    import ray
+
+    probe = FirstOutput()
+    watcher = ActorPeakRSS(ray.get_runtime_context().gcs_address) if measure_actor else None
+    if watcher:
+        watcher.start()
+    start = time.perf_counter()
+    try:
+        summary = run_labeling(job)
+    finally:
+        wall = time.perf_counter() - start
+        probe.close()
+        if watcher:
+            watcher.stop.set()
+            watcher.join(timeout=5)
+    n = summary["new_images"]
+    if n != len(list(images.rglob("*.png"))) or summary["errors"]:
+        raise RuntimeError(f"labelling job did not label every image: {summary}")
+    first = probe.arrivals[0][0] - start if probe.arrivals else float("nan")
+    table = shards.read_labels(summary["version_dir"], columns=["deciles_png"])
+    png = [len(b) for b in table.column("deciles_png").to_pylist()]
+    result = {"images": n, "wall_s": wall, "images_per_s": n / wall, "summary_images_per_s": summary["images_per_s"],
+              "first_output_s": first, "total_bytes": summary["total_bytes"], "total_rows": summary["total_rows"],
+              "bytes_per_label": summary["total_bytes"] / summary["total_rows"],
+              "png_bytes_per_label": sum(png) / len(png)}
+    if watcher:
+        result["actor_peak_rss_mb"] = watcher.peak_kb / 1024 if watcher.peak_kb else None
+        if not watcher.peak_kb:
+            result["actor_rss_error"] = watcher.error or "actor pid not found"
+    return result
+
+
+# --------------------------------------------------------------------------------------------------- 4. memory
+
+
+def memory_probe(specs_json: str, num_classes: int, samples: int, batches: tuple[int, ...]) -> None:
+    """Subprocess body: peak RSS (MB) after each count in ``batches`` of explain_ensemble calls; prints JSON."""
+    torch.set_num_threads(THREADS)
+    specs = [MemberSpec(**s) for s in json.loads(specs_json)]
+    models = load_members(specs, num_classes)
+    cfg = SmoothGradConfig(samples=samples, batch_cap=BATCH_CAP)
+    gen = torch.Generator().manual_seed(0)
+    peaks, done = {}, 0
+    for target in sorted(batches):
+        while done < target:
+            x = torch.randn((BATCH, 3, SIZE, SIZE), generator=gen)
+            labels = torch.randint(0, num_classes, (BATCH,), generator=gen)
+            explain_ensemble(models, x, labels, cfg)
+            done += 1
+        peaks[target] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(json.dumps(peaks))
+
+
+def explainer_memory(specs: list[MemberSpec], num_classes: int, samples: int, batches: tuple[int, ...]
+                      ) -> dict[int, float]:
+    specs_json = json.dumps([{"arch": s.arch, "weights": s.weights} for s in specs])
+    out = subprocess.run([sys.executable, __file__, "--memory-probe", specs_json, str(num_classes), str(samples),
+                          ",".join(map(str, batches))], capture_output=True, text=True, check=True, cwd=str(ROOT))
+    return {int(k): v for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}
+
+
+# --------------------------------------------------------------------------------------------------- main
+
+
+def log(msg: str) -> None:
+    print(f"[bench_labeling {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def start_ray(num_cpus: int) -> None:
+    """``ensure_ray()``'s local cluster (bound to 127.0.0.1), with ``num_cpus`` logical CPUs; ``ensure_ray()`` is
+    then a no-op."""
+    import logging
+
+    import ray
+
+    from rayseg.engine.runner import ensure_ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=num_cpus, logging_level=logging.WARNING, dashboard_host="127.0.0.1")
+    ensure_ray()
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (N=16, S=4): a smoke run")
+    parser.add_argument("--json", help="also write the numbers as JSON to this path")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of naive / pure / end-to-end (N and 2N) runs")
+    parser.add_argument("--ray-cpus", type=int, default=max(os.cpu_count() or 1, THREADS + 2),
+                        help="logical CPUs of the local Ray cluster (>= 2 + 2: the actor's and one per CPU stage)")
+    parser.add_argument("--memory-probe", nargs=4, metavar=("SPECS", "K", "S", "BATCHES"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_probe:
+        specs_json, k, s, batches = args.memory_probe
+        memory_probe(specs_json, int(k), int(s), tuple(int(b) for b in batches.split(",")))
+        return
+
+    sizes = QUICK if args.quick else FULL
+    n, samples = sizes["num_images"], sizes["samples"]
+    mem_batches = MEMORY_BATCHES["quick" if args.quick else "full"]
+    cfg = SmoothGradConfig(samples=samples, batch_cap=BATCH_CAP)
+    torch.set_num_threads(THREADS)
+
+    from rayseg.data.synthetic import SyntheticClassification, write_image_folder
+
+    with tempfile.TemporaryDirectory(prefix="rayseg-bench-label-") as tmp:
+        tmp = Path(tmp)
+        log(f"writing {n} + {2 * n} synthetic images and {len(ARCHS)} member weight files")
+        dataset = SyntheticClassification(num_images=n, image_size=SIZE, seed=0)
+        num_classes = dataset.num_classes
+        images_n, images_2n = tmp / "images", tmp / "images2n"
+        write_image_folder(dataset, images_n)
+        write_image_folder(SyntheticClassification(num_images=2 * n, image_size=SIZE, seed=0), images_2n)
+        images_warm = tmp / "images_warmup"
+        write_image_folder(SyntheticClassification(num_images=BATCH, image_size=SIZE, seed=1), images_warm)
+        specs = make_members(tmp, num_classes)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            models = load_members(specs, num_classes)
+        _, x2, labels2 = decoded(images_2n)  # pure time per image is taken over these 2N images
+
+        log(f"explainer memory probe (subprocess, {mem_batches} batches of {BATCH})")
+        memory = explainer_memory(specs, num_classes, samples, mem_batches)
+
+        log(f"starting Ray ({args.ray_cpus} logical CPUs)")
+        start_ray(args.ray_cpus)
+        import ray
+
+        naive, pure, e2e_n, e2e_2n = [], [], [], []
+        try:
+            # The first job after ray.init also starts Ray's worker processes (and their imports): a cold cost
+            # that would fall on whichever measured job runs first. A one-batch job takes it; reported apart.
+            log(f"warm-up: rayseg label on {BATCH} images (not measured)")
+            warm = end_to_end(specs, images_warm, num_classes, cfg, tmp, measure_actor=False)
+            log(f"  wall {warm['wall_s']:.1f} s")
+            for r in range(args.repeats):
+                log(f"round {r + 1}/{args.repeats}: naive loop on {n} images")
+                naive.append(naive_loop(models, images_n, cfg))
+                log(f"  {naive[-1]['images_per_s']:.2f} img/s; pure explain_ensemble on {2 * n} images")
+                pure.append(pure_ensemble(models, x2, labels2, cfg))
+                log(f"  {sum(pure[-1]):.1f} s; rayseg label on {n} images")
+                e2e_n.append(end_to_end(specs, images_n, num_classes, cfg, tmp, measure_actor=True))
+                log(f"  wall {e2e_n[-1]['wall_s']:.1f} s; rayseg label on {2 * n} images")
+                e2e_2n.append(end_to_end(specs, images_2n, num_classes, cfg, tmp, measure_actor=True))
+                log(f"  wall {e2e_2n[-1]['wall_s']:.1f} s")
+        finally:
+            ray.shutdown()
+
+    naive_rate = mean([r["images_per_s"] for r in naive])
+    e2e_rate = mean([r["images_per_s"] for r in e2e_n])
+    # pure time per image, from the 2N run (same cost per image for any N images): N images and N extra images
+    pure_per_image = mean([sum(t) / len(x2) for t in pure])
+    pure_n = pure_per_image * n
+    wall_n = mean([r["wall_s"] for r in e2e_n])
+    wall_2n = mean([r["wall_s"] for r in e2e_2n])
+    extra = wall_2n - wall_n
+    first = mean([r["first_output_s"] for r in e2e_n])
+    efficiency = pure_n / wall_n
+    marginal = pure_n / extra if extra > 0 else float("nan")
+    last = e2e_n[-1]
+    result = {
+        "naive": {"runs": [r["images_per_s"] for r in naive], "images_per_s": naive_rate},
+        "end_to_end_n": {"runs": e2e_n, "images_per_s": e2e_rate, "wall_s": wall_n,
+                         "ratio_vs_naive": e2e_rate / naive_rate},
+        "end_to_end_2n": {"runs": e2e_2n, "wall_s": wall_2n},
+        "pure": {"batch_seconds": pure, "seconds_per_image": pure_per_image, "seconds_n": pure_n},
+        "efficiency": efficiency, "efficiency_marginal": marginal,
+        "warmup_job": warm, "explainer_memory_mb": memory,
+        "bytes_per_label": last["bytes_per_label"], "png_bytes_per_label": last["png_bytes_per_label"],
+    }
+
+    torch_v, ray_v = torch.__version__.split("+")[0], ray.__version__
+    e2e_runs = [r["images_per_s"] for r in e2e_n]
+    summ = mean([r["summary_images_per_s"] for r in e2e_n])
+    actor_n = [r.get("actor_peak_rss_mb") for r in e2e_n]
+    actor_2n = [r.get("actor_peak_rss_mb") for r in e2e_2n]
+    m_lo, m_hi = (memory[b] for b in mem_batches)
+    lines = [
+        f"labeling bench (M={len(ARCHS)} members, S={samples} samples, {SIZE}x{SIZE}, N={n} images, CPU "
+        f"{os.cpu_count()} cores, torch {torch_v}, ray {ray_v}){' [quick]' if args.quick else ''}",
+        f"naive loop (captum NoiseTunnel per image per model): {naive_rate:.2f} img/s   "
+        f"(runs: {', '.join(f'{r:.2f}' for r in result['naive']['runs'])})",
+        f"rayseg label end to end: {e2e_rate:.2f} img/s (wall {wall_n:.1f} s, first output after {first:.1f} s; "
+        f"summary {summ:.2f} img/s)   ratio {e2e_rate / naive_rate:.2f}x (target >= 2x)   "
+        f"(runs: {', '.join(f'{r:.2f}' for r in e2e_runs)})",
+        f"  2N={2 * n} images: wall {wall_2n:.1f} s -> {n} extra images in {extra:.1f} s "
+        f"({n / extra if extra > 0 else float('nan'):.2f} img/s marginal); cold first job after ray.init "
+        f"({BATCH} images, not measured): {warm['wall_s']:.1f} s",
+        f"pure ensemble fwd+bwd: {pure_n:.1f} s for {n} images -> efficiency {efficiency:.2f} "
+        f"(marginal {marginal:.2f}) (target >= 0.8)",
+        f"explainer memory: {m_lo:.0f} MB after {mem_batches[0]} batches, {m_hi:.0f} MB after "
+        f"{mem_batches[1]} batches ({'no growth' if m_hi - m_lo < 0.02 * m_lo else f'grows {m_hi - m_lo:.0f} MB'}"
+        f", subprocess ru_maxrss)",
+    ]
+    if all(actor_n) and all(actor_2n):
+        lines.append(f"explainer actor peak RSS (VmHWM): {mean(actor_n):.0f} MB on {n} images, "
+                     f"{mean(actor_2n):.0f} MB on {2 * n} images")
+    else:
+        lines.append(f"explainer actor peak RSS: not measured ({last.get('actor_rss_error', 'no pid')})")
+    lines.append(f"stored bytes per label: {last['bytes_per_label']:,.0f} B (parquet), "
+                 f"{last['png_bytes_per_label']:,.0f} B PNG deciles")
+    print("\n" + "\n".join(lines))
+    if args.json:
+        result.update({"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.node(), "cpus": os.cpu_count(),
+                       "torch": torch.__version__, "ray": ray_v, "quick": args.quick, "sizes": sizes,
+                       "members": list(ARCHS), "batch_size": BATCH, "batch_cap": BATCH_CAP, "threads": THREADS,
+                       "ray_cpus": args.ray_cpus})
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2, default=float)
+
+
+if __name__ == "__main__":
+    main()
