@@ -1,4 +1,4 @@
-"""Find and stop the processes of one Ray cluster by PID (never `ray stop`, which ends every cluster here).
+"""Find and stop the processes of one Ray cluster by PID (never the Ray CLI's stop command, which ends every cluster here).
 
 A cluster started with its own ``--temp-dir`` is identified by that path on its processes' command lines;
 its processes and their descendants are signalled by PID.
