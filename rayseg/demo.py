@@ -30,7 +30,7 @@ class DemoBudget:
 
 
 FULL = DemoBudget(source_images=1024, target_images=96, val_images=128, pretrain_epochs=6, finetune_epochs=10,
-                  classification_images=512, classifier_epochs=6, smoothgrad_samples=8)
+                  classification_images=256, classifier_epochs=4, smoothgrad_samples=8)
 QUICK = DemoBudget(source_images=128, target_images=32, val_images=32, pretrain_epochs=1, finetune_epochs=2,
                    classification_images=64, classifier_epochs=1, smoothgrad_samples=2)
 ENSEMBLE = ["resnet18", "shufflenet_v2_x1_0", "regnet_y_400mf"]
