@@ -259,9 +259,10 @@ class ExplainActor:
     mask of each member alone (for the ensemble-vs-member IoU check). The ``image`` column is dropped."""
 
     def __init__(self, members: list[dict], num_classes: int, explainer: dict, allow_random_weights: bool,
-                 use_gpu: bool, seed: int, num_threads: int = 0):
+                 use_gpu: bool, seed: int, num_threads: int = 0, score_members: bool = True):
         import torch
 
+        self.score_members = score_members  # per-member top-decile masks are only needed to score against true masks
         if num_threads > 0:
             torch.set_num_threads(num_threads)
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
@@ -280,7 +281,7 @@ class ExplainActor:
         n, _, h, w = images.shape
         ok = np.asarray([s == "ok" for s in batch["status"]], bool)
         out_deciles = np.zeros((n, h, w), np.uint8)
-        out_members = np.zeros((n, len(self.models), h, w), np.uint8)
+        out_members = np.zeros((n, len(self.models) if self.score_members else 0, h, w), np.uint8)
         if ok.any():
             ids = "\n".join(str(i) for i in batch["id"][ok])
             generator = torch.Generator(device=self.device)
@@ -290,9 +291,10 @@ class ExplainActor:
             labels = torch.from_numpy(np.asarray(batch["class_index"][ok], np.int64)).to(self.device)
             with torch.enable_grad():
                 per_model, _, dec = explain_ensemble(self.models, x, labels, self.cfg, generator=generator)
-            member_top = deciles(per_model.float().flatten(0, 1)).view(per_model.shape) >= 9  # [M, B, H, W]
             out_deciles[ok] = dec.cpu().numpy()
-            out_members[ok] = member_top.transpose(0, 1).cpu().numpy().astype(np.uint8)
+            if self.score_members:
+                member_top = deciles(per_model.float().flatten(0, 1)).view(per_model.shape) >= 9  # [M, B, H, W]
+                out_members[ok] = member_top.transpose(0, 1).cpu().numpy().astype(np.uint8)
         batch["deciles"] = out_deciles
         batch["member_top"] = out_members
         return batch
@@ -430,6 +432,7 @@ def _run_pipeline(job: LabelingJob, version_dir: Path, version: str, plan: list[
             "use_gpu": job.num_gpus_per_actor > 0,
             "seed": int(job.seed),
             "num_threads": max(1, int(math.ceil(job.num_cpus_per_actor))),
+            "score_members": bool(job.true_masks),
         },
         **explain_kwargs,
     )
