@@ -78,6 +78,8 @@ class ModelSection:
     channels: int = _field(128, "decode head width")
     dropout: float = _field(0.1, "dropout before the classifier")
     init_weights: str = _field("", "local weights file (backbone-only or backbone+head); empty = random init")
+    classifier: str = _field("linear", "pixel classifier on the decoder features: linear (1x1 conv) or ssa "
+                             "(SSA-Seg head; its losses are set in the ssa section)", choices=("linear", "ssa"))
 
 
 @dataclass
@@ -141,6 +143,10 @@ class LabelSection:
     target: str = _field("probability", "explained output", choices=("probability", "logit"))
     target_from: str = _field("label", "explained class", choices=("label", "prediction"))
     batch_cap: int = _field(256, "most noisy samples in one forward/backward pass (memory cap)")
+    fold_batchnorm: bool = _field(True, "fold BatchNorm into the convolutions before explaining (same function, "
+                                  "faster; SmoothGrad and IG)")
+    channels_last: bool = _field(True, "channels-last memory format for the explained models (CPU and GPU)")
+    amp: bool = _field(True, "bf16 autocast of the explainers' forward pass on GPU (ignored on CPU)")
     shard_size: int = _field(64, "images per committed shard")
     batch_size: int = _field(8, "images per explain call")
     num_actors: int = _field(1, "explainer actors")
@@ -159,9 +165,183 @@ class ClassifierSection:
     image_size: int = _field(64, "input side in pixels (images are resized to it)")
 
 
+def _check(ok: bool, key: str, message: str) -> None:
+    """Raise the one-line ConfigError ``'<key>: <message>'`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclass
+class ViewsSection:
+    """Two-view sampling of the contrastive methods (pixcon, densecl; methods.md §4.2). Defaults: BYOL's asymmetric
+    photometric augmentations (PixCon) with crop geometry scaled to the 64 px synthetic scenes; the paper values
+    at 224 px are given in each doc. ``jobs/configs/pretrain_densecl.yaml`` sets MoCo-v2's symmetric recipe."""
+
+    crop_size: int = _field(64, "side S of each view in pixels (paper: 224)")
+    scale_min: float = _field(0.2, "RandomResizedCrop smallest area fraction (paper: 0.08 at 224 px)")
+    scale_max: float = _field(1.0, "RandomResizedCrop largest area fraction")
+    ratio_min: float = _field(0.75, "RandomResizedCrop smallest aspect ratio")
+    ratio_max: float = _field(4.0 / 3.0, "RandomResizedCrop largest aspect ratio")
+    min_overlap: float = _field(0.01, "view 2 must overlap view 1 by this fraction of view 2's area")
+    overlap_tries: int = _field(10, "view-2 draws before both views fall back to the same centre crop")
+    hflip: float = _field(0.5, "horizontal flip probability, per view")
+    jitter: list[float] = _field([0.4, 0.4, 0.2, 0.1], "colour jitter brightness, contrast, saturation, hue")
+    jitter_prob: float = _field(0.8, "probability of the colour jitter, per view")
+    grayscale_prob: float = _field(0.2, "probability of grayscale, per view")
+    blur_kernel: int = _field(7, "Gaussian blur kernel side, odd (paper: 23 at 224 px)")
+    blur_sigma: list[float] = _field([0.1, 0.6], "Gaussian blur sigma range (paper: [0.1, 2.0] at 224 px)")
+    blur_prob: list[float] = _field([1.0, 0.1], "Gaussian blur probability of view 1, view 2 (MoCo-v2: 0.5, 0.5)")
+    solarize_prob: list[float] = _field([0.0, 0.2], "solarisation probability of view 1, view 2 (MoCo-v2: 0, 0)")
+    solarize_threshold: float = _field(0.5, "solarisation threshold on [0, 1] images (128/255)")
+
+    def __post_init__(self) -> None:
+        _check(self.crop_size >= 8, "views.crop_size", f"must be >= 8, got {self.crop_size}")
+        _check(0.0 < self.scale_min <= self.scale_max <= 1.0, "views.scale_min/scale_max",
+               f"need 0 < scale_min <= scale_max <= 1, got {self.scale_min}, {self.scale_max}")
+        _check(0.0 < self.ratio_min <= self.ratio_max, "views.ratio_min/ratio_max",
+               f"need 0 < ratio_min <= ratio_max, got {self.ratio_min}, {self.ratio_max}")
+        _check(0.0 <= self.min_overlap <= 1.0, "views.min_overlap", f"must be in [0, 1], got {self.min_overlap}")
+        _check(self.overlap_tries >= 1, "views.overlap_tries", f"must be >= 1, got {self.overlap_tries}")
+        _check(len(self.jitter) == 4 and all(v >= 0 for v in self.jitter) and self.jitter[3] <= 0.5,
+               "views.jitter", f"expected 4 values >= 0 (hue <= 0.5), got {self.jitter}")
+        _check(self.blur_kernel >= 1 and self.blur_kernel % 2 == 1, "views.blur_kernel",
+               f"must be odd and >= 1, got {self.blur_kernel}")
+        _check(len(self.blur_sigma) == 2 and 0.0 < self.blur_sigma[0] <= self.blur_sigma[1], "views.blur_sigma",
+               f"expected [min, max] with 0 < min <= max, got {self.blur_sigma}")
+        for key in ("hflip", "jitter_prob", "grayscale_prob", "solarize_threshold"):
+            value = getattr(self, key)
+            _check(0.0 <= value <= 1.0, f"views.{key}", f"must be in [0, 1], got {value}")
+        for key in ("blur_prob", "solarize_prob"):
+            value = getattr(self, key)
+            _check(len(value) == 2 and all(0.0 <= v <= 1.0 for v in value), f"views.{key}",
+                   f"expected two probabilities (view 1, view 2), got {value}")
+
+
+def _check_contrast(section: str, c: Any) -> None:
+    """Checks shared by the pixcon and densecl sections."""
+    _check(c.temperature > 0, f"{section}.temperature", f"must be > 0, got {c.temperature}")
+    _check(0.0 <= c.loss_lambda <= 1.0, f"{section}.loss_lambda", f"must be in [0, 1], got {c.loss_lambda}")
+    _check(0.0 <= c.momentum <= 1.0, f"{section}.momentum", f"must be in [0, 1], got {c.momentum}")
+    for key in ("queue_size", "proj_dim", "proj_hidden_dim"):
+        _check(getattr(c, key) >= 1, f"{section}.{key}", f"must be >= 1, got {getattr(c, key)}")
+
+
+@dataclass
+class PixConSection:
+    """PixCon (methods.md §4.1-4.3): constants of the official SR configuration [CODE] unless marked."""
+
+    variant: str = _field("sr", "positives of the dense loss: coord (same location, in-box queries only), "
+                          "sim (backbone-similarity argmax, all queries), sr (sim + semantic reweighting)",
+                          choices=("coord", "sim", "sr"))
+    temperature: float = _field(0.2, "tau of the global and the dense InfoNCE")
+    loss_lambda: float = _field(0.5, "lambda: L = sum over both directions of (1 - lambda) L_g + lambda L_d")
+    gamma: float = _field(2.0, "SR sharpening exponent of the out-of-box weights")
+    sr_eps: float = _field(1e-6, "SR: added to the weight denominator max_out - min_all (guards 0/0) [PROPOSED]")
+    queue_size: int = _field(65536, "entries of each FIFO queue (global keys; per-image pooled dense keys)")
+    proj_dim: int = _field(128, "output width of the global and dense heads and predictors")
+    proj_hidden_dim: int = _field(2048, "hidden width of the global and dense heads")
+    pred_hidden_dim: int = _field(2048, "hidden width of the global and dense predictors")
+    momentum: float = _field(0.99, "target EMA momentum at step 0")
+    momentum_schedule: str = _field("cosine", "cosine: m rises to 1 at the last step (BYOL); constant: fixed",
+                                    choices=("cosine", "constant"))
+
+    def __post_init__(self) -> None:
+        _check_contrast("pixcon", self)
+        _check(self.gamma >= 0, "pixcon.gamma", f"must be >= 0, got {self.gamma}")
+        _check(self.sr_eps >= 0, "pixcon.sr_eps", f"must be >= 0, got {self.sr_eps}")
+        _check(self.pred_hidden_dim >= 1, "pixcon.pred_hidden_dim", f"must be >= 1, got {self.pred_hidden_dim}")
+
+
+@dataclass
+class DenseCLSection:
+    """DenseCL (methods.md §4.7): MoCo-v2 global loss + similarity-matched dense loss, no predictors."""
+
+    temperature: float = _field(0.2, "tau of the global and the dense InfoNCE")
+    loss_lambda: float = _field(0.5, "lambda: L = (1 - lambda) L_g + lambda L_d once the warm-up is over")
+    dense_warmup_steps: int = _field(1000, "optimizer steps with lambda = 0 (dense loss off) first [MEMORY]")
+    symmetric: bool = _field(False, "also the swapped direction (view 2 queries), summed; DenseCL: false")
+    queue_size: int = _field(65536, "entries of each FIFO queue (global keys; per-image pooled dense keys)")
+    proj_dim: int = _field(128, "output width of the global and dense heads")
+    proj_hidden_dim: int = _field(2048, "hidden width of the global and dense heads")
+    momentum: float = _field(0.999, "target EMA momentum (MoCo-v2)")
+    momentum_schedule: str = _field("constant", "constant (MoCo-v2) or cosine (rising to 1)",
+                                    choices=("cosine", "constant"))
+
+    def __post_init__(self) -> None:
+        _check_contrast("densecl", self)
+        _check(self.dense_warmup_steps >= 0, "densecl.dense_warmup_steps",
+               f"must be >= 0, got {self.dense_warmup_steps}")
+
+
+@dataclass
+class MDPSection:
+    """MDP multi-dataset pre-training (methods.md §1); defaults marked [PROPOSED] there are reconstructions."""
+
+    datasets: list[str] = _field([], "datasets whose label spaces are concatenated: 'synthetic:DOMAIN' or 'voc:ROOT' "
+                                 "(classes from ROOT/class_names.txt, else data.num_classes); the other data.* keys "
+                                 "apply to each; empty = the one dataset of data.*")
+    sampling: str = _field("proportional", "proportional: plain union; balanced: smaller datasets repeated up to "
+                           "the largest one's size", choices=("proportional", "balanced"))
+    proj_hidden: int = _field(512, "hidden width of the dense projection head (1x1 conv, BN, ReLU, 1x1 conv)")
+    proj_dim: int = _field(128, "D: width of the L2-normalised pixel embedding and of each prototype")
+    temperature: float = _field(0.1, "tau of the pixel-to-prototype logits z.p/tau [PROPOSED]")
+    momentum: float = _field(0.99, "mu of the prototype update p <- n(mu p + (1 - mu) c) [PROPOSED]")
+    csc: str = _field("csc2", "cross-class sparse coding: csc2 pulls the top-k similar prototypes closer (paper), "
+                      "csc1 drops them from the denominator, none disables it", choices=("none", "csc1", "csc2"))
+    top_k: int = _field(5, "k: most similar other prototypes per pixel used by CSC [PROPOSED]")
+    beta: float = _field(0.1, "weight of the CSC2 pull term [PROPOSED]")
+    other_datasets_only: bool = _field(True, "CSC candidates only among other datasets' classes [PROPOSED]")
+    region_mix_fraction: float = _field(1.0 / 3.0, "fraction of each batch region-mixed (CutMix-like box) [PROPOSED]")
+    class_mix_fraction: float = _field(1.0 / 3.0, "fraction of each batch class-mixed (ClassMix-like) [PROPOSED]")
+    lambda_min: float = _field(0.0, "region mixing: lambda ~ U(lambda_min, lambda_max); box area ratio 1 - lambda")
+    lambda_max: float = _field(1.0, "region mixing: upper end of the lambda range")
+    mix_same_dataset_fallback: bool = _field(True, "an image with no other-dataset partner in its batch (e.g. one "
+                                             "dataset) mixes with an image of its own dataset; false: stays clean")
+    export_head: bool = _field(False, "also export projection_head.pt (head, prototypes, label table)")
+
+    def __post_init__(self) -> None:
+        for i, spec in enumerate(self.datasets):
+            kind, sep, arg = str(spec).partition(":")
+            _check(bool(sep) and kind in ("synthetic", "voc") and bool(arg.strip()), f"mdp.datasets[{i}]",
+                   f"expected 'synthetic:DOMAIN' or 'voc:ROOT', got {spec!r}")
+        _check(self.temperature > 0, "mdp.temperature", f"must be > 0, got {self.temperature}")
+        _check(0.0 <= self.momentum < 1.0, "mdp.momentum", f"must be in [0, 1), got {self.momentum}")
+        for key in ("proj_hidden", "proj_dim", "top_k"):
+            _check(getattr(self, key) >= 1, f"mdp.{key}", f"must be >= 1, got {getattr(self, key)}")
+        _check(self.beta >= 0, "mdp.beta", f"must be >= 0, got {self.beta}")
+        for key in ("region_mix_fraction", "class_mix_fraction"):
+            _check(0.0 <= getattr(self, key) <= 1.0, f"mdp.{key}", f"must be in [0, 1], got {getattr(self, key)}")
+        _check(self.region_mix_fraction + self.class_mix_fraction <= 1.0 + 1e-9, "mdp.region_mix_fraction",
+               f"region_mix_fraction + class_mix_fraction must be <= 1, got "
+               f"{self.region_mix_fraction + self.class_mix_fraction}")
+        _check(0.0 <= self.lambda_min <= self.lambda_max <= 1.0, "mdp.lambda_min/lambda_max",
+               f"need 0 <= lambda_min <= lambda_max <= 1, got {self.lambda_min}, {self.lambda_max}")
+
+
+@dataclass
+class SSASection:
+    """Losses of the SSA-Seg classifier head (``model.classifier: ssa``; methods.md §2.4, official-code defaults)."""
+
+    edge_border: int = _field(6, "response distillation: label edges within this many pixels of the feature-map "
+                              "border are dropped (official 6; a feature map <= 2*edge_border has no boundary band)")
+    smoothing: float = _field(0.5, "response distillation: target = smoothing * teacher + (1 - smoothing) * one-hot")
+    semantic_weight: float = _field(10.0, "weight inside the semantic-domain distillation (prototype relations)")
+    spatial_weight: float = _field(0.4, "weight inside the spatial-domain distillation (position prototypes)")
+    dice_weight: float = _field(1.0, "weight of each Dice term (student and teacher)")
+
+    def __post_init__(self) -> None:
+        if self.edge_border < 0:
+            raise ConfigError(f"ssa.edge_border: must be >= 0, got {self.edge_border}")
+        if not 0.0 <= self.smoothing <= 1.0:
+            raise ConfigError(f"ssa.smoothing: must be in [0, 1], got {self.smoothing}")
+        for key in ("semantic_weight", "spatial_weight", "dice_weight"):
+            if not getattr(self, key) >= 0:
+                raise ConfigError(f"ssa.{key}: must be >= 0, got {getattr(self, key)}")
+
+
 @dataclass
 class Config:
-    method: str = _field("supervised", "training objective", choices=("supervised", "pssl", "classifier"))
+    method: str = _field("supervised", "training objective", choices=("supervised", "pssl", "classifier", "pixcon", "densecl", "mdp"))
     run: RunSection = field(default_factory=RunSection)
     data: DataSection = field(default_factory=DataSection)
     model: ModelSection = field(default_factory=ModelSection)
@@ -169,7 +349,12 @@ class Config:
     train: TrainSection = field(default_factory=TrainSection)
     pssl: PSSLSection = field(default_factory=PSSLSection)
     classifier: ClassifierSection = field(default_factory=ClassifierSection)
+    ssa: SSASection = field(default_factory=SSASection)
     label: LabelSection = field(default_factory=LabelSection)
+    views: ViewsSection = field(default_factory=ViewsSection)
+    pixcon: PixConSection = field(default_factory=PixConSection)
+    densecl: DenseCLSection = field(default_factory=DenseCLSection)
+    mdp: MDPSection = field(default_factory=MDPSection)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

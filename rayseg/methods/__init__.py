@@ -2,6 +2,7 @@
 
 from rayseg.methods.base import Method
 from rayseg.methods.classifier import ImageClassifier
+from rayseg.methods.mdp import MDP
 from rayseg.methods.pssl import PSSL
 from rayseg.methods.supervised import Supervised
 
@@ -9,6 +10,7 @@ METHODS: dict[str, type[Method]] = {
     "supervised": Supervised,
     "pssl": PSSL,
     "classifier": ImageClassifier,
+    "mdp": MDP,
 }
 
 
@@ -19,4 +21,4 @@ def get_method(name: str) -> type[Method]:
         raise ValueError(f"method: unknown method {name!r} (known: {', '.join(METHODS)})") from None
 
 
-__all__ = ["METHODS", "PSSL", "ImageClassifier", "Method", "Supervised", "get_method"]
+__all__ = ["MDP", "METHODS", "PSSL", "ImageClassifier", "Method", "Supervised", "get_method"]
