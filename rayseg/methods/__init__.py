@@ -2,7 +2,9 @@
 
 from rayseg.methods.base import Method
 from rayseg.methods.classifier import ImageClassifier
+from rayseg.methods.densecl import DenseCL
 from rayseg.methods.mdp import MDP
+from rayseg.methods.pixcon import PixCon
 from rayseg.methods.pssl import PSSL
 from rayseg.methods.supervised import Supervised
 
@@ -11,6 +13,8 @@ METHODS: dict[str, type[Method]] = {
     "pssl": PSSL,
     "classifier": ImageClassifier,
     "mdp": MDP,
+    "pixcon": PixCon,
+    "densecl": DenseCL,
 }
 
 
@@ -21,4 +25,4 @@ def get_method(name: str) -> type[Method]:
         raise ValueError(f"method: unknown method {name!r} (known: {', '.join(METHODS)})") from None
 
 
-__all__ = ["MDP", "METHODS", "PSSL", "ImageClassifier", "Method", "Supervised", "get_method"]
+__all__ = ["MDP", "METHODS", "PSSL", "DenseCL", "PixCon", "ImageClassifier", "Method", "Supervised", "get_method"]
