@@ -18,6 +18,7 @@ from rayseg.labeling import (
     gradcam,
     integrated_gradients,
     minmax_normalize,
+    prepare_for_explanation,
     smoothgrad,
 )
 from rayseg.labeling.explainers import default_gradcam_layer, targets_for
@@ -198,12 +199,44 @@ def test_model_state_is_restored_and_no_parameter_gradients_accumulate():
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_amp_and_channels_last_are_ignored_on_cpu():
+def test_amp_is_ignored_on_cpu_and_channels_last_changes_only_rounding():
     model, x, t = tiny_net(), images(2), torch.tensor([1, 2])
     noise = torch.randn(2, 3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    fast = smoothgrad(model, x, t, SmoothGradConfig(amp=True, channels_last=True), noise=noise)
+    amp = smoothgrad(model, x, t, SmoothGradConfig(amp=True, channels_last=False), noise=noise)
     plain = smoothgrad(model, x, t, SmoothGradConfig(amp=False, channels_last=False), noise=noise)
-    torch.testing.assert_close(fast, plain, rtol=0, atol=0)
+    torch.testing.assert_close(amp, plain, rtol=0, atol=0)
+    fast = smoothgrad(model, x, t, SmoothGradConfig(amp=False, channels_last=True), noise=noise)
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-6)
+
+
+def test_prepare_for_explanation_folds_batchnorm_without_changing_the_maps():
+    model, x, t = tiny_net(), images(2), torch.tensor([1, 2])
+    noise = torch.randn(2, 3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    cfg = SmoothGradConfig(channels_last=True)
+    prepared = prepare_for_explanation(model, cfg)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in prepared.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the input model is left alone
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    assert not prepared.training and not any(p.requires_grad for p in prepared.parameters())
+    reference = smoothgrad(model, x, t, SmoothGradConfig(channels_last=False), noise=noise)
+    torch.testing.assert_close(smoothgrad(prepared, x, t, cfg, noise=noise), reference, rtol=1e-4, atol=1e-6)
+    # GradCAM reads layer activations, which folding would change: BatchNorm stays
+    kept = prepare_for_explanation(model, cfg.replace(method="gradcam"))
+    assert any(isinstance(m, nn.BatchNorm2d) for m in kept.modules())
+    assert prepare_for_explanation(model, cfg.replace(fold_batchnorm=False)).bn1 is not None
+
+
+def test_prepare_for_explanation_keeps_an_untraceable_model_with_a_warning():
+    class DataDependent(TinyNet):
+        def forward(self, x):
+            if x.sum() > 0:  # torch.fx cannot trace control flow on values
+                x = -x
+            return super().forward(x)
+
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="BatchNorm not folded"):
+        prepared = prepare_for_explanation(DataDependent(), SmoothGradConfig())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in prepared.modules())
 
 
 # ----------------------------------------------------------------------------------------------- IG and GradCAM
