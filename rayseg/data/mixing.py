@@ -19,8 +19,17 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["CLEAN", "CLASS_MIX", "REGION_MIX", "CrossDatasetMix", "MixedBatch", "choose_partners",
-           "class_mix_mask", "region_box", "region_mask"]
+__all__ = [
+    "CLASS_MIX",
+    "CLEAN",
+    "REGION_MIX",
+    "CrossDatasetMix",
+    "MixedBatch",
+    "choose_partners",
+    "class_mix_mask",
+    "region_box",
+    "region_mask",
+]
 
 CLEAN, REGION_MIX, CLASS_MIX = 0, 1, 2
 

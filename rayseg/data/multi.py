@@ -2,7 +2,8 @@
 
 Label spaces are concatenated without any manual merging: the global id of local class ``c`` of dataset ``d`` is
 ``c + offset_d`` with ``offset_d = Σ_{d' < d} K_{d'}``, so ``K_total = Σ_d K_d`` and the "same" class of two
-datasets gets two ids. The ignore value 255 of every dataset stays 255.
+datasets gets two ids. The ignore value 255 of every dataset stays 255 in global masks as long as
+``K_total <= 255``; beyond that 255 is a real class and ignored pixels are -1 (``LabelSpace.ignore_index``).
 
 Dataset specs (``mdp.datasets``) are strings:
 
@@ -32,10 +33,11 @@ from rayseg.data.folders import VOCSegmentationFolder
 from rayseg.data.synthetic import DOMAINS, SyntheticSegmentation
 from rayseg.data.transforms import SegEvalTransform, SegTrainTransform
 
-__all__ = ["CLASS_NAMES_FILE", "SAMPLING", "DatasetSpec", "LabelSpace", "MultiDataset", "build_multi_dataset",
+__all__ = ["CLASS_NAMES_FILE", "LARGE_SPACE_IGNORE", "SAMPLING", "DatasetSpec", "LabelSpace", "MultiDataset", "build_multi_dataset",
            "parse_dataset_spec"]
 
 SAMPLING = ("proportional", "balanced")
+LARGE_SPACE_IGNORE = -1  # ignore value of global masks when K_total > 255 (see LabelSpace.ignore_index)
 CLASS_NAMES_FILE = "class_names.txt"  # optional, in a VOC root: one class name per line, line i = label id i
 
 
@@ -62,12 +64,9 @@ class LabelSpace:
         for name, names in zip(self.datasets, self.class_names):
             if not names:
                 raise ValueError(f"dataset {name!r} has no classes")
-        if self.num_classes > IGNORE_INDEX:
-            raise ValueError(f"{self.num_classes} classes in total; global ids must stay below the ignore value "
-                             f"{IGNORE_INDEX}")
 
     @classmethod
-    def build(cls, datasets: Sequence[str], class_names: Sequence[Sequence[str]]) -> "LabelSpace":
+    def build(cls, datasets: Sequence[str], class_names: Sequence[Sequence[str]]) -> LabelSpace:
         return cls(tuple(str(d) for d in datasets), tuple(tuple(str(c) for c in names) for names in class_names))
 
     @property
@@ -87,6 +86,12 @@ class LabelSpace:
     def num_classes(self) -> int:
         return sum(self.sizes)
 
+    @property
+    def ignore_index(self) -> int:
+        """The ignore value of global masks: 255 (the rayseg contract) while ``K_total <= 255``; with more classes
+        255 is a real global id (e.g. VOC + ADE20K + COCO-Stuff: 342), so ignored pixels become -1."""
+        return IGNORE_INDEX if self.num_classes <= IGNORE_INDEX else LARGE_SPACE_IGNORE
+
     def global_id(self, dataset: int, local_id: int) -> int:
         if not 0 <= local_id < self.sizes[dataset]:
             raise ValueError(f"class {local_id} is outside 0..{self.sizes[dataset] - 1} of dataset "
@@ -94,8 +99,9 @@ class LabelSpace:
         return self.offsets[dataset] + local_id
 
     def to_global(self, mask: torch.Tensor, dataset: int) -> torch.Tensor:
-        """Local label ids of ``dataset`` -> global ids; 255 stays 255."""
-        return torch.where(mask == IGNORE_INDEX, mask, mask + self.offsets[dataset])
+        """Local label ids of ``dataset`` -> global ids; the local ignore 255 becomes :attr:`ignore_index`."""
+        ignore = torch.full_like(mask, self.ignore_index)
+        return torch.where(mask == IGNORE_INDEX, ignore, mask + self.offsets[dataset])
 
     def global_class_names(self) -> list[str]:
         """``"<dataset>/<class>"`` for every global id."""
@@ -109,10 +115,10 @@ class LabelSpace:
         """Plain values (loads with ``torch.load(weights_only=True)`` and ``json``)."""
         return {"datasets": [{"name": d, "offset": o, "class_names": list(names)}
                              for d, o, names in zip(self.datasets, self.offsets, self.class_names)],
-                "num_classes": self.num_classes}
+                "num_classes": self.num_classes, "ignore_index": self.ignore_index}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "LabelSpace":
+    def from_dict(cls, data: dict[str, Any]) -> LabelSpace:
         entries = data["datasets"]
         space = cls.build([e["name"] for e in entries], [e["class_names"] for e in entries])
         stored = [e.get("offset") for e in entries]

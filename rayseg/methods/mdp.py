@@ -6,6 +6,7 @@ Pipeline of one step:
    space (``K_total`` classes), plus the index of each image's dataset.
 2. Training only: cross-dataset mixing (:class:`rayseg.data.mixing.CrossDatasetMix`): a fraction of the images
    region-mixed, a fraction class-mixed, with partners from other datasets; labels mixed with the same mask.
+   Global masks mark ignored pixels with ``label_space.ignore_index`` (255, or -1 beyond 255 classes).
 3. ``z = n(head(backbone(x)["out"]))``: a ``D``-dim unit embedding per feature cell (``DenseHead``: 1x1 conv,
    BN, ReLU, 1x1 conv); the labels are nearest-downsampled to the feature grid (``nearest-exact``: the label at
    each cell's centre).
@@ -260,8 +261,7 @@ class MDP(Method):
     def __init__(self, model: SegmentationModel, label_space: LabelSpace, proj_hidden: int = 512,
                  proj_dim: int = 128, temperature: float = 0.1, momentum: float = 0.99, csc: str = "csc2",
                  top_k: int = 5, beta: float = 0.1, other_datasets_only: bool = True,
-                 mixer: CrossDatasetMix | None = None, export_head: bool = False,
-                 ignore_index: int = IGNORE_INDEX):
+                 mixer: CrossDatasetMix | None = None, export_head: bool = False):
         super().__init__()
         if csc not in ("none", "csc1", "csc2"):
             raise ValueError(f"csc must be none, csc1 or csc2, got {csc!r}")
@@ -269,6 +269,7 @@ class MDP(Method):
         self.arch = dict(model.arch)
         self.init_report = getattr(model, "init_report", None)
         self.label_space = label_space
+        ignore_index = label_space.ignore_index
         num_classes = label_space.num_classes
         self.head = DenseHead(self.backbone.out_channels, proj_hidden, proj_dim, normalize=True)
         self.memory = PrototypeMemory(num_classes, proj_dim, momentum, ignore_index)
@@ -287,7 +288,7 @@ class MDP(Method):
         return build_multi_dataset(cfg.mdp.datasets, cfg.data, train=True, sampling=cfg.mdp.sampling)
 
     @classmethod
-    def from_config(cls, cfg: Config, train_set: Dataset) -> "MDP":
+    def from_config(cls, cfg: Config, train_set: Dataset) -> MDP:
         label_space = getattr(train_set, "label_space", None)
         if label_space is None:
             names = list(getattr(train_set, "class_names", [f"class{i}" for i in range(train_set.num_classes)]))
@@ -297,7 +298,8 @@ class MDP(Method):
         mixer = None
         if m.region_mix_fraction > 0 or m.class_mix_fraction > 0:
             mixer = CrossDatasetMix(m.region_mix_fraction, m.class_mix_fraction, (m.lambda_min, m.lambda_max),
-                                    same_dataset_fallback=m.mix_same_dataset_fallback, ignore_index=IGNORE_INDEX)
+                                    same_dataset_fallback=m.mix_same_dataset_fallback,
+                                    ignore_index=label_space.ignore_index)
         return cls(model, label_space, proj_hidden=m.proj_hidden, proj_dim=m.proj_dim, temperature=m.temperature,
                    momentum=m.momentum, csc=m.csc, top_k=m.top_k, beta=m.beta,
                    other_datasets_only=m.other_datasets_only, mixer=mixer, export_head=m.export_head)
