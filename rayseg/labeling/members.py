@@ -95,7 +95,9 @@ def load_members(
     models = []
     for index, spec in enumerate(specs):
         if _has_weights(spec):
-            model = build_classifier(spec.arch, num_classes)
+            # built on the meta device (no random initialisation: the file's tensors are assigned instead)
+            with torch.device("meta"):
+                model = build_classifier(spec.arch, num_classes)
             state = _read_state_dict(spec.weights)
             expected, got = set(model.state_dict()), set(state)
             if expected != got:
@@ -105,7 +107,7 @@ def load_members(
                     f"({len(missing)} missing keys e.g. {missing[:2]}, {len(unexpected)} unexpected e.g. {unexpected[:2]})"
                 )
             try:
-                model.load_state_dict(state, strict=True)
+                model.load_state_dict(state, strict=True, assign=True)
             except RuntimeError as exc:  # shape mismatch
                 first = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), str(exc))
                 raise ValueError(f"{spec.weights}: weights do not fit {spec.arch} with {num_classes} classes "
@@ -116,6 +118,9 @@ def load_members(
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(index)
                 model = build_classifier(spec.arch, num_classes)
+        on_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+        if on_meta:  # a non-persistent buffer the file cannot hold
+            raise ValueError(f"{spec.arch}: tensors {on_meta[:3]} are not in the weights file")
         models.append(model.eval().to(device))
     return models
 
