@@ -36,7 +36,7 @@ from rayseg.data import IGNORE_INDEX
 from rayseg.data.mixing import CrossDatasetMix
 from rayseg.data.multi import LabelSpace, MultiDataset, build_multi_dataset
 from rayseg.methods.base import Method
-from rayseg.models import SegmentationModel, build_head
+from rayseg.models import SegmentationModel, build_model
 from rayseg.models.from_config import build_model_from_config
 from rayseg.models.projection import DenseHead
 from rayseg.models.weights import export_weights
@@ -346,11 +346,10 @@ class MDP(Method):
     # --------------------------------------------------------------------------------------------- export
 
     def segmentation_model(self) -> SegmentationModel:
-        a = self.arch
-        decoder = build_head(a["head"], self.backbone.channels, a["channels"], a["output_stride"], a["dropout"])
-        reference = next(self.backbone.parameters())
-        return SegmentationModel(self.backbone, decoder.to(reference.device), self.label_space.num_classes,
-                                 {k: v for k, v in a.items() if k != "num_classes"})
+        """``build_model(**arch)`` (a fresh, untrained decode head and classifier) around the trained backbone."""
+        model = build_model(**self.arch)
+        model.backbone = self.backbone
+        return model.to(next(self.backbone.parameters()).device)
 
     def export_meta(self) -> dict[str, Any]:
         return {"label_space": self.label_space.to_dict(), "class_names": self.label_space.global_class_names()}
