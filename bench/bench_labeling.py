@@ -31,8 +31,8 @@ target = the image's class, softmax probability (the explainer's defaults apart 
 4. explainer memory: a subprocess loads the members and runs ``explain_ensemble`` on batches of 8; its peak RSS
    (``ru_maxrss``) after 4 and after 16 batches (``--quick``: 2 and 6) must be the same (no growth with the
    number of images). The peak RSS (``VmHWM``) of the Ray actor itself is also read from ``/proc/<pid>/status``
-   while the job runs (pid from ``ray.util.state.list_actors`` of this cluster), for the N and the 2N run; left
-   out when the state API is unavailable.
+   while the job runs (pid from the GCS actor table of this process's cluster), for the N and the 2N run; left
+   out when it is unavailable.
 5. stored bytes per label: ``summary["total_bytes"] / total_rows`` (Parquet, all columns) and the mean size of
    the PNG decile maps.
 
@@ -68,7 +68,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python bench/bench_labeling.py` from the repository root
     sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from rayseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
@@ -181,30 +180,26 @@ class FirstOutput:
 
 
 class ActorPeakRSS(threading.Thread):
-    """Polls the state API for the ExplainActor's pid, then its ``VmHWM`` (peak RSS) in ``/proc`` until it ends."""
+    """Polls the GCS actor table for the ExplainActor's pid, then its ``VmHWM`` (peak RSS) in ``/proc`` until it ends."""
 
-    def __init__(self, address: str):
+    def __init__(self):
         super().__init__(daemon=True)
-        self.address = address  # this cluster's GCS: other engineers' clusters may run on the same machine
         self.stop = threading.Event()
         self.pid: int | None = None
         self.peak_kb = 0
         self.error = ""
 
     def run(self):
-        try:
-            from ray.util.state import list_actors
-        except Exception as exc:  # noqa: BLE001 - optional measurement
-            self.error = f"{type(exc).__name__}: {exc}"
-            return
+        # The GCS actor table (a private API) works without the dashboard, which the local cluster runs without.
+        from ray._private.state import state
+
         while not self.stop.is_set():
             if self.pid is None:
                 try:
-                    for a in list_actors(address=self.address, filters=[("state", "=", "ALIVE")], detail=True,
-                                         raise_on_missing_output=False):
-                        if "ExplainActor" in str(a.class_name) and a.pid:
-                            self.pid = int(a.pid)
-                except Exception as exc:  # noqa: BLE001
+                    for a in state.actor_table(None).values():
+                        if "ExplainActor" in str(a.get("ActorClassName")) and a.get("State") == "ALIVE" and a.get("Pid"):
+                            self.pid = int(a["Pid"])
+                except Exception as exc:  # noqa: BLE001 - optional measurement
                     self.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 self.stop.wait(1.0)
                 continue
@@ -224,10 +219,9 @@ def end_to_end(specs: list[MemberSpec], images: Path, num_classes: int, cfg: Smo
     output = Path(tempfile.mkdtemp(prefix="labels-", dir=out_root))  # fresh: the same folder would resume
     job = LabelingJob(images=str(images), output=str(output), members=list(specs), num_classes=num_classes,
                       explainer=cfg, input_size=SIZE, batch_size=BATCH, num_actors=1, num_cpus_per_actor=THREADS)
-    import ray
 
     probe = FirstOutput()
-    watcher = ActorPeakRSS(ray.get_runtime_context().gcs_address) if measure_actor else None
+    watcher = ActorPeakRSS() if measure_actor else None
     if watcher:
         watcher.start()
     start = time.perf_counter()
@@ -302,7 +296,8 @@ def start_ray(num_cpus: int) -> None:
     from rayseg.engine.runner import ensure_ray
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=num_cpus, logging_level=logging.WARNING, dashboard_host="127.0.0.1")
+        ray.init(address="local", num_cpus=num_cpus, logging_level=logging.WARNING, dashboard_host="127.0.0.1",
+                 include_dashboard=os.environ.get("RAYSEG_DASHBOARD", "0") == "1")
     ensure_ray()
 
 

@@ -20,7 +20,8 @@ def ensure_ray(address: str | None = None) -> None:
     """Join ``address`` (or ``RAY_ADDRESS``) if given, else start a fresh local cluster; no-op when Ray is up.
 
     A local cluster needs no network interface, so it is bound to 127.0.0.1. Ray reads that choice when it is
-    first imported, so this must run before anything imports ray (``train`` calls it first).
+    first imported, so this must run before anything imports ray (``train`` calls it first). Its dashboard is
+    off unless ``RAYSEG_DASHBOARD=1``.
     """
     address = address or os.environ.get("RAY_ADDRESS") or None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -31,7 +32,10 @@ def ensure_ray(address: str | None = None) -> None:
     if ray.is_initialized():
         return
     if address is None:
-        ray.init(address="local", logging_level=logging.WARNING, dashboard_host="127.0.0.1")
+        # the dashboard's agents cost ~10% of a 2-core machine; RAYSEG_DASHBOARD=1 turns it on
+        dashboard = os.environ.get("RAYSEG_DASHBOARD", "0") == "1"
+        ray.init(address="local", logging_level=logging.WARNING, include_dashboard=dashboard,
+                 dashboard_host="127.0.0.1")
     else:
         ray.init(address=address, logging_level=logging.WARNING)
 
