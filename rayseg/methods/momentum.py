@@ -93,10 +93,11 @@ class KeyQueue(nn.Module):
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
         keys = all_gather_rows(keys).to(self.keys.dtype)
-        keys = keys[-self.size:]  # more new keys than slots: only the newest survive
         n, ptr = keys.shape[0], int(self.ptr)
-        index = (ptr + torch.arange(n, device=self.keys.device)) % self.size
-        self.keys[index] = keys
+        kept = keys[-self.size:]  # more new keys than slots: only the newest survive, where a row-by-row
+        start = ptr + n - kept.shape[0]  # FIFO write would have left them
+        index = (start + torch.arange(kept.shape[0], device=self.keys.device)) % self.size
+        self.keys[index] = kept
         self.ptr.fill_((ptr + n) % self.size)
 
     def extra_repr(self) -> str:
