@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parquet", default="", help="or the labelled Parquet table of image bytes")
     p.add_argument("--out", default="labels.png", help="PNG file to write")
     p.add_argument("--count", type=int, default=8, help="images to show")
+    p = sub.add_parser("sweep", help="Ray Tune search over config keys (one Train run per trial)")
+    p.add_argument("--space", required=True, help="search-space YAML (see tune_spaces/)")
+    p.add_argument("--method", help="shortcut for the override method=NAME")
+    _add_config_args(p)
     p = sub.add_parser("demo", help="the whole pipeline on the embedded synthetic benchmark")
     p.add_argument("--quick", action="store_true", help="smaller budget (a smoke test of every step)")
     p.add_argument("--storage", default="rayseg_runs/demo", help="where the demo's runs go")
@@ -174,6 +178,17 @@ def cmd_show_labels(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from rayseg.tune.space import load_space
+    from rayseg.tune.sweep import run_sweep
+
+    cfg = resolve(args, "sweep")
+    space = load_space(args.space, cfg)  # every sampled value checked against the config before Ray starts
+    preflight(cfg)
+    run_sweep(cfg, space, address=args.address)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from rayseg.demo import run_demo
 
@@ -224,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_guarded(lambda: cmd_label(args))
     if args.command == "show-labels":
         return run_guarded(lambda: cmd_show_labels(args))
+    if args.command == "sweep":
+        return run_guarded(lambda: cmd_sweep(args))
     if args.command == "demo":
         return run_guarded(lambda: cmd_demo(args))
     return run_guarded(lambda: cmd_config(args))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 from rayseg.config import Config, save_config
@@ -40,8 +41,10 @@ def ensure_ray(address: str | None = None) -> None:
         ray.init(address=address, logging_level=logging.WARNING)
 
 
-def train(cfg: Config, command: str, address: str | None = None) -> dict:
-    """Run (or resume) the training described by ``cfg``; returns the run's summary.json contents."""
+def train(cfg: Config, command: str, address: str | None = None, callbacks: list | None = None) -> dict:
+    """Run (or resume) the training described by ``cfg``; returns the run's summary.json contents, to which
+    ``fit_seconds`` (wall time of this call's ``TorchTrainer.fit``) is added. ``callbacks``: Ray Train run
+    callbacks (a Tune trial passes ``TuneReportCallback``)."""
     if cfg.train.num_workers > 0:
         ensure_ray(address)
     import ray.train
@@ -62,9 +65,16 @@ def train(cfg: Config, command: str, address: str | None = None) -> dict:
         run_config=ray.train.RunConfig(
             name=run_dir.name, storage_path=str(run_dir.parent),
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints)),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
+            callbacks=list(callbacks or [])),
     )
+    start = time.perf_counter()
     result = trainer.fit()
     if result.error is not None:
         raise result.error
-    return json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["fit_seconds"] = round(time.perf_counter() - start, 3)
+    tmp = run_dir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, run_dir / "summary.json")
+    return summary

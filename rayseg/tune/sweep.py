@@ -1,0 +1,199 @@
+"""`rayseg sweep`: a Ray Tune search over config keys, one Train V2 run per trial.
+
+Each trial is a *driver function* (:func:`run_trial`, the Train V2 way to combine Tune and Train): it builds the
+trial's config from the base config plus its sampled values and runs the shared engine
+(:func:`rayseg.engine.runner.train`), which builds a fresh ``TorchTrainer``. ``TuneReportCallback`` forwards the
+engine's per-epoch reports to Tune, so ASHA can stop a trial after any epoch.
+
+Objectives (space file ``objective``):
+
+* ``loss``: the pre-training loss (``loss/loss`` of each epoch's report), minimised.
+* ``miou``: maximised. With ``finetune.config``, each trial pre-trains, then fine-tunes from its export
+  (``export/<method export_part>.pt``) with that config, evaluating every epoch; Tune sees the fine-tune's
+  per-epoch mIoU. Without it the method must evaluate itself (``supervised``), every epoch.
+
+Resources: a trial driver reserves no CPU (``with_resources(..., {"CPU": 0})``) and its Train workers reserve
+``train.num_workers x train.cpus_per_worker`` CPUs (and GPUs). At most ``cluster CPUs // that`` trials (also
+bounded by GPUs) run at once, so trials never wait on each other's workers (no deadlock on 2 CPUs). With
+``train.num_workers: 0`` training runs inside the driver, which then reserves ``train.cpus_per_worker``.
+
+Folders: the sweep is ``<run.storage>/sweep-<method>-<hash of config + space>`` (Tune's experiment folder) and
+each trial's run folder ``<run.storage>/<sweep name>-<trial id>[-finetune]``. Re-running the same command
+restores the Tuner from its folder: finished trials are kept, unfinished and errored ones resume from their
+Train checkpoints. Outputs in the sweep folder: ``results.csv`` (one row per trial) and ``best_config.yaml``
+(the base config with the best trial's values: ``rayseg pretrain --config best_config.yaml`` reruns it).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from rayseg.config import Config, ConfigError, _set_dotted, config_from_dict, load_config, save_config
+from rayseg.tune.space import SearchSpace
+
+__all__ = ["max_concurrent_trials", "run_sweep", "run_trial", "sweep_name", "trial_config"]
+
+
+def sweep_name(cfg: Config, space: SearchSpace) -> str:
+    blob = json.dumps({"config": cfg.to_dict(), "space": space.to_dict()}, sort_keys=True, default=str)
+    return f"sweep-{cfg.method}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
+
+
+def trial_config(base: dict[str, Any], params: dict[str, Any]) -> Config:
+    """The base config (plain dict) with the trial's sampled ``{dotted key: value}`` applied, validated."""
+    tree = copy.deepcopy(base)
+    for key, value in params.items():
+        _set_dotted(tree, key, value)
+    return config_from_dict(tree)
+
+
+def trial_cpus_gpus(cfg: Config) -> tuple[float, float]:
+    """CPUs and GPUs one trial holds while it trains (its driver plus its Train workers)."""
+    t = cfg.train
+    if t.num_workers == 0:
+        return float(t.cpus_per_worker), 0.0
+    return float(t.num_workers * t.cpus_per_worker), float(t.num_workers if t.use_gpu else 0)
+
+
+def max_concurrent_trials(cfg: Config, cluster: dict[str, float]) -> int:
+    """How many trials fit in the cluster at once; ``ConfigError`` when not even one does."""
+    cpus, gpus = trial_cpus_gpus(cfg)
+    have_cpu, have_gpu = float(cluster.get("CPU", 0)), float(cluster.get("GPU", 0))
+    if cpus > have_cpu or gpus > have_gpu:
+        raise ConfigError(f"train.num_workers x train.cpus_per_worker: a trial needs {cpus:g} CPUs and {gpus:g} GPUs, "
+                          f"the cluster has {have_cpu:g} CPUs and {have_gpu:g} GPUs")
+    fits = [math.floor(have_cpu / cpus) if cpus else math.inf, math.floor(have_gpu / gpus) if gpus else math.inf]
+    return max(1, int(min(min(fits), 1024)))
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """Tune driver function of one trial (runs inside the trial's process on the cluster)."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from rayseg.engine.runner import train
+
+    cfg = trial_config(config["base"], config["params"])
+    trial_id = ray.tune.get_context().get_trial_id()
+    cfg.run.name = f"{config['sweep']}-{trial_id}"  # deterministic: a restored trial resumes its Train run
+    report = [TuneReportCallback()]
+    if config["objective"] == "loss":
+        train(cfg, "pretrain", callbacks=report)
+        return
+    if not config["finetune_config"]:
+        cfg.train.eval_every = 1  # the method's own mIoU after every epoch
+        train(cfg, "pretrain", callbacks=report)
+        return
+    from rayseg.methods import get_method
+
+    summary = train(cfg, "pretrain")
+    weights = summary["export"][get_method(cfg.method).export_part]
+    ft = load_config(config["finetune_config"], [*config["finetune_overrides"], f"model.init_weights={weights}",
+                                                 "train.eval_every=1"])
+    ft.run.storage, ft.run.name = cfg.run.storage, f"{cfg.run.name}-finetune"
+    train(ft, "finetune", callbacks=report)
+
+
+def _results_rows(results, space: SearchSpace) -> list[dict[str, Any]]:
+    rows = []
+    for result in results:
+        metrics = result.metrics or {}
+        row = {"trial_id": metrics.get("trial_id", Path(result.path).name if result.path else ""),
+               **{p.key: (result.config or {}).get("params", {}).get(p.key) for p in space.params},
+               space.metric: metrics.get(space.metric), "epochs_reported": metrics.get("training_iteration", 0),
+               "status": "error" if result.error else "done"}
+        rows.append(row)
+    return rows
+
+
+def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["trial_id"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def format_table(rows: list[dict[str, Any]], metric: str) -> str:
+    if not rows:
+        return "(no trials)"
+    columns = list(rows[0])
+    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def run_sweep(cfg: Config, space: SearchSpace, address: str | None = None) -> dict[str, Any]:
+    """Run (or resume) the sweep; returns ``{"sweep_dir", "rows", "best_params", "best_metric", "best_config",
+    "seconds"}``. Prints the results table."""
+    from rayseg.engine.runner import ensure_ray
+
+    ensure_ray(address)
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    concurrency = max_concurrent_trials(cfg, ray.cluster_resources())
+    name = sweep_name(cfg, space)
+    storage = str(Path(cfg.run.storage).resolve())
+    sweep_dir = Path(storage) / name
+    driver_cpus = float(cfg.train.cpus_per_worker) if cfg.train.num_workers == 0 else 0.0
+    trainable = tune.with_resources(run_trial, {"CPU": driver_cpus})
+    param_space = {"base": cfg.to_dict(), "sweep": name, "objective": space.objective,
+                   "finetune_config": str(Path(space.finetune_config).resolve()) if space.finetune_config else "",
+                   "finetune_overrides": list(space.finetune_overrides), **space.param_space()}
+    start = time.perf_counter()
+    if tune.Tuner.can_restore(str(sweep_dir)):
+        print(f"[rayseg] resuming sweep {sweep_dir}", flush=True)
+        tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, param_space=param_space,
+                                   resume_unfinished=True, resume_errored=True)
+    else:
+        scheduler = None
+        if space.asha is not None:
+            epochs = cfg.train.epochs
+            if space.finetune_config:
+                epochs = load_config(space.finetune_config, space.finetune_overrides).train.epochs
+            scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max(1, epochs), **space.asha)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode, num_samples=space.num_samples,
+                                        max_concurrent_trials=concurrency, scheduler=scheduler),
+            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1,
+                                      failure_config=tune.FailureConfig(max_failures=0)),
+        )
+    results = tuner.fit()
+    seconds = time.perf_counter() - start
+    rows = _results_rows(results, space)
+    _write_csv(rows, sweep_dir / "results.csv")
+    print(format_table(rows, space.metric), flush=True)
+    out: dict[str, Any] = {"sweep_dir": str(sweep_dir), "rows": rows, "seconds": seconds, "concurrency": concurrency}
+    scored = [r for r in rows if isinstance(r[space.metric], (int, float)) and math.isfinite(r[space.metric])]
+    if not scored:
+        print(f"[rayseg] no trial reported {space.metric}; see {sweep_dir}", flush=True)
+        return out
+    best = results.get_best_result(metric=space.metric, mode=space.mode, scope="last", filter_nan_and_inf=True)
+    best_params = dict(best.config["params"])
+    best_cfg = trial_config(cfg.to_dict(), best_params)
+    best_cfg.run.name = ""
+    save_config(best_cfg, sweep_dir / "best_config.yaml")
+    out.update(best_params=best_params, best_metric=best.metrics[space.metric],
+               best_config=str(sweep_dir / "best_config.yaml"))
+    values = ", ".join(f"{k}={v}" for k, v in best_params.items())
+    print(f"[rayseg] best {space.metric} {best.metrics[space.metric]:.4g} with {values} -> "
+          f"{sweep_dir / 'best_config.yaml'}", flush=True)
+    return out

@@ -1,0 +1,92 @@
+"""Search-space files: parsing, Tune distributions and one-line errors, all before Ray starts."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rayseg.config import ConfigError, load_config
+from rayseg.tune.space import load_space
+from rayseg.tune.sweep import max_concurrent_trials, sweep_name, trial_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path, data) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_shipped_spaces_load_against_their_configs():
+    shipped = {"pssl_bg_weight.yaml": load_config(None, ["method=pssl"]),
+               "mdp_temperature_topk.yaml": load_config(ROOT / "jobs/configs/pretrain_mdp.yaml"),
+               "pixcon_temperature.yaml": load_config(ROOT / "jobs/configs/pretrain_pixcon.yaml")}
+    for name, cfg in shipped.items():
+        space = load_space(ROOT / "tune_spaces" / name, cfg)
+        assert space.params
+    bg = load_space(ROOT / "tune_spaces/pssl_bg_weight.yaml", shipped["pssl_bg_weight.yaml"])
+    assert bg.params[0].key == "pssl.bg_weight" and bg.params[0].values == [0.001, 0.01, 0.1, 1.0]  # PSSL Table 1
+    assert (bg.metric, bg.mode) == ("miou", "max")
+
+
+def test_distributions_become_tune_domains(tmp_path):
+    from ray import tune
+
+    path = write(tmp_path, {"params": {"optim.lr": {"loguniform": [1e-3, 1e-1]}, "train.batch_size": {"choice": [8, 16]},
+                                       "optim.momentum": {"uniform": [0.8, 0.95]}, "optim.name": {"grid": ["sgd", "adamw"]}}})
+    space = load_space(path, load_config())
+    assert (space.metric, space.mode, space.num_samples) == ("loss/loss", "min", 1)
+    assert space.asha == {"grace_period": 1, "reduction_factor": 2}
+    params = space.param_space()["params"]
+    assert params["optim.name"] == {"grid_search": ["sgd", "adamw"]}
+    assert isinstance(params["optim.lr"], tune.search.sample.Float)
+    assert params["optim.lr"].lower == 1e-3 and params["optim.lr"].upper == 1e-1
+    assert isinstance(params["optim.lr"].get_sampler(), tune.search.sample.LogUniform)
+    assert isinstance(params["train.batch_size"], tune.search.sample.Categorical)
+    assert params["train.batch_size"].categories == [8, 16]
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"params": {"optim.lrr": {"grid": [0.1]}}}, "params.optim.lrr = 0.1: unknown key"),
+    ({"params": {"optim.name": {"grid": ["sgd", "lamb"]}}}, "params.optim.name = 'lamb'"),
+    ({"params": {"optim.lr": {"normal": [0, 1]}}}, "unknown distribution 'normal'"),
+    ({"params": {"optim.lr": {"uniform": [0.1]}}}, "expected [low, high]"),
+    ({"params": {"optim.lr": {"uniform": [0.1, 0.01]}}}, "need low < high"),
+    ({"params": {"optim.lr": {"loguniform": [0, 0.1]}}}, "bounds must be > 0"),
+    ({"params": {"optim.lr": {"grid": []}}}, "expected a non-empty list"),
+    ({"params": {"optim.name": {"uniform": [0, 1]}}}, "optim.name"),
+    ({"params": {}}, "params: expected a mapping"),
+    ({"objective": "accuracy", "params": {"optim.lr": {"grid": [0.1]}}}, "objective: 'accuracy'"),
+    ({"num_samples": 0, "params": {"optim.lr": {"grid": [0.1]}}}, "num_samples"),
+    ({"asha": {"grace_period": 0}, "params": {"optim.lr": {"grid": [0.1]}}}, "asha"),
+    ({"searcher": "optuna", "params": {"optim.lr": {"grid": [0.1]}}}, "unknown key 'searcher'"),
+    ({"finetune": {"config": "nope.yaml"}, "params": {"optim.lr": {"grid": [0.1]}}}, "finetune.config: file not found"),
+])
+def test_space_errors_are_one_line_naming_file_and_key(tmp_path, data, message):
+    path = write(tmp_path, data)
+    with pytest.raises(ConfigError) as info:
+        load_space(path, load_config())
+    text = str(info.value)
+    assert message in text and str(path) in text and "\n" not in text
+
+
+def test_trial_config_applies_sampled_values_and_names_are_deterministic(tmp_path):
+    base = load_config(None, ["method=pssl"])
+    cfg = trial_config(base.to_dict(), {"pssl.bg_weight": 0.01, "optim.lr": 0.2})
+    assert cfg.pssl.bg_weight == 0.01 and cfg.optim.lr == 0.2 and base.pssl.bg_weight == 0.1
+    space = load_space(ROOT / "tune_spaces/pssl_bg_weight.yaml", base)
+    assert sweep_name(base, space) == sweep_name(load_config(None, ["method=pssl"]), space)
+    assert sweep_name(base, space) != sweep_name(load_config(None, ["method=pssl", "optim.lr=0.5"]), space)
+
+
+def test_concurrency_follows_cluster_resources():
+    one_worker_two_cpus = load_config(None, ["train.num_workers=1", "train.cpus_per_worker=2"])
+    assert max_concurrent_trials(one_worker_two_cpus, {"CPU": 2.0}) == 1
+    assert max_concurrent_trials(one_worker_two_cpus, {"CPU": 9.0}) == 4
+    gpu = load_config(None, ["train.num_workers=2", "train.use_gpu=true", "train.cpus_per_worker=4"])
+    assert max_concurrent_trials(gpu, {"CPU": 64.0, "GPU": 4.0}) == 2   # GPUs bind first
+    with pytest.raises(ConfigError, match="a trial needs 4 CPUs"):
+        max_concurrent_trials(load_config(None, ["train.num_workers=2", "train.cpus_per_worker=2"]), {"CPU": 2.0})
+    local = load_config(None, ["train.num_workers=0", "train.cpus_per_worker=1"])
+    assert max_concurrent_trials(local, {"CPU": 2.0}) == 2
