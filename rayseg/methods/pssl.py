@@ -31,6 +31,7 @@ from rayseg.data.transforms import SegTrainTransform, to_float_pair
 from rayseg.labeling import shards
 from rayseg.labeling.ensemble import pseudo_label
 from rayseg.methods.base import Method
+from rayseg.methods.ssa_losses import SSALoss, segmentation_losses
 from rayseg.models import SegmentationModel
 from rayseg.models.from_config import build_model_from_config
 
@@ -178,18 +179,22 @@ def _check_pssl_config(cfg: Config) -> None:
 
 
 class PSSL(Method):
-    """``L = Σ_x w_{y(x)} (−log p_{y(x)}(x)) / Σ_x w_{y(x)}`` on (K+1)-way pseudo-masks (PSSL Eq. 3)."""
+    """``L = Σ_x w_{y(x)} (−log p_{y(x)}(x)) / Σ_x w_{y(x)}`` on (K+1)-way pseudo-masks (PSSL Eq. 3).
+
+    With an SSA classifier (``model.classifier: ssa``) this is the main term and the SSA terms are added.
+    """
 
     evaluates = False  # its K+1 classes are not a target dataset's
     export_part = "model"
 
     def __init__(self, model: SegmentationModel, class_names: list[str], num_image_classes: int,
-                 bg_weight: float = 0.1, ignore_index: int = IGNORE_INDEX):
+                 bg_weight: float = 0.1, ignore_index: int = IGNORE_INDEX, ssa_loss: SSALoss | None = None):
         super().__init__()
         self.model = model
         self.class_names = list(class_names)
         self.num_image_classes = int(num_image_classes)
         self.loss = BackgroundWeightedCrossEntropy(num_image_classes, bg_weight, ignore_index)
+        self.ssa_loss = ssa_loss if ssa_loss is not None else SSALoss(ignore_index=ignore_index)
 
     @classmethod
     def train_dataset(cls, cfg: Config) -> PSSLDataset:
@@ -211,11 +216,10 @@ class PSSL(Method):
         if names is None or len(names) != k + 1:
             names = [f"class{i}" for i in range(k)] + ["background"]
         model = build_model_from_config(cfg.model, num_classes=k + 1)
-        return cls(model, names, k, cfg.pssl.bg_weight)
+        return cls(model, names, k, cfg.pssl.bg_weight, ssa_loss=SSALoss.from_config(cfg.ssa))
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
-        logits = self.model(batch["image"])
-        return {"wce": self.loss(logits.float(), batch["mask"])}
+        return segmentation_losses(self.model, batch["image"], batch["mask"], self.loss, "wce", self.ssa_loss)
 
     def segmentation_model(self) -> SegmentationModel:
         return self.model

@@ -11,6 +11,6 @@ def build_model_from_config(model_cfg: ModelSection, num_classes: int) -> Segmen
     """The model; when weights were loaded, ``model.init_report`` is their :class:`LoadReport`."""
     model = build_model(backbone=model_cfg.backbone, head=model_cfg.head, num_classes=num_classes,
                         output_stride=model_cfg.output_stride, channels=model_cfg.channels,
-                        dropout=model_cfg.dropout)
+                        dropout=model_cfg.dropout, classifier=model_cfg.classifier)
     model.init_report = load_weights(model, model_cfg.init_weights) if model_cfg.init_weights else None
     return model

@@ -11,6 +11,7 @@ from torchvision import models as tvm
 
 from rayseg.models.backbones import Backbone, build_backbone
 from rayseg.models.heads import build_head
+from rayseg.models.ssa import SSAClassifier
 
 
 class SegmentationModel(nn.Module):
@@ -21,11 +22,12 @@ class SegmentationModel(nn.Module):
     rebuilds the same architecture.
     """
 
-    def __init__(self, backbone: Backbone, decoder: nn.Module, num_classes: int, arch: dict[str, Any]):
+    def __init__(self, backbone: Backbone, decoder: nn.Module, num_classes: int, arch: dict[str, Any],
+                 classifier: nn.Module | None = None):
         super().__init__()
         self.backbone = backbone
         self.decoder = decoder
-        self.classifier = nn.Conv2d(decoder.out_channels, num_classes, 1)
+        self.classifier = classifier if classifier is not None else nn.Conv2d(decoder.out_channels, num_classes, 1)
         self.arch = dict(arch, num_classes=num_classes)
 
     def forward_features(self, x: torch.Tensor) -> dict[str, Any]:
@@ -43,14 +45,21 @@ class SegmentationModel(nn.Module):
         return self.classify(self.forward_features(x)["decoder"], x.shape[-2:])
 
     def replace_classifier(self, num_classes: int) -> None:
-        """New, randomly initialised 1x1 conv classifier for ``num_classes`` (same device and dtype)."""
+        """New, randomly initialised classifier (1x1 conv, or SSA) for ``num_classes`` (same device and dtype)."""
         reference = next(self.decoder.parameters())
-        self.classifier = nn.Conv2d(self.decoder.out_channels, num_classes, 1).to(reference.device, reference.dtype)
+        if self.arch.get("classifier") == "ssa":
+            classifier = SSAClassifier(self.decoder.out_channels, num_classes, self.arch["dropout"])
+        else:
+            classifier = nn.Conv2d(self.decoder.out_channels, num_classes, 1)
+        self.classifier = classifier.to(reference.device, reference.dtype)
         self.arch["num_classes"] = num_classes
 
     @property
     def num_classes(self) -> int:
         return self.arch["num_classes"]
+
+
+CLASSIFIER_KINDS = ("linear", "ssa")  # pixel classifiers on the decoder features
 
 
 def build_model(
@@ -60,10 +69,18 @@ def build_model(
     output_stride: int = 8,
     channels: int = 128,
     dropout: float = 0.1,
+    classifier: str = "linear",
 ) -> SegmentationModel:
-    """Build a randomly initialised segmentation model; ValueError on unknown names or unsupported strides."""
+    """Build a randomly initialised segmentation model; ValueError on unknown names or unsupported strides.
+
+    ``classifier``: ``"linear"`` (1x1 conv) or ``"ssa"`` (:class:`SSAClassifier`; the decoder is then built without
+    its trailing dropout, which moves into the SSA coarse-mask path, and ``arch`` records ``classifier``).
+    """
+    if classifier not in CLASSIFIER_KINDS:
+        raise ValueError(f"unknown classifier {classifier!r}; supported: {', '.join(CLASSIFIER_KINDS)}")
     trunk = build_backbone(backbone, output_stride)
-    decoder = build_head(head, trunk.channels, channels, output_stride, dropout)
+    ssa = classifier == "ssa"
+    decoder = build_head(head, trunk.channels, channels, output_stride, 0.0 if ssa else dropout)
     arch = {
         "backbone": backbone,
         "head": head,
@@ -71,6 +88,10 @@ def build_model(
         "channels": int(channels),
         "dropout": float(dropout),
     }
+    if ssa:
+        arch["classifier"] = classifier
+        pixel_classifier = SSAClassifier(decoder.out_channels, int(num_classes), float(dropout))
+        return SegmentationModel(trunk, decoder, int(num_classes), arch, pixel_classifier)
     return SegmentationModel(trunk, decoder, int(num_classes), arch)
 
 
