@@ -222,10 +222,11 @@ def _gloo_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         torch.manual_seed(0)
         method = _tiny_method(["synthetic:A", "synthetic:B"], mix=True)
         method.train()
+        ddp = torch.nn.parallel.DistributedDataParallel(method)  # as the engine wraps it (all parameters used)
         items = [method._test_set[i] for i in range(4 * rank, 4 * rank + 4)]
         torch.manual_seed(rank)
-        for _ in range(2):
-            method(default_collate(items))
+        for _ in range(3):
+            sum(ddp(default_collate(items)).values()).backward()
         torch.save({"prototypes": memory.prototypes, "seen": memory.seen,
                     "method_prototypes": method.memory.prototypes, "method_seen": method.memory.seen},
                    os.path.join(out_dir, f"rank{rank}.pt"))

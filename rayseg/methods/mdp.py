@@ -321,10 +321,14 @@ class MDP(Method):
             mixed = self.mixer(images, masks, datasets, generator)
             images, masks = mixed.images, mixed.masks
         z = self.embed(images)
+        with torch.autocast(z.device.type, enabled=False):  # logits and prototypes in fp32 also under bf16 AMP
+            return self._losses(z.float(), masks)
+
+    def _losses(self, z: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
         b, d = z.shape[:2]
         labels = downsample_labels(masks, z.shape[-2:]).reshape(b, -1)          # B x N
         z = z.flatten(2).transpose(1, 2)                                       # B x N x D
-        z_flat, y = z.reshape(-1, d).float(), labels.reshape(-1)
+        z_flat, y = z.reshape(-1, d), labels.reshape(-1)
         prototypes, available = self.memory.prototypes.clone(), self.memory.seen.clone()  # before this step
         similarity = z_flat @ prototypes.t()                                   # z_i · p_k, N x K
         losses: dict[str, torch.Tensor] = {}
