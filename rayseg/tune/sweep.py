@@ -151,8 +151,11 @@ def run_sweep(cfg: Config, space: SearchSpace, address: str | None = None) -> di
     name = sweep_name(cfg, space)
     storage = str(Path(cfg.run.storage).resolve())
     sweep_dir = Path(storage) / name
-    driver_cpus = float(cfg.train.cpus_per_worker) if cfg.train.num_workers == 0 else 0.0
-    trainable = tune.with_resources(run_trial, {"CPU": driver_cpus})
+    if cfg.train.num_workers == 0:  # training runs inside the trial driver
+        driver = {"CPU": float(cfg.train.cpus_per_worker)}
+    else:  # the driver only waits on its Train workers; Tune refuses an all-zero request, so 1 KiB of memory
+        driver = {"CPU": 0.0, "memory": 1024}
+    trainable = tune.with_resources(run_trial, driver)
     param_space = {"base": cfg.to_dict(), "sweep": name, "objective": space.objective,
                    "finetune_config": str(Path(space.finetune_config).resolve()) if space.finetune_config else "",
                    "finetune_overrides": list(space.finetune_overrides), **space.param_space()}
