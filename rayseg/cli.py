@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", required=True, help="search-space YAML (see tune_spaces/)")
     p.add_argument("--method", help="shortcut for the override method=NAME")
     _add_config_args(p)
+    p = sub.add_parser("report", help="transfer table and chart of fine-tune mIoU over starts, heads and seeds")
+    p.add_argument("--storage", default="rayseg_runs/demo/full", help="folder of tagged fine-tune runs")
+    p.add_argument("--out", default="", help="where report.csv and report.png go (default: --storage)")
     p = sub.add_parser("demo", help="the whole pipeline on the embedded synthetic benchmark")
     p.add_argument("--quick", action="store_true", help="smaller budget (a smoke test of every step)")
     p.add_argument("--storage", default="rayseg_runs/demo", help="where the demo's runs go")
@@ -189,6 +192,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from rayseg.report import write_report
+
+    out = write_report(args.storage, args.out or None)
+    print(out["table"])
+    print(f"[rayseg] wrote {out['csv']} and {out['png']}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from rayseg.demo import run_demo
 
@@ -241,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_guarded(lambda: cmd_show_labels(args))
     if args.command == "sweep":
         return run_guarded(lambda: cmd_sweep(args))
+    if args.command == "report":
+        return run_guarded(lambda: cmd_report(args))
     if args.command == "demo":
         return run_guarded(lambda: cmd_demo(args))
     return run_guarded(lambda: cmd_config(args))

@@ -1,0 +1,150 @@
+"""`rayseg report`: the transfer table and chart — fine-tune mIoU per pre-training start and head, over seeds.
+
+Input: fine-tune run folders under one storage root that carry a ``tags.json`` beside their ``metrics.json``
+(``rayseg demo`` writes both)::
+
+    {"start": "PSSL", "head": "linear" | "ssa", "seed": 0}
+
+``start`` names the pre-training (``scratch`` for random initialisation). Runs without ``metrics.json`` (not
+finished) are listed as missing, not silently dropped. Output: a text table of mean ± sample standard deviation
+of the mIoU over seeds (and the number of seeds), ``report.csv`` with one row per run, and ``report.png``, a
+grouped bar chart (one group per start, one bar per head, error bars = standard deviation, dots = seeds).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["ReportRow", "collect_runs", "render_chart", "summarise", "format_report", "write_report"]
+
+HEAD_ORDER = ("linear", "ssa")
+
+
+@dataclass
+class ReportRow:
+    start: str
+    head: str
+    seed: int
+    miou: float | None  # None: the run has no metrics.json yet
+    run_dir: str
+
+
+def collect_runs(storage: str | os.PathLike) -> list[ReportRow]:
+    """Every ``<storage>/*/tags.json`` run, with its mIoU (None when ``metrics.json`` is missing)."""
+    storage = Path(storage)
+    if not storage.is_dir():
+        raise FileNotFoundError(f"{storage}: folder not found")
+    rows = []
+    for tags_file in sorted(storage.glob("*/tags.json")):
+        tags = json.loads(tags_file.read_text())
+        missing = [k for k in ("start", "head", "seed") if k not in tags]
+        if missing:
+            raise ValueError(f"{tags_file}: missing {', '.join(missing)}")
+        metrics_file = tags_file.parent / "metrics.json"
+        miou = json.loads(metrics_file.read_text())["miou"] if metrics_file.is_file() else None
+        rows.append(ReportRow(str(tags["start"]), str(tags["head"]), int(tags["seed"]), miou, str(tags_file.parent)))
+    return rows
+
+
+def _ordered(values, preferred=()) -> list:
+    seen = list(dict.fromkeys(values))
+    return [v for v in preferred if v in seen] + [v for v in seen if v not in preferred]
+
+
+def summarise(rows: list[ReportRow], start_order: tuple[str, ...] = ()) -> list[dict]:
+    """One entry per (start, head) in ``start_order`` then first-seen order: mean, std (sample; 0 for one seed),
+    seeds, missing runs."""
+    starts = _ordered([r.start for r in rows], start_order)
+    heads = _ordered([r.head for r in rows], HEAD_ORDER)
+    out = []
+    for start in starts:
+        for head in heads:
+            group = [r for r in rows if r.start == start and r.head == head]
+            if not group:
+                continue
+            values = [r.miou for r in group if r.miou is not None]
+            mean = sum(values) / len(values) if values else math.nan
+            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+            out.append({"start": start, "head": head, "mean": mean, "std": std, "seeds": len(values),
+                        "values": values, "missing": len(group) - len(values)})
+    return out
+
+
+def format_report(summary: list[dict]) -> str:
+    heads = _ordered([s["head"] for s in summary], HEAD_ORDER)
+    starts = _ordered([s["start"] for s in summary])
+    width = max([len("pre-training")] + [len(s) for s in starts])
+    header = f"{'pre-training':<{width}}" + "".join(f"  {h + ' head (mIoU %)':>22}" for h in heads)
+    lines = [header, "-" * len(header)]
+    for start in starts:
+        cells = []
+        for head in heads:
+            s = next((s for s in summary if s["start"] == start and s["head"] == head), None)
+            if s is None or not s["seeds"]:
+                cells.append(f"  {'-':>22}")
+                continue
+            text = f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f} (n={s['seeds']})"
+            if s["missing"]:
+                text += f" +{s['missing']} missing"
+            cells.append(f"  {text:>22}")
+        lines.append(f"{start:<{width}}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def render_chart(summary: list[dict], path: str | os.PathLike, title: str = "") -> Path:
+    """Grouped bar chart of mean mIoU (%) per start and head, with std error bars and one dot per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    heads = _ordered([s["head"] for s in summary], HEAD_ORDER)
+    starts = _ordered([s["start"] for s in summary])
+    width = 0.8 / max(1, len(heads))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(starts) + 2), 4.0), dpi=100)
+    for k, head in enumerate(heads):
+        xs, means, stds = [], [], []
+        for i, start in enumerate(starts):
+            s = next((s for s in summary if s["start"] == start and s["head"] == head and s["seeds"]), None)
+            if s is None:
+                continue
+            x = i - 0.4 + width * (k + 0.5)
+            xs.append(x)
+            means.append(100 * s["mean"])
+            stds.append(100 * s["std"])
+            ax.scatter([x] * len(s["values"]), [100 * v for v in s["values"]], s=10, color="black", zorder=3)
+        ax.bar(xs, means, width * 0.9, yerr=stds, capsize=3, label=f"{head} head")
+    ax.set_xticks(range(len(starts)), starts, rotation=20, ha="right")
+    ax.set_ylabel("fine-tune mIoU (%)")
+    ax.set_title(title or "transfer to the target set")
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_report(storage: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                 start_order: tuple[str, ...] = (), title: str = "") -> dict:
+    """Collect, summarise and write ``report.csv`` + ``report.png`` (to ``out_dir``, default ``storage``); returns
+    ``{"table", "summary", "csv", "png"}``. ``FileNotFoundError`` when no tagged runs exist."""
+    rows = collect_runs(storage)
+    if not rows:
+        raise FileNotFoundError(f"{storage}: no fine-tune runs with tags.json (run `rayseg demo` first)")
+    out_dir = Path(out_dir or storage)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = summarise(rows, start_order)
+    with open(out_dir / "report.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["start", "head", "seed", "miou", "run_dir"])
+        for r in rows:
+            writer.writerow([r.start, r.head, r.seed, "" if r.miou is None else f"{r.miou:.6f}", r.run_dir])
+    png = render_chart(summary, out_dir / "report.png", title)
+    return {"table": format_report(summary), "summary": summary, "csv": str(out_dir / "report.csv"), "png": str(png)}

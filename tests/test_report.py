@@ -1,0 +1,58 @@
+"""The transfer report from fixture run folders: numbers, missing runs, CSV and chart."""
+
+import csv
+import json
+
+import pytest
+from PIL import Image
+
+from rayseg.cli import main
+from rayseg.report import collect_runs, format_report, summarise, write_report
+
+
+def fixture_runs(root, runs):
+    for i, (start, head, seed, miou) in enumerate(runs):
+        run = root / f"finetune-{i}"
+        run.mkdir(parents=True)
+        (run / "tags.json").write_text(json.dumps({"start": start, "head": head, "seed": seed}))
+        if miou is not None:
+            (run / "metrics.json").write_text(json.dumps({"miou": miou, "pixel_accuracy": 0.9}))
+
+
+RUNS = [("scratch", "linear", 0, 0.20), ("scratch", "linear", 1, 0.24), ("scratch", "ssa", 0, 0.25),
+        ("scratch", "ssa", 1, 0.27), ("PSSL", "linear", 0, 0.30), ("PSSL", "linear", 1, None)]
+
+
+def test_summary_mean_std_and_missing(tmp_path):
+    fixture_runs(tmp_path, RUNS)
+    summary = summarise(collect_runs(tmp_path), start_order=("scratch", "PSSL"))
+    by = {(s["start"], s["head"]): s for s in summary}
+    assert [(s["start"], s["head"]) for s in summary] == [("scratch", "linear"), ("scratch", "ssa"), ("PSSL", "linear")]
+    assert by["scratch", "linear"]["mean"] == pytest.approx(0.22)
+    assert by["scratch", "linear"]["std"] == pytest.approx(0.02 * 2 ** 0.5)  # sample std of 0.20, 0.24
+    assert by["PSSL", "linear"]["seeds"] == 1 and by["PSSL", "linear"]["missing"] == 1
+    assert by["PSSL", "linear"]["std"] == 0.0
+    table = format_report(summary).splitlines()
+    assert "22.00 ± 2.83 (n=2)" in table[2] and "26.00 ± 1.41 (n=2)" in table[2]
+    assert "30.00 ± 0.00 (n=1) +1 missing" in table[3] and table[3].rstrip().endswith("-")
+
+
+def test_write_report_and_cli(tmp_path, capsys):
+    fixture_runs(tmp_path / "runs", RUNS)
+    out = write_report(tmp_path / "runs", tmp_path / "out")
+    with open(out["csv"]) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6 and sum(r["miou"] == "" for r in rows) == 1
+    with Image.open(out["png"]) as img:
+        assert img.size[0] >= 600 and img.size[1] == 400
+    assert main(["report", "--storage", str(tmp_path / "runs")]) == 0
+    printed = capsys.readouterr().out
+    assert "scratch" in printed and "report.png" in printed
+
+
+def test_report_errors(tmp_path, capsys):
+    assert main(["report", "--storage", str(tmp_path / "nothing")]) == 1
+    assert "folder not found" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["report", "--storage", str(tmp_path / "empty")]) == 1
+    assert "no fine-tune runs" in capsys.readouterr().err
