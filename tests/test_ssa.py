@@ -182,6 +182,33 @@ def test_dice_pair_count_is_averaged_over_workers():
     assert results[1] == pytest.approx((2 * d_one + d_two) / 2, rel=1e-6)
 
 
+def _ddp_worker(rank, port, results):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        method = Supervised(ssa_model(num_classes=3, seed=0), ["a", "b", "c"])
+        ddp = torch.nn.parallel.DistributedDataParallel(method)  # find_unused_parameters=False, as the engine
+        optimizer = torch.optim.SGD(ddp.parameters(), lr=0.01)
+        torch.manual_seed(rank)  # each rank its own batch
+        for _ in range(2):  # a parameter without gradient would make DDP fail in the second forward
+            losses = ddp({"image": torch.randn(2, 3, 32, 32), "mask": torch.randint(0, 3, (2, 32, 32))})
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            optimizer.step()
+        flat = torch.cat([p.detach().flatten() for p in method.model.classifier.parameters()])
+        results.put((rank, flat.tolist()))  # plain floats: a tensor would be shared through the exiting child
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ddp_workers_train_the_ssa_head_in_step():
+    results = mp.get_context("fork").SimpleQueue()
+    mp.start_processes(_ddp_worker, args=(_free_port(), results), nprocs=2, join=True, start_method="fork")
+    params = {rank: torch.tensor(values) for rank, values in (results.get() for _ in range(2))}
+    assert torch.equal(params[0], params[1])  # gradients were all-reduced: identical classifier on both ranks
+    assert not torch.equal(params[0], torch.cat([p.flatten() for p in ssa_model(3, seed=0).classifier.parameters()]))
+
+
 # ------------------------------------------------------------------------------------ semantic distillation
 
 
@@ -468,7 +495,9 @@ def test_ssa_export_loads_into_an_ssa_fine_tune(tmp_path):
         assert torch.equal(target(x), source(x))
     other_classes = ssa_model(num_classes=6, seed=1)
     report = load_weights(other_classes, path)
-    assert "the classifier starts from scratch" in report.summary()
+    assert report.summary() == (
+        f"loaded {report.loaded} tensors from {path} (rayseg model); dropped the file's SSA classifier (19 tensors): "
+        "shape [4, 16, 1, 1] != [6, 16, 1, 1] (different number of classes); the classifier starts from scratch")
     assert all(key.startswith("classifier.") for key in report.missing)
 
 
@@ -484,13 +513,22 @@ def test_plain_export_loads_into_an_ssa_model_and_back(tmp_path):
     assert all(torch.equal(ssa.state_dict()[k], v) for k, v in plain.state_dict().items())
     assert {k for k in report.missing if not k.endswith("num_batches_tracked")} == {
         f"classifier.{k}" for k in ssa.classifier.state_dict() if k not in ("weight", "bias")}
+    assert report.summary() == (
+        f"loaded {report.loaded} tensors from {path} (rayseg model); the SSA classifier's prototypes "
+        "(classifier.weight, classifier.bias) come from the file's linear classifier; its other modules start from "
+        "scratch")
     # another class count: the whole classifier is dropped with a notice
     report = load_weights(ssa_model(num_classes=7), path)
-    assert "dropped classifier.weight, classifier.bias" in report.summary()
+    assert report.summary() == (
+        f"loaded {report.loaded} tensors from {path} (rayseg model); dropped the file's linear classifier "
+        "(2 tensors; the model has an SSA classifier); the classifier starts from scratch")
     # an SSA export into a plain model: its classifier is dropped, backbone and decoder load
     ssa_path = export_weights(ssa, tmp_path / "ssa.pt")
     target = build_model(**SMALL, num_classes=4)
     report = load_weights(target, ssa_path)
-    assert "the classifier starts from scratch" in report.summary()
+    assert report.summary() == (
+        f"loaded {report.loaded} tensors from {ssa_path} (rayseg model); dropped the file's SSA classifier "
+        "(19 tensors; the model has a linear classifier); the classifier starts from scratch")
+    assert report.missing == ["classifier.weight", "classifier.bias"]
     assert all(torch.equal(target.state_dict()[k], v) for k, v in ssa.state_dict().items()
                if k.startswith(("backbone.", "decoder.")))

@@ -43,12 +43,15 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    classifier_explained: bool = False  # a notice already says what became of the model's classifier
 
     def summary(self) -> str:
         """One line: ``loaded 120 tensors from x.pt (rayseg backbone); decoder, classifier left as initialised``."""
         parts = [f"loaded {self.loaded} tensors from {self.path} ({self.source})", *self.notices]
         dropped = {entry.split(":")[0] for entry in self.dropped}  # already explained by a notice
         absent = [key for key in self.missing if key not in dropped and not _is_bn_counter(key)]
+        if self.classifier_explained:
+            absent = [key for key in absent if not key.startswith("classifier.")]
         kept = list(dict.fromkeys(key.split(".", 1)[0] for key in absent))
         if kept:
             parts.append(f"{', '.join(kept)} left as initialised")
@@ -132,12 +135,22 @@ def load_weights(model: SegmentationModel, path: str | os.PathLike, strict_backb
     dropped_classifier = [key for key in state if key.startswith("classifier.")] if bad_classifier else []
     for key in dropped_classifier:
         report.dropped.append(f"{key}: {_shape_note(key, state, target)}")
-    if dropped_classifier:
-        first = next((k for k in wrong_shape if k in dropped_classifier), dropped_classifier[0])
+    file_kind, model_kind = _classifier_kind(state), _classifier_kind(target)
+    if dropped_classifier and file_kind != model_kind:  # linear <-> SSA head (rayseg.models.ssa)
         report.notices.append(
-            f"dropped {', '.join(dropped_classifier)}: {_shape_note(first, state, target)}; "
-            "the classifier starts from scratch"
+            f"dropped the file's {file_kind} classifier ({len(dropped_classifier)} tensors; the model has "
+            f"{'an' if model_kind == 'SSA' else 'a'} {model_kind} classifier); the classifier starts from scratch"
         )
+        report.classifier_explained = True
+    elif dropped_classifier:
+        first = next((k for k in wrong_shape if k in dropped_classifier), bad_classifier[0])
+        what = ", ".join(dropped_classifier) if file_kind == "linear" else \
+            f"the file's SSA classifier ({len(dropped_classifier)} tensors)"
+        report.notices.append(f"dropped {what}: {_shape_note(first, state, target)}; the classifier starts from scratch")
+    elif file_kind != model_kind and model_kind == "SSA" and "classifier.weight" in state:
+        report.notices.append("the SSA classifier's prototypes (classifier.weight, classifier.bias) come from the "
+                              "file's linear classifier; its other modules start from scratch")
+        report.classifier_explained = True
     unexpected = [key for key in unexpected if key not in dropped_classifier]
     wrong_shape = [key for key in wrong_shape if key not in dropped_classifier]
 
@@ -227,6 +240,11 @@ def _strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torc
     while state and all(key.startswith(prefix) for key in state):
         state = {key[len(prefix) :]: tensor for key, tensor in state.items()}
     return state
+
+
+def _classifier_kind(state: dict[str, Any]) -> str:
+    """``"SSA"`` when the state dict holds an SSA classifier (its position basis), else ``"linear"``."""
+    return "SSA" if "classifier.position_basis.weight" in state else "linear"
 
 
 def _is_bn_counter(key: str) -> bool:
