@@ -143,6 +143,23 @@ def test_dense_infonce_with_all_weights_zero_is_zero_not_nan():
     assert value.item() == 0.0 and torch.equal(u.grad, torch.zeros_like(u))
 
 
+def test_losses_and_matching_run_in_float32_under_bf16_autocast():
+    g = torch.Generator().manual_seed(0)
+    q = F.normalize(torch.randn(4, 3, 16, generator=g), dim=-1)
+    v = F.normalize(torch.randn(4, 3, 16, generator=g), dim=-1)
+    queue = F.normalize(torch.randn(64, 16, generator=g), dim=-1)
+    match = torch.randint(0, 3, (4, 3), generator=g)
+    f = torch.randn(4, 16, 2, 2, generator=g)
+    reference = (GlobalInfoNCE()(q[:, 0], v[:, 0], queue), DenseInfoNCE()(q, v, match, queue), similarity_match(f, f[[1, 0, 3, 2]]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what the engine's AMP does (on GPU)
+        mixed = (GlobalInfoNCE()(q[:, 0], v[:, 0], queue), DenseInfoNCE()(q, v, match, queue), similarity_match(f, f[[1, 0, 3, 2]]))
+    for a, b in zip(reference[:2], mixed[:2]):
+        assert b.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    assert torch.equal(reference[2][0], mixed[2][0])
+    torch.testing.assert_close(reference[2][1], mixed[2][1], rtol=1e-6, atol=1e-6)
+
+
 def test_similarity_match_is_the_argmax_of_backbone_cosine_similarity():
     f_query = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).t().reshape(1, 2, 1, 2)   # cells (1, 0), (0, 1)
     f_key = torch.tensor([[0.0, 2.0], [3.0, 0.1]]).t().reshape(1, 2, 1, 2)     # cells (0, 2), (3, 0.1)

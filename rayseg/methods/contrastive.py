@@ -32,6 +32,12 @@ __all__ = ["ContrastiveEncoder", "DenseInfoNCE", "EncoderOutput", "GlobalInfoNCE
            "similarity_match"]
 
 
+def full_precision(x: torch.Tensor) -> torch.autocast:
+    """Disable autocast (the engine's bf16 on GPU) for ``x``'s device: logits over thousands of queue entries and
+    the similarity argmax are computed in float32."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
+
+
 class GlobalInfoNCE(nn.Module):
     """Image-level InfoNCE (MoCo), for L2-normalised queries ``q`` (``B x D``), keys ``k`` (``B x D``) and a queue
     ``Q`` (``K x D``) of negative keys::
@@ -46,10 +52,12 @@ class GlobalInfoNCE(nn.Module):
         self.temperature = float(temperature)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor) -> torch.Tensor:
-        positive = (q * k).sum(1, keepdim=True)                        # B x 1
-        negative = q @ queue.t()                                        # B x K
-        logits = torch.cat([positive, negative], 1) / self.temperature
-        return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+        with full_precision(q):
+            q, k, queue = q.float(), k.float(), queue.float()
+            positive = (q * k).sum(1, keepdim=True)                    # B x 1
+            negative = q @ queue.t()                                    # B x K
+            logits = torch.cat([positive, negative], 1) / self.temperature
+            return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}"
@@ -74,11 +82,13 @@ class DenseInfoNCE(nn.Module):
 
     def per_query(self, u: torch.Tensor, v: torch.Tensor, match: torch.Tensor, queue: torch.Tensor) -> torch.Tensor:
         """``l_i`` for every query: ``B x N``."""
-        v_matched = torch.gather(v, 1, match.unsqueeze(-1).expand(-1, -1, v.shape[-1]))  # B x N x D: v_{j*(i)}
-        positive = (u * v_matched).sum(-1, keepdim=True)                                 # B x N x 1
-        negative = u @ queue.t()                                                          # B x N x K
-        logits = torch.cat([positive, negative], -1) / self.temperature
-        return -F.log_softmax(logits, dim=-1)[..., 0]
+        with full_precision(u):
+            u, v, queue = u.float(), v.float(), queue.float()
+            v_matched = torch.gather(v, 1, match.unsqueeze(-1).expand(-1, -1, v.shape[-1]))  # B x N x D: v_{j*(i)}
+            positive = (u * v_matched).sum(-1, keepdim=True)                                 # B x N x 1
+            negative = u @ queue.t()                                                          # B x N x K
+            logits = torch.cat([positive, negative], -1) / self.temperature
+            return -F.log_softmax(logits, dim=-1)[..., 0]
 
     def forward(self, u: torch.Tensor, v: torch.Tensor, match: torch.Tensor, queue: torch.Tensor,
                 weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -96,10 +106,11 @@ class DenseInfoNCE(nn.Module):
 def similarity_match(f_query: torch.Tensor, f_key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Positives by backbone-feature similarity: ``Σ_ij = cos(f^a_i, f^b_j)`` over the cells of two feature maps
     (``B x C x h x w`` each); returns ``(j*, s)`` with ``j*(i) = argmax_j Σ_ij`` and ``s_i = max_j Σ_ij``, both ``B x N``."""
-    a = F.normalize(f_query.float().flatten(2), dim=1)  # B x C x N
-    b = F.normalize(f_key.float().flatten(2), dim=1)
-    similarity = a.transpose(1, 2) @ b                  # B x N (query) x N (key)
-    confidence, match = similarity.max(dim=2)
+    with full_precision(f_query):
+        a = F.normalize(f_query.float().flatten(2), dim=1)  # B x C x N
+        b = F.normalize(f_key.float().flatten(2), dim=1)
+        similarity = a.transpose(1, 2) @ b                  # B x N (query) x N (key)
+        confidence, match = similarity.max(dim=2)
     return match, confidence
 
 
