@@ -19,7 +19,7 @@ import argparse
 import json
 import platform
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -55,7 +55,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    arch = dict(backbone="resnet18", head="fcn", output_stride=8, channels=128, num_classes=args.num_classes)
+    arch = {"backbone": "resnet18", "head": "fcn", "output_stride": 8, "channels": 128, "num_classes": args.num_classes}
     torch.manual_seed(0)
     models = {"plain": build_model(**arch), "ssa": build_model(**arch, classifier="ssa")}
     methods = {name: Supervised(model, [str(i) for i in range(args.num_classes)]) for name, model in models.items()}

@@ -27,7 +27,7 @@ from rayseg.methods.ssa_losses import (
 from rayseg.methods.supervised import Supervised
 from rayseg.models import SSAClassifier, build_model, export_weights, load_weights
 
-SMALL = dict(backbone="resnet18", head="fcn", output_stride=32, channels=16)
+SMALL = {"backbone": "resnet18", "head": "fcn", "output_stride": 32, "channels": 16}
 
 
 def ssa_model(num_classes=4, seed=0, **overrides):
@@ -123,7 +123,7 @@ def test_response_distillation_ignores_255_resizes_labels_and_detaches_the_teach
     loss = ResponseDistillationLoss(smoothing=0.5, border=6)(student, teacher, labels)
     pix = {(i, j): _rd_terms(student[0, :, i, j].tolist(), teacher[0, :, i, j].tolist(), c)
            for (i, j), c in {(0, 0): 2, (1, 0): 0, (1, 1): 2}.items()}
-    (la, ea), (lb, eb), (lc, ec) = pix[(0, 0)], pix[(1, 0)], pix[(1, 1)]
+    (la, ea), (lb, _), (lc, ec) = pix[(0, 0)], pix[(1, 0)], pix[(1, 1)]
     expected = (0.5 * lb + 0.5 * (ea * la + ec * lc) / (ea + ec)) / 2  # classes 0 and 2
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     loss.backward()
@@ -227,7 +227,7 @@ def test_semantic_distillation_one_sided_hinge_hand_case():
     row01 = sm([15.0, 7.5, 0.0])            # row of class 0 (and, symmetric, class 1) in R(student)
     row2 = sm([0.0, 0.0, 15.0])
     t_off = sm([15.0, 0.0, 0.0])[1]
-    hinge = lambda v: max(v - t_off, 0.0)  # noqa: E731
+    hinge = lambda v: max(v - t_off, 0.0)
     per_row = [hinge(row01[1]) + hinge(row01[2])] * 2 + [hinge(row2[0]) + hinge(row2[1])]
     assert SemanticDistillationLoss(weight=2.0)(student, teacher).item() == pytest.approx(2 * sum(per_row) / 3,
                                                                                        rel=1e-5)
@@ -331,7 +331,7 @@ def test_eval_output_is_the_same_with_or_without_labels_and_ignores_the_teacher(
 
 
 def test_parameter_overhead_below_five_percent_of_resnet18_fcn():
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    count = lambda m: sum(p.numel() for p in m.parameters())
     plain = build_model("resnet18", "fcn", num_classes=21, channels=128)
     ssa = build_model("resnet18", "fcn", num_classes=21, channels=128, classifier="ssa")
     c, k = 128, 21
@@ -379,8 +379,8 @@ def test_total_is_the_sum_of_the_logged_terms_each_recomputed():
                             "distill_semantic", "distill_spatial"]
     with torch.no_grad():
         out = model.classifier.forward_train(model.forward_features(image)["decoder"], mask)
-        up = lambda t: F.interpolate(t, size=(64, 64), mode="bilinear", align_corners=True)  # noqa: E731
-        ce = lambda t: F.cross_entropy(up(t), mask, ignore_index=255)  # noqa: E731
+        up = lambda t: F.interpolate(t, size=(64, 64), mode="bilinear", align_corners=True)
+        ce = lambda t: F.cross_entropy(up(t), mask, ignore_index=255)
         expected = {
             "ce": ce(out.logits), "coarse_ce": ce(out.coarse), "teacher_ce": ce(out.teacher_logits),
             "distill_response": ResponseDistillationLoss(border=0)(out.logits, out.teacher_logits, mask),
@@ -432,7 +432,8 @@ def test_config_builds_the_ssa_head_and_its_loss_weights():
     assert losses["dice"].item() == 0.0 and losses["teacher_dice"].item() == 0.0
     assert isinstance(Supervised.from_config(load_config(), train_set).model.classifier, torch.nn.Conv2d)
     for override, key in [("ssa.smoothing=1.5", "ssa.smoothing"), ("ssa.edge_border=-1", "ssa.edge_border"),
-                          ("ssa.spatial_weight=-0.1", "ssa.spatial_weight"), ("model.classifier=mlp", "model.classifier")]:
+                          ("ssa.spatial_weight=-0.1", "ssa.spatial_weight"),
+                          ("model.classifier=mlp", "model.classifier")]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             load_config(overrides=[override])
 

@@ -12,7 +12,7 @@ engine minimises their sum and logs each); with a plain 1x1 classifier it return
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -202,7 +202,7 @@ class SSALoss(nn.Module):
         self.spatial = SpatialDistillationLoss(spatial_weight)
 
     @classmethod
-    def from_config(cls, section, ignore_index: int = IGNORE_INDEX) -> "SSALoss":
+    def from_config(cls, section, ignore_index: int = IGNORE_INDEX) -> SSALoss:
         """From the ``ssa`` config section (:class:`rayseg.config.SSASection`)."""
         return cls(section.smoothing, section.edge_border, section.semantic_weight, section.spatial_weight,
                    section.dice_weight, ignore_index)
@@ -213,7 +213,7 @@ class SSALoss(nn.Module):
             logits, coarse, teacher = out.logits.float(), out.coarse.float(), out.teacher_logits.float()
             size = labels.shape[-2:]
             logits_up, teacher_up = upsample(logits, size), upsample(teacher, size)
-            ce = lambda x: F.cross_entropy(x, labels, ignore_index=self.ignore_index)  # noqa: E731
+            ce = lambda x: F.cross_entropy(x, labels, ignore_index=self.ignore_index)
             return {
                 main_name: ce_fn(logits_up, labels),
                 "coarse_ce": ce(upsample(coarse, size)),

@@ -113,7 +113,7 @@ class SSAClassifier(nn.Module):
         """``M_c = S ⋆ Dropout(F) + bias``."""
         return F.conv2d(self.dropout(feat), self.weight, self.bias)
 
-    def student(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def student(self, feat: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``(O, M_c, S^p, P^p, P_f)`` for decoder features ``F``."""
         b = feat.shape[0]
         coarse = self.coarse_mask(feat)                                     # B x K x h x w

@@ -146,7 +146,8 @@ def load_weights(model: SegmentationModel, path: str | os.PathLike, strict_backb
         first = next((k for k in wrong_shape if k in dropped_classifier), bad_classifier[0])
         what = ", ".join(dropped_classifier) if file_kind == "linear" else \
             f"the file's SSA classifier ({len(dropped_classifier)} tensors)"
-        report.notices.append(f"dropped {what}: {_shape_note(first, state, target)}; the classifier starts from scratch")
+        report.notices.append(f"dropped {what}: {_shape_note(first, state, target)}; "
+                              "the classifier starts from scratch")
     elif file_kind != model_kind and model_kind == "SSA" and "classifier.weight" in state:
         report.notices.append("the SSA classifier's prototypes (classifier.weight, classifier.bias) come from the "
                               "file's linear classifier; its other modules start from scratch")
