@@ -1,9 +1,26 @@
 """``rayseg demo``: every step of rayseg on the embedded synthetic benchmark, on a local Ray cluster.
 
-The question the demo answers is the one the papers ask: is a network pre-trained on a source (here synthetic
-domain A) a better start for a small labelled target set (domain C, whose classes only partly overlap A's) than
-random initialisation, at the same fine-tuning budget? Each row of the final table is one fine-tune run of the
-same model, data and schedule, differing only in the weights it starts from.
+The question the demo answers is the one the papers ask: which pre-training gives the best start for a small
+labelled target set (synthetic domain C, whose classes only partly overlap the sources'), at the same
+fine-tuning budget? Starts:
+
+* ``scratch``: random initialisation;
+* ``supervised-A``: supervised pre-training on labelled domain A;
+* ``PSSL``: classifiers trained on the synthetic classification set explain it (SmoothGrad ensemble, Ray Data),
+  the top-decile pseudo masks train a (K+1)-way segmentation network;
+* ``MDP-A+B`` / ``MDP-A``: multi-dataset pre-training on labelled domains A and B (half of the images each), and
+  the same method on A alone (the single-dataset row);
+* ``PixCon-SR`` / ``DenseCL``: self-supervised dense contrast on the unlabelled scenes of domain A.
+
+Each start is fine-tuned on C with the plain 1x1 classifier and with the SSA head, for every seed of the
+budget (the fine-tune seed changes initialisation of the new layers, data order and augmentation; each start is
+pre-trained once). Every fine-tune run folder gets a ``tags.json`` and the closing report
+(:mod:`rayseg.report`) tabulates mean ± std over seeds and draws ``report.png``.
+
+All pre-training runs use the same model (resnet18 + FCN head, output stride 16, 64x64 images), the same
+number of source images and epochs; all fine-tunes the same data, schedule and epochs. Pre-training runs on a
+Ray Train worker; the many small fine-tunes run in Train's local mode (``train.num_workers: 0``, in the driver)
+because starting a worker group costs about 15 s on a 2-core machine, longer than such a fine-tune.
 """
 
 from __future__ import annotations
@@ -19,47 +36,81 @@ from rayseg.engine.runner import ensure_ray, train
 
 @dataclass(frozen=True)
 class DemoBudget:
-    source_images: int
-    target_images: int
-    val_images: int
+    source_images: int     # images of each pre-training run (MDP-A+B: half from A, half from B)
+    target_images: int     # labelled domain-C images for fine-tuning
+    val_images: int        # held-out domain-C images for the mIoU
     pretrain_epochs: int
     finetune_epochs: int
     classification_images: int  # PSSL: the classification set the ensemble is trained on and then labels
     classifier_epochs: int
     smoothgrad_samples: int
+    seeds: tuple[int, ...]
+    ensemble: tuple[str, ...]
 
 
-FULL = DemoBudget(source_images=1024, target_images=96, val_images=128, pretrain_epochs=6, finetune_epochs=10,
-                  classification_images=256, classifier_epochs=4, smoothgrad_samples=8)
-QUICK = DemoBudget(source_images=128, target_images=32, val_images=32, pretrain_epochs=1, finetune_epochs=2,
-                   classification_images=64, classifier_epochs=1, smoothgrad_samples=2)
-ENSEMBLE = ["resnet18", "shufflenet_v2_x1_0", "regnet_y_400mf"]
+FULL = DemoBudget(source_images=512, target_images=96, val_images=128, pretrain_epochs=6, finetune_epochs=8,
+                  classification_images=384, classifier_epochs=6, smoothgrad_samples=8, seeds=(0, 1),
+                  ensemble=("resnet18", "resnet34"))
+QUICK = DemoBudget(source_images=64, target_images=32, val_images=32, pretrain_epochs=1, finetune_epochs=2,
+                   classification_images=48, classifier_epochs=1, smoothgrad_samples=2, seeds=(0,),
+                   ensemble=("resnet18", "resnet34"))
+
+STARTS = ("scratch", "supervised-A", "PSSL", "MDP-A+B", "MDP-A", "PixCon-SR", "DenseCL")
+HEADS = ("linear", "ssa")
 
 # One small network for every run: resnet18 + FCN head at output stride 16 on 64x64 images.
 MODEL = {"backbone": "resnet18", "head": "fcn", "output_stride": 16, "channels": 64}
-TRAIN = {"num_workers": 1, "cpus_per_worker": 2.0, "batch_size": 16, "log_every": 20}
+PRETRAIN = {"num_workers": 1, "cpus_per_worker": 2.0, "batch_size": 16, "log_every": 20}
+FINETUNE = {"num_workers": 0, "cpus_per_worker": 2.0, "batch_size": 16, "log_every": 20}
+DATA = {"kind": "synthetic", "image_size": 64, "crop_size": 64, "scale_min": 0.75, "scale_max": 1.5}
+SGD = {"name": "sgd", "weight_decay": 1e-4, "schedule": "poly", "warmup_steps": 10}
 
 
-def _config(storage: str, name: str, data: dict, epochs: int, lr: float, init: str = "") -> Config:
+def _pretrain(storage: str, b: DemoBudget, name: str, method: str, data: dict, lr: float = 0.05, **sections) -> Config:
     return config_from_dict({
-        "method": "supervised",
-        "run": {"storage": storage, "name": name, "seed": 0},
-        "data": {"kind": "synthetic", "image_size": 64, "crop_size": 64, "scale_min": 0.75, "scale_max": 1.5,
-                 **data},
-        "model": {**MODEL, "init_weights": init},
-        "optim": {"name": "sgd", "lr": lr, "weight_decay": 1e-4, "schedule": "poly", "warmup_steps": 10},
-        "train": {**TRAIN, "epochs": epochs},
+        "method": method,
+        "run": {"storage": storage, "name": f"pretrain-{name}", "seed": 0},
+        "data": {**DATA, "num_val": b.val_images, **data},
+        "model": MODEL,
+        "optim": {**SGD, "lr": lr},
+        "train": {**PRETRAIN, "epochs": b.pretrain_epochs},
+        **sections,
     })
 
 
-def source_config(storage: str, b: DemoBudget) -> Config:
-    data = {"domain": "A", "num_train": b.source_images, "num_val": b.val_images}
-    return _config(storage, "pretrain-supervised-A", data, b.pretrain_epochs, lr=0.05)
+def pretrain_configs(storage: str, b: DemoBudget) -> dict[str, Config]:
+    """The pre-training run of every start except scratch and PSSL (whose labels come first)."""
+    half = b.source_images // 2
+    contrastive_views = {"crop_size": 64, "scale_min": 0.2, "scale_max": 1.0}
+    return {
+        "supervised-A": _pretrain(storage, b, "supervised-A", "supervised",
+                                  {"domain": "A", "num_train": b.source_images}),
+        "MDP-A+B": _pretrain(storage, b, "mdp-AB", "mdp", {"num_train": half},
+                             mdp={"datasets": ["synthetic:A", "synthetic:B"]}),
+        "MDP-A": _pretrain(storage, b, "mdp-A", "mdp", {"num_train": b.source_images},
+                           mdp={"datasets": ["synthetic:A"]}),
+        "PixCon-SR": _pretrain(storage, b, "pixcon-sr", "pixcon", {"domain": "A", "num_train": b.source_images},
+                               views=contrastive_views,
+                               pixcon={"variant": "sr", "queue_size": max(32, b.source_images // 2),
+                                       "proj_hidden_dim": 512, "pred_hidden_dim": 512}),
+        "DenseCL": _pretrain(storage, b, "densecl", "densecl", {"domain": "A", "num_train": b.source_images},
+                             views=contrastive_views,
+                             densecl={"queue_size": max(32, b.source_images // 2), "proj_hidden_dim": 512,
+                                      "dense_warmup_steps": max(1, b.pretrain_epochs * b.source_images // 16 // 20)}),
+    }
 
 
-def target_config(storage: str, b: DemoBudget, name: str, init: str = "") -> Config:
-    data = {"domain": "C", "num_train": b.target_images, "num_val": b.val_images}
-    return _config(storage, f"finetune-C-{name}", data, b.finetune_epochs, lr=0.02, init=init)
+def finetune_config(storage: str, b: DemoBudget, start: str, head: str, seed: int, init: str = "") -> Config:
+    return config_from_dict({
+        "method": "supervised",
+        "run": {"storage": storage, "name": f"finetune-C-{start}-{head}-s{seed}", "seed": seed},
+        "data": {**DATA, "domain": "C", "num_train": b.target_images, "num_val": b.val_images},
+        "model": {**MODEL, "init_weights": init, "classifier": head},
+        "optim": {**SGD, "lr": 0.02},
+        "train": {**FINETUNE, "epochs": b.finetune_epochs},
+        # 4x4 feature maps at output stride 16: the official 6-pixel border would leave no boundary band
+        "ssa": {"edge_border": 1},
+    })
 
 
 def classifier_config(storage: str, b: DemoBudget) -> Config:
@@ -67,10 +118,10 @@ def classifier_config(storage: str, b: DemoBudget) -> Config:
     return config_from_dict({
         "method": "classifier",
         "run": {"storage": storage, "name": "ensemble", "seed": 0},
-        "classifier": {"archs": ENSEMBLE, "num_images": b.classification_images, "num_val": b.val_images,
+        "classifier": {"archs": list(b.ensemble), "num_images": b.classification_images, "num_val": b.val_images,
                        "image_size": 64},
         "optim": {"name": "adamw", "lr": 2e-3, "weight_decay": 1e-4, "schedule": "cosine", "warmup_steps": 10},
-        "train": {**TRAIN, "epochs": b.classifier_epochs, "batch_size": 32},
+        "train": {**PRETRAIN, "epochs": b.classifier_epochs, "batch_size": 32},
     })
 
 
@@ -84,65 +135,78 @@ def label_config(storage: str, b: DemoBudget, images: str, members: list[str]) -
 
 
 def pssl_config(storage: str, b: DemoBudget, labels: str, images: str) -> Config:
-    cfg = _config(storage, "pretrain-pssl", {"num_val": b.val_images}, b.pretrain_epochs, lr=0.05)
-    data = cfg.to_dict()
-    data["method"] = "pssl"
-    data["pssl"] = {"labels": labels, "images": images, "num_classes": 12, "bg_weight": 0.1}
-    return config_from_dict(data)
+    return _pretrain(storage, b, "pssl", "pssl", {},
+                     pssl={"labels": labels, "images": images, "num_classes": 12, "bg_weight": 0.1})
 
 
-def format_table(rows: list[tuple[str, dict]]) -> str:
-    head = f"{'pre-training':<28} {'mIoU':>6} {'pixel acc':>9} {'minutes':>7}"
-    lines = [head, "-" * len(head)]
-    for name, r in rows:
-        lines.append(f"{name:<28} {100 * r['miou']:6.2f} {100 * r['pixel_accuracy']:9.2f} {r['minutes']:7.1f}")
-    return "\n".join(lines)
+def _export(summary: dict, cfg: Config) -> str:
+    from rayseg.methods import get_method
+
+    return summary["export"][get_method(cfg.method).export_part]
 
 
-def run_demo(storage: str = "rayseg_runs/demo", quick: bool = False, address: str | None = None) -> list:
-    budget = QUICK if quick else FULL
-    storage = str(Path(storage) / ("quick" if quick else "full"))
-    ensure_ray(address)
-    rows: list[tuple[str, dict]] = []
-
-    def finetune(label: str, name: str, init: str = "") -> None:
-        start = time.perf_counter()
-        cfg = target_config(storage, budget, name, init)
-        print(f"\n[demo] fine-tune on domain C ({label})", flush=True)
-        train(cfg, "finetune")
-        metrics = json.loads((Path(cfg.run_dir("finetune")) / "metrics.json").read_text())
-        rows.append((label, {**metrics, "minutes": (time.perf_counter() - start) / 60}))
-
-    finetune("none (from scratch)", "scratch")
-    print("\n[demo] supervised pre-training on domain A", flush=True)
-    src = source_config(storage, budget)
-    summary = train(src, "pretrain")
-    finetune("supervised on domain A", "supervised", init=summary["export"]["model"])
-
-    print("\n[demo] PSSL: train the explanation ensemble on the synthetic classification set", flush=True)
+def run_pssl(storage: str, b: DemoBudget) -> tuple[str, dict]:
+    """Train the ensemble, label the classification set, pre-train on the labels; (export, labeling summary)."""
     from rayseg.data.synthetic import SyntheticClassification, write_image_folder
     from rayseg.labeling.job import labeling_job
     from rayseg.labeling.pipeline import run_labeling
     from rayseg.labeling.train_members import format_members_table, train_members
 
-    members = train_members(classifier_config(storage, budget))
+    print("\n[demo] PSSL: train the explanation ensemble on the synthetic classification set", flush=True)
+    members = train_members(classifier_config(storage, b))
     print(format_members_table(members))
     images = str(Path(storage) / "classification" / "images")  # the very images the members were trained on
-    write_image_folder(SyntheticClassification(num_images=budget.classification_images, image_size=64, seed=0,
+    write_image_folder(SyntheticClassification(num_images=b.classification_images, image_size=64, seed=0,
                                                split="train"), images)
     print("\n[demo] PSSL: label them with the ensemble (SmoothGrad, Ray Data)", flush=True)
-    labels = run_labeling(labeling_job(label_config(storage, budget, images,
+    labels = run_labeling(labeling_job(label_config(storage, b, images,
                                                     [f"{m['arch']}:{m['weights']}" for m in members])))
     print("\n[demo] PSSL: pre-train on the pseudo labels", flush=True)
-    summary = train(pssl_config(storage, budget, labels["version_dir"], images), "pretrain")
-    finetune("PSSL (ensemble pseudo labels)", "pssl", init=summary["export"]["model"])
+    cfg = pssl_config(storage, b, labels["version_dir"], images)
+    return _export(train(cfg, "pretrain"), cfg), labels
 
-    table = format_table(rows)
+
+def run_demo(storage: str = "rayseg_runs/demo", quick: bool = False, address: str | None = None) -> dict:
+    from rayseg.report import write_report
+
+    budget = QUICK if quick else FULL
+    storage = str(Path(storage) / ("quick" if quick else "full"))
+    ensure_ray(address)
+    demo_start = time.perf_counter()
+
+    inits: dict[str, str] = {"scratch": ""}
+    configs = pretrain_configs(storage, budget)
+    for start in STARTS[1:]:
+        if start == "PSSL":
+            inits[start], labels = run_pssl(storage, budget)
+            continue
+        cfg = configs[start]
+        print(f"\n[demo] pre-train {start} ({cfg.method})", flush=True)
+        inits[start] = _export(train(cfg, "pretrain"), cfg)
+
+    for start in STARTS:
+        for head in HEADS:
+            for seed in budget.seeds:
+                cfg = finetune_config(storage, budget, start, head, seed, inits[start])
+                run_dir = Path(cfg.run_dir("finetune"))
+                run_dir.mkdir(parents=True, exist_ok=True)
+                (run_dir / "tags.json").write_text(json.dumps({"start": start, "head": head, "seed": seed}))
+                print(f"\n[demo] fine-tune on domain C from {start}, {head} head, seed {seed}", flush=True)
+                train(cfg, "finetune")
+
+    report = write_report(storage, start_order=STARTS,
+                          title=f"fine-tune on synthetic domain C ({budget.target_images} images, "
+                                f"{budget.finetune_epochs} epochs)")
     label_iou = ", ".join(f"{name} {100 * v:.1f}" for name, v in labels["iou_members"].items())
     print(f"\n[demo] PSSL pseudo-label quality (IoU of the top decile with the true object mask, "
           f"{labels['iou_images']} images): ensemble {100 * labels['iou_ensemble']:.1f}; members {label_iou}")
+    minutes = (time.perf_counter() - demo_start) / 60
     print(f"\n[demo] fine-tune on synthetic domain C ({budget.target_images} labelled images, "
-          f"{budget.finetune_epochs} epochs), evaluated on {budget.val_images} held-out images:\n{table}")
-    Path(storage).mkdir(parents=True, exist_ok=True)
-    (Path(storage) / "demo_results.json").write_text(json.dumps(rows, indent=2))
-    return rows
+          f"{budget.finetune_epochs} epochs, seeds {list(budget.seeds)}), mIoU on {budget.val_images} held-out "
+          f"images:\n{report['table']}\n[demo] chart: {report['png']}; per run: {report['csv']}; "
+          f"{minutes:.1f} minutes")
+    results = {"summary": report["summary"], "labels": {k: labels[k] for k in ("iou_ensemble", "iou_members",
+                                                                                "iou_images")},
+               "minutes": minutes}
+    (Path(storage) / "demo_results.json").write_text(json.dumps(results, indent=2))
+    return results
