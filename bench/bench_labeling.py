@@ -297,7 +297,7 @@ def start_ray(num_cpus: int) -> None:
 
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=num_cpus, logging_level=logging.WARNING, dashboard_host="127.0.0.1",
-                 include_dashboard=os.environ.get("RAYSEG_DASHBOARD", "0") == "1")
+                 include_dashboard=os.environ.get("RAYSEG_DASHBOARD", "1") != "0")
     ensure_ray()
 
 

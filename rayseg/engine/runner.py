@@ -21,8 +21,8 @@ def ensure_ray(address: str | None = None) -> None:
     """Join ``address`` (or ``RAY_ADDRESS``) if given, else start a fresh local cluster; no-op when Ray is up.
 
     A local cluster needs no network interface, so it is bound to 127.0.0.1. Ray reads that choice when it is
-    first imported, so this must run before anything imports ray (``train`` calls it first). Its dashboard is
-    off unless ``RAYSEG_DASHBOARD=1``.
+    first imported, so this must run before anything imports ray (``train`` calls it first). Its dashboard (on
+    127.0.0.1) is on unless ``RAYSEG_DASHBOARD=0``.
     """
     address = address or os.environ.get("RAY_ADDRESS") or None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -33,8 +33,9 @@ def ensure_ray(address: str | None = None) -> None:
     if ray.is_initialized():
         return
     if address is None:
-        # the dashboard's agents cost ~10% of a 2-core machine; RAYSEG_DASHBOARD=1 turns it on
-        dashboard = os.environ.get("RAYSEG_DASHBOARD", "0") == "1"
+        # Ray Train V2's placement-group cleaner reads the state API, which the dashboard serves: keep it on
+        # unless RAYSEG_DASHBOARD=0 (its agents cost ~10% of a 2-core machine)
+        dashboard = os.environ.get("RAYSEG_DASHBOARD", "1") != "0"
         ray.init(address="local", logging_level=logging.WARNING, include_dashboard=dashboard,
                  dashboard_host="127.0.0.1")
     else:
