@@ -290,7 +290,8 @@ class MDPSection:
                       "csc1 drops them from the denominator, none disables it", choices=("none", "csc1", "csc2"))
     top_k: int = _field(5, "k: most similar other prototypes per pixel used by CSC [PROPOSED]")
     beta: float = _field(0.1, "weight of the CSC2 pull term [PROPOSED]")
-    other_datasets_only: bool = _field(True, "CSC candidates only among other datasets' classes [PROPOSED]")
+    other_datasets_only: bool = _field(True, "CSC candidates only among other datasets' classes (so with one "
+                                       "dataset CSC adds 0) [PROPOSED]")
     region_mix_fraction: float = _field(1.0 / 3.0, "fraction of each batch region-mixed (CutMix-like box) [PROPOSED]")
     class_mix_fraction: float = _field(1.0 / 3.0, "fraction of each batch class-mixed (ClassMix-like) [PROPOSED]")
     lambda_min: float = _field(0.0, "region mixing: lambda ~ U(lambda_min, lambda_max); box area ratio 1 - lambda")
