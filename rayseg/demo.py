@@ -129,7 +129,8 @@ def label_config(storage: str, b: DemoBudget, images: str, members: list[str]) -
     return config_from_dict({
         "run": {"storage": storage, "seed": 0},
         "label": {"images": images, "true_masks": f"{images}_masks", "output": str(Path(storage) / "labels"),
-                  "members": members, "input_size": 64, "samples": b.smoothgrad_samples, "shard_size": 128,
+                  "members": members, "num_classes": 12,  # the members' classes, even if a tiny set lacks one
+                  "input_size": 64, "samples": b.smoothgrad_samples, "shard_size": 128,
                   "batch_size": 16, "cpus_per_actor": 1.0},
     })
 
