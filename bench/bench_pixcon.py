@@ -11,8 +11,9 @@ optimizer step, EMA update, enqueue) on pre-generated two-view batches of the sy
 * ``pixcon-sim``: PixCon-Sim (symmetric, predictors, similarity matching, unit weights);
 * ``pixcon-sr``: PixCon-SR (PixCon-Sim + semantic reweighting).
 
-Runs alternate (``--rounds`` rounds, the method order rotating each round) because a shared machine drifts;
-every method's rate is the mean over rounds. Ratios are against ``densecl``. The matching + reweighting work of
+Steps interleave: each cycle runs one training step of every method (the order rotating from cycle to cycle),
+each step timed on its own, because the speed of a shared machine drifts by 2-3x within minutes; a method's rate is
+the batch size over its *median* step time. Ratios are against ``densecl``. The matching + reweighting work of
 one PixCon-SR step (backbone-similarity argmax and the SR weights, both directions) is also timed on its own
 and reported as a fraction of a DenseCL step. Target (issue 5): matching + reweighting overhead <= 10% over DenseCL.
 
@@ -38,8 +39,8 @@ from rayseg.methods.pixcon import PixCon, SemanticReweighting
 from rayseg.models import build_backbone
 
 ARCH = {"backbone": "resnet18", "head": "fcn", "output_stride": 16, "channels": 64, "dropout": 0.1}
-FULL = {"batch": 32, "steps": 6, "warmup": 1, "rounds": 3}
-QUICK = {"batch": 4, "steps": 2, "warmup": 1, "rounds": 1}
+FULL = {"batch": 32, "steps": 16, "warmup": 2}  # steps timed per method, after warm-up steps
+QUICK = {"batch": 4, "steps": 2, "warmup": 1}
 HIDDEN, DIM, QUEUE = 512, 128, 4096
 
 
@@ -78,20 +79,15 @@ def make_batches(n: int, batch: int) -> list[dict]:
     return [torch.utils.data.default_collate([dataset[i * batch + j] for j in range(batch)]) for i in range(n)]
 
 
-def run(method: MomentumContrast, batches: list[dict], warmup: int) -> float:
-    """Images/s over the batches after ``warmup`` steps."""
-    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
-    total = len(batches)
-    for step, batch in enumerate(batches):
-        if step == warmup:
-            start = time.perf_counter()
-        loss = sum(method(batch).values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        method.on_step_end(step + 1, total)
-    images = (total - warmup) * batches[0]["image"].shape[0]
-    return images / (time.perf_counter() - start)
+def timed_step(method: MomentumContrast, optimizer: torch.optim.Optimizer, batch: dict, step: int, total: int) -> float:
+    """Seconds of one full training step (forward, backward, optimizer step, EMA update)."""
+    start = time.perf_counter()
+    loss = sum(method(batch).values())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    method.on_step_end(step + 1, total)
+    return time.perf_counter() - start
 
 
 def matching_seconds(batch: int, repeats: int) -> float:
@@ -117,33 +113,39 @@ def main() -> None:
     torch.set_num_threads(1)
     names = ["moco", "densecl", "densecl-sym", "pixcon-sim", "pixcon-sr"]
     methods = {name: build(name) for name in names}
-    batches = make_batches(sizes["warmup"] + sizes["steps"], sizes["batch"])
-    rates: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(sizes["rounds"]):
-        order = names[r % len(names):] + names[:r % len(names)]
+    total = sizes["warmup"] + sizes["steps"]
+    batches = make_batches(total, sizes["batch"])
+    optimizers = {name: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+                  for name, m in methods.items()}
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for step in range(total):
+        order = names[step % len(names):] + names[:step % len(names)]
         for name in order:
-            rates[name].append(run(methods[name], batches, sizes["warmup"]))
-            print(f"round {r + 1}: {name:12s} {rates[name][-1]:6.2f} img/s", flush=True)
-    mean = {name: statistics.mean(v) for name, v in rates.items()}
+            t = timed_step(methods[name], optimizers[name], batches[step], step, total)
+            if step >= sizes["warmup"]:
+                seconds[name].append(t)
+        if step >= sizes["warmup"]:
+            print(f"step {step + 1}/{total}: " + " ".join(f"{n} {seconds[n][-1]:.2f}s" for n in names), flush=True)
+    rate = {name: sizes["batch"] / statistics.median(v) for name, v in seconds.items()}  # images/s
     match_s = matching_seconds(sizes["batch"], 20)
-    densecl_step_s = sizes["batch"] / mean["densecl"]
+    densecl_step_s = statistics.median(seconds["densecl"])
 
     print(f"\nresnet18 OS16, 64 px views (4 x 4 grid), batch {sizes['batch']}, {torch.get_num_threads()} threads, "
-          f"{sizes['rounds']} alternating rounds of {sizes['steps']} steps; shared machine")
+          f"{sizes['steps']} interleaved steps per method, median step time; shared machine")
     print(f"{'method':12s} {'img/s':>7s} {'vs densecl':>11s}")
     for name in names:
-        print(f"{name:12s} {mean[name]:7.2f} {mean[name] / mean['densecl']:10.2f}x")
-    print(f"time per image, pixcon-sr / densecl     : {mean['densecl'] / mean['pixcon-sr']:.2f}")
-    print(f"time per image, pixcon-sr / densecl-sym : {mean['densecl-sym'] / mean['pixcon-sr']:.2f} "
+        print(f"{name:12s} {rate[name]:7.2f} {rate[name] / rate['densecl']:10.2f}x")
+    print(f"time per image, pixcon-sr / densecl     : {rate['densecl'] / rate['pixcon-sr']:.2f}")
+    print(f"time per image, pixcon-sr / densecl-sym : {rate['densecl-sym'] / rate['pixcon-sr']:.2f} "
           "(same encoder passes: predictors + reweighting)")
-    print(f"time per image, pixcon-sr / pixcon-sim  : {mean['pixcon-sim'] / mean['pixcon-sr']:.2f} (reweighting)")
-    print(f"time per image, densecl / moco          : {mean['moco'] / mean['densecl']:.2f} (dense branch + matching)")
+    print(f"time per image, pixcon-sr / pixcon-sim  : {rate['pixcon-sim'] / rate['pixcon-sr']:.2f} (reweighting)")
+    print(f"time per image, densecl / moco          : {rate['moco'] / rate['densecl']:.2f} (dense branch + matching)")
     print(f"matching + reweighting, both directions : {1000 * match_s:.2f} ms/step = "
           f"{100 * match_s / densecl_step_s:.2f}% of a densecl step (target <= 10%)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"date": time.strftime("%Y-%m-%d"), "machine": platform.platform(),
-                       "cpus": torch.get_num_threads(), "sizes": sizes, "rates": rates, "mean": mean,
+                       "cpus": torch.get_num_threads(), "sizes": sizes, "step_seconds": seconds, "images_per_s": rate,
                        "matching_reweighting_s_per_step": match_s, "densecl_step_s": densecl_step_s}, f, indent=2)
 
 
