@@ -33,7 +33,12 @@ import torch.nn.functional as F
 
 from rayseg.config import load_config
 from rayseg.data.views import box_cell_mask, build_two_view_dataset
-from rayseg.methods.contrastive import ContrastiveEncoder, GlobalInfoNCE, MomentumContrast, similarity_match
+from rayseg.methods.contrastive import (
+    ContrastiveEncoder,
+    GlobalInfoNCE,
+    MomentumContrast,
+    similarity_match,
+)
 from rayseg.methods.densecl import DenseCL
 from rayseg.methods.pixcon import PixCon, SemanticReweighting
 from rayseg.models import build_backbone

@@ -10,7 +10,12 @@ import torch.nn.functional as F
 
 from rayseg.config import load_config
 from rayseg.methods import METHODS
-from rayseg.methods.contrastive import ContrastiveEncoder, DenseInfoNCE, GlobalInfoNCE, similarity_match
+from rayseg.methods.contrastive import (
+    ContrastiveEncoder,
+    DenseInfoNCE,
+    GlobalInfoNCE,
+    similarity_match,
+)
 from rayseg.methods.densecl import DenseCL
 from rayseg.models import build_backbone
 from tests.test_pixcon import ARCH, one_thread, tiny_batch  # noqa: F401 - one_thread is an autouse fixture

@@ -11,10 +11,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from rayseg.config import OptimSection
 from rayseg.data.views import box_cell_mask, overlap_box
 from rayseg.engine.optim import parameter_groups
-from rayseg.config import OptimSection
-from rayseg.methods.contrastive import ContrastiveEncoder, DenseInfoNCE, GlobalInfoNCE, similarity_match
+from rayseg.methods.contrastive import (
+    ContrastiveEncoder,
+    DenseInfoNCE,
+    GlobalInfoNCE,
+    similarity_match,
+)
 from rayseg.methods.momentum import KeyQueue, ema_update_, make_target, momentum_at
 from rayseg.methods.pixcon import PixCon, SemanticReweighting, coordinate_match
 from rayseg.models import build_backbone, build_model, load_weights
@@ -74,7 +79,7 @@ def test_ema_update_is_m_old_plus_one_minus_m_online():
 def test_key_queue_is_fifo_with_wrap_around():
     queue = KeyQueue(5, 2)
     torch.testing.assert_close(queue.keys.norm(dim=1), torch.ones(5))  # starts as random unit vectors
-    rows = lambda *v: torch.tensor([[x, 0.0] for x in v])  # noqa: E731
+    rows = lambda *v: torch.tensor([[x, 0.0] for x in v])
     queue.enqueue(rows(1, 2, 3))
     assert int(queue.ptr) == 3 and torch.equal(queue.keys[:3], rows(1, 2, 3))
     queue.enqueue(rows(4, 5, 6))  # 6 overwrites the oldest entry (1)

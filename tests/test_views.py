@@ -18,7 +18,7 @@ from rayseg.data.views import (
 )
 
 # photometric augmentations off: a view is exactly the resized (and flipped) crop, normalised
-GEOMETRY_ONLY = dict(jitter_prob=0.0, grayscale_prob=0.0, blur_prob=[0.0, 0.0], solarize_prob=[0.0, 0.0])
+GEOMETRY_ONLY = {"jitter_prob": 0.0, "grayscale_prob": 0.0, "blur_prob": [0.0, 0.0], "solarize_prob": [0.0, 0.0]}
 
 
 def _views(**kw) -> ViewsSection:

@@ -53,9 +53,9 @@ def centre_crop(height: int, width: int, ratio: tuple[float, float]) -> Crop:
     in_ratio = width / height
     w, h = width, height
     if in_ratio < min(ratio):
-        h = int(round(w / min(ratio)))
+        h = round(w / min(ratio))
     elif in_ratio > max(ratio):
-        w = int(round(h * max(ratio)))
+        w = round(h * max(ratio))
     return (height - h) // 2, (width - w) // 2, h, w
 
 

@@ -47,7 +47,7 @@ class DenseCL(MomentumContrast):
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
 
     @classmethod
-    def from_config(cls, cfg: Config, train_set: TwoViewDataset) -> "DenseCL":
+    def from_config(cls, cfg: Config, train_set: TwoViewDataset) -> DenseCL:
         d = cfg.densecl
         encoder, arch = cls.encoder_from_config(cfg, d.proj_hidden_dim, d.proj_dim)
         return cls(encoder, arch, temperature=d.temperature, loss_lambda=d.loss_lambda,

@@ -123,7 +123,7 @@ class PixCon(MomentumContrast):
         self.variant, self.loss_lambda = variant, float(loss_lambda)
 
     @classmethod
-    def from_config(cls, cfg: Config, train_set: TwoViewDataset) -> "PixCon":
+    def from_config(cls, cfg: Config, train_set: TwoViewDataset) -> PixCon:
         p = cfg.pixcon
         encoder, arch = cls.encoder_from_config(cfg, p.proj_hidden_dim, p.proj_dim)
         return cls(encoder, arch, variant=p.variant, temperature=p.temperature, loss_lambda=p.loss_lambda,
