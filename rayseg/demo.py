@@ -19,8 +19,9 @@ pre-trained once). Every fine-tune run folder gets a ``tags.json`` and the closi
 
 All pre-training runs use the same model (resnet18 + FCN head, output stride 16, 64x64 images), the same
 number of source images and epochs; all fine-tunes the same data, schedule and epochs. Pre-training runs on a
-Ray Train worker; the many small fine-tunes run in Train's local mode (``train.num_workers: 0``, in the driver)
-because starting a worker group costs about 15 s on a 2-core machine, longer than such a fine-tune.
+Ray Train worker (the quick demo: in the driver); the many small fine-tunes run in Train's local mode
+(``train.num_workers: 0``, in the driver) because starting a worker group costs about 15 s on a 2-core machine,
+longer than such a fine-tune. Labelling always runs on Ray Data.
 """
 
 from __future__ import annotations
@@ -46,14 +47,15 @@ class DemoBudget:
     smoothgrad_samples: int
     seeds: tuple[int, ...]
     ensemble: tuple[str, ...]
+    pretrain_workers: int  # Ray Train workers of the pre-training runs (0 = Train's local mode, in the driver)
 
 
 FULL = DemoBudget(source_images=512, target_images=96, val_images=128, pretrain_epochs=6, finetune_epochs=8,
                   classification_images=384, classifier_epochs=6, smoothgrad_samples=8, seeds=(0, 1),
-                  ensemble=("resnet18", "resnet34"))
+                  ensemble=("resnet18", "resnet34"), pretrain_workers=1)
 QUICK = DemoBudget(source_images=64, target_images=32, val_images=32, pretrain_epochs=1, finetune_epochs=2,
                    classification_images=48, classifier_epochs=1, smoothgrad_samples=2, seeds=(0,),
-                   ensemble=("resnet18", "resnet34"))
+                   ensemble=("resnet18", "resnet34"), pretrain_workers=0)
 
 STARTS = ("scratch", "supervised-A", "PSSL", "MDP-A+B", "MDP-A", "PixCon-SR", "DenseCL")
 HEADS = ("linear", "ssa")
@@ -73,7 +75,7 @@ def _pretrain(storage: str, b: DemoBudget, name: str, method: str, data: dict, l
         "data": {**DATA, "num_val": b.val_images, **data},
         "model": MODEL,
         "optim": {**SGD, "lr": lr},
-        "train": {**PRETRAIN, "epochs": b.pretrain_epochs},
+        "train": {**PRETRAIN, "epochs": b.pretrain_epochs, "num_workers": b.pretrain_workers},
         **sections,
     })
 
@@ -121,7 +123,7 @@ def classifier_config(storage: str, b: DemoBudget) -> Config:
         "classifier": {"archs": list(b.ensemble), "num_images": b.classification_images, "num_val": b.val_images,
                        "image_size": 64},
         "optim": {"name": "adamw", "lr": 2e-3, "weight_decay": 1e-4, "schedule": "cosine", "warmup_steps": 10},
-        "train": {**PRETRAIN, "epochs": b.classifier_epochs, "batch_size": 32},
+        "train": {**PRETRAIN, "epochs": b.classifier_epochs, "batch_size": 32, "num_workers": b.pretrain_workers},
     })
 
 
