@@ -15,14 +15,18 @@ from rayseg.data.transforms import SegEvalTransform, SegTrainTransform
 IGNORE_INDEX = 255
 
 
+def segmentation_transform(data: DataSection, train: bool):
+    """The joint image/mask transform of the ``data`` section: augmenting for training, plain for evaluation."""
+    if train:
+        return SegTrainTransform(crop_size=data.crop_size, base_size=data.base_size or None,
+                                 scale_range=(data.scale_min, data.scale_max), hflip_prob=data.hflip,
+                                 color_jitter=data.color_jitter, ignore_index=IGNORE_INDEX)
+    return SegEvalTransform()
+
+
 def build_segmentation_dataset(data: DataSection, train: bool) -> Dataset:
     """The training (augmented) or evaluation split described by the ``data`` config section."""
-    if train:
-        transform = SegTrainTransform(crop_size=data.crop_size, base_size=data.base_size or None,
-                                      scale_range=(data.scale_min, data.scale_max), hflip_prob=data.hflip,
-                                      color_jitter=data.color_jitter, ignore_index=IGNORE_INDEX)
-    else:
-        transform = SegEvalTransform()
+    transform = segmentation_transform(data, train)
     split = data.train_split if train else data.val_split
     if data.kind == "synthetic":
         return SyntheticSegmentation(domain=data.domain, split=split,

@@ -28,10 +28,9 @@ import torch
 from torch.utils.data import Dataset
 
 from rayseg.config import DataSection
-from rayseg.data import IGNORE_INDEX, build_segmentation_dataset
+from rayseg.data import IGNORE_INDEX, build_segmentation_dataset, segmentation_transform
 from rayseg.data.folders import VOCSegmentationFolder
 from rayseg.data.synthetic import DOMAINS, SyntheticSegmentation
-from rayseg.data.transforms import SegEvalTransform, SegTrainTransform
 
 __all__ = ["CLASS_NAMES_FILE", "LARGE_SPACE_IGNORE", "SAMPLING", "DatasetSpec", "LabelSpace", "MultiDataset", "build_multi_dataset",
            "parse_dataset_spec"]
@@ -285,11 +284,5 @@ def build_multi_dataset(specs: Sequence[str], data: DataSection, train: bool = T
     parsed = [parse_dataset_spec(s) for s in specs]
     datasets = []
     for spec in parsed:
-        if train:
-            transform = SegTrainTransform(crop_size=data.crop_size, base_size=data.base_size or None,
-                                          scale_range=(data.scale_min, data.scale_max), hflip_prob=data.hflip,
-                                          color_jitter=data.color_jitter, ignore_index=IGNORE_INDEX)
-        else:
-            transform = SegEvalTransform()
-        datasets.append(build_one(spec, data, train, transform))
+        datasets.append(build_one(spec, data, train, segmentation_transform(data, train)))
     return MultiDataset(datasets, _unique_names([s.default_name for s in parsed]), sampling=sampling)
