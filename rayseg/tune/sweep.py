@@ -3,7 +3,16 @@
 Each trial is a *driver function* (:func:`run_trial`, the Train V2 way to combine Tune and Train): it builds the
 trial's config from the base config plus its sampled values and runs the shared engine
 (:func:`rayseg.engine.runner.train`), which builds a fresh ``TorchTrainer``. ``TuneReportCallback`` forwards the
-engine's per-epoch reports to Tune, so ASHA can stop a trial after any epoch.
+engine's per-epoch reports to Tune, each with ``epochs_done`` (the epochs the Train run has finished, also after a
+resume from its checkpoint; Tune's own ``training_iteration`` restarts at 1 when a trial is restored), so ASHA can
+stop a trial after any epoch.
+
+Stopping trials. ASHA never stops a trial at ``max_t`` (``stop_last_trials=False``): a trial that survives every
+rung ends on its own, so its ``TorchTrainer.fit`` returns and Train removes its workers' placement group before the
+next trial starts (and ``summary.json`` gets its ``fit_seconds``). A trial that ASHA (or the end of the sweep)
+stops early is terminated by Tune, which kills its Train controller before the controller can remove its placement
+group (ray-project/ray#54305); :mod:`rayseg.tune.reaper` removes it, so the next trial does not wait for CPUs
+that no one uses.
 
 Objectives (space file ``objective``):
 
@@ -38,7 +47,10 @@ from typing import Any
 from rayseg.config import Config, ConfigError, _set_dotted, config_from_dict, load_config, save_config
 from rayseg.tune.space import SearchSpace
 
-__all__ = ["max_concurrent_trials", "run_sweep", "run_trial", "sweep_name", "trial_config"]
+__all__ = ["EPOCHS", "max_concurrent_trials", "run_sweep", "run_trial", "sweep_name", "trial_config"]
+
+#: the per-epoch report field ASHA counts in: epochs finished by the trial's Train run
+EPOCHS = "epochs_done"
 
 
 def sweep_name(cfg: Config, space: SearchSpace) -> str:
@@ -73,17 +85,33 @@ def max_concurrent_trials(cfg: Config, cluster: dict[str, float]) -> int:
     return max(1, int(min(min(fits), 1024)))
 
 
-def run_trial(config: dict[str, Any]) -> None:
-    """Tune driver function of one trial (runs inside the trial's process on the cluster)."""
-    import ray.tune
+def _epoch_report_callback():
+    """``TuneReportCallback`` that adds ``epochs_done`` (the engine's 0-based ``epoch`` + 1) to each report."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    class EpochReport(TuneReportCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            metrics = [{**m, EPOCHS: m["epoch"] + 1} if "epoch" in m else m for m in metrics]
+            super().after_report(run_context, metrics, checkpoint)
+
+    return EpochReport()
+
+
+def run_trial(config: dict[str, Any], reaper=None) -> None:
+    """Tune driver function of one trial (runs inside the trial's process on the cluster). ``reaper``: the
+    sweep's :class:`~rayseg.tune.reaper.PlacementGroupReaper`, told about each Train run's placement group."""
+    import ray.tune
+
     from rayseg.engine.runner import train
+    from rayseg.tune.reaper import train_callback
 
     cfg = trial_config(config["base"], config["params"])
     trial_id = ray.tune.get_context().get_trial_id()
     cfg.run.name = f"{config['sweep']}-{trial_id}"  # deterministic: a restored trial resumes its Train run
-    report = [TuneReportCallback()]
+    cleanup = []  # the Train controller registers its placement group with the reaper
+    if reaper is not None and (callback := train_callback(reaper)) is not None:
+        cleanup.append(callback)
+    report = [_epoch_report_callback(), *cleanup]
     if config["objective"] == "loss":
         train(cfg, "pretrain", callbacks=report)
         return
@@ -93,7 +121,7 @@ def run_trial(config: dict[str, Any]) -> None:
         return
     from rayseg.methods import get_method
 
-    summary = train(cfg, "pretrain")
+    summary = train(cfg, "pretrain", callbacks=cleanup)
     weights = summary["export"][get_method(cfg.method).export_part]
     ft = load_config(config["finetune_config"], [*config["finetune_overrides"], f"model.init_weights={weights}",
                                                  "train.eval_every=1"])
@@ -107,7 +135,8 @@ def _results_rows(results, space: SearchSpace) -> list[dict[str, Any]]:
         metrics = result.metrics or {}
         row = {"trial_id": metrics.get("trial_id", Path(result.path).name if result.path else ""),
                **{p.key: (result.config or {}).get("params", {}).get(p.key) for p in space.params},
-               space.metric: metrics.get(space.metric), "epochs_reported": metrics.get("training_iteration", 0),
+               space.metric: metrics.get(space.metric),
+               "epochs_reported": metrics.get(EPOCHS, metrics.get("training_iteration", 0)),
                "status": "error" if result.error else "done"}
         rows.append(row)
     return rows
@@ -141,6 +170,7 @@ def run_sweep(cfg: Config, space: SearchSpace, address: str | None = None) -> di
     """Run (or resume) the sweep; returns ``{"sweep_dir", "rows", "best_params", "best_metric", "best_config",
     "seconds"}``. Prints the results table."""
     from rayseg.engine.runner import ensure_ray
+    from rayseg.tune.reaper import start_reaper, stop_reaper
 
     ensure_ray(address)
     import ray
@@ -155,7 +185,8 @@ def run_sweep(cfg: Config, space: SearchSpace, address: str | None = None) -> di
         driver = {"CPU": float(cfg.train.cpus_per_worker)}
     else:  # the driver only waits on its Train workers; Tune refuses an all-zero request, so 1 KiB of memory
         driver = {"CPU": 0.0, "memory": 1024}
-    trainable = tune.with_resources(run_trial, driver)
+    reaper = start_reaper()  # removes the Train placement groups of trials Tune stops (see rayseg.tune.reaper)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, reaper=reaper), driver)
     param_space = {"base": cfg.to_dict(), "sweep": name, "objective": space.objective,
                    "finetune_config": str(Path(space.finetune_config).resolve()) if space.finetune_config else "",
                    "finetune_overrides": list(space.finetune_overrides), **space.param_space()}
@@ -170,7 +201,9 @@ def run_sweep(cfg: Config, space: SearchSpace, address: str | None = None) -> di
             epochs = cfg.train.epochs
             if space.finetune_config:
                 epochs = load_config(space.finetune_config, space.finetune_overrides).train.epochs
-            scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max(1, epochs), **space.asha)
+            # stop_last_trials=False: a trial that reaches max_t finishes by itself (see the module docstring)
+            scheduler = ASHAScheduler(time_attr=EPOCHS, max_t=max(1, epochs), stop_last_trials=False,
+                                      **space.asha)
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
@@ -179,12 +212,19 @@ def run_sweep(cfg: Config, space: SearchSpace, address: str | None = None) -> di
             run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1,
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
-    results = tuner.fit()
+    try:
+        results = tuner.fit()
+    finally:
+        reaped = stop_reaper(reaper)  # every placement group of a stopped trial removed before returning
     seconds = time.perf_counter() - start
+    if reaped["left"]:
+        print(f"[rayseg] warning: {len(reaped['left'])} Train placement group(s) of stopped trials are still "
+              f"reserved", flush=True)
     rows = _results_rows(results, space)
     _write_csv(rows, sweep_dir / "results.csv")
     print(format_table(rows, space.metric), flush=True)
-    out: dict[str, Any] = {"sweep_dir": str(sweep_dir), "rows": rows, "seconds": seconds, "concurrency": concurrency}
+    out: dict[str, Any] = {"sweep_dir": str(sweep_dir), "rows": rows, "seconds": seconds, "concurrency": concurrency,
+                           "reaped_placement_groups": len(reaped["removed"])}
     scored = [r for r in rows if isinstance(r[space.metric], (int, float)) and math.isfinite(r[space.metric])]
     if not scored:
         print(f"[rayseg] no trial reported {space.metric}; see {sweep_dir}", flush=True)
