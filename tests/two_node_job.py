@@ -42,7 +42,7 @@ def main(workdir: Path) -> None:
 
     temp_dir = tempfile.mkdtemp(prefix="rs-2n-", dir="/tmp")
     cluster = Cluster(initialize_head=True, connect=False,
-                      head_node_args={"num_cpus": 3, "_temp_dir": temp_dir, "include_dashboard": False,
+                      head_node_args={"num_cpus": 3, "temp_dir": temp_dir, "include_dashboard": False,
                                       "object_store_memory": 200 * 1024**2})
     cluster.add_node(num_cpus=3, object_store_memory=200 * 1024**2)
     ray.init(address=cluster.address, log_to_driver=False)
