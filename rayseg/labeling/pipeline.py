@@ -192,6 +192,7 @@ class ExplainActor:
         import torch
 
         self.score_members = score_members  # per-member top-decile masks are only needed to score against true masks
+        self.num_threads = int(num_threads)
         if num_threads > 0:
             torch.set_num_threads(num_threads)
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
@@ -207,6 +208,8 @@ class ExplainActor:
         from rayseg.labeling.ensemble import deciles
         from rayseg.labeling.explainers import explain_ensemble
 
+        if self.num_threads > 0:
+            torch.set_num_threads(self.num_threads)  # Ray Data calls from a pool thread, not the constructor's
         images = batch.pop("image")
         n, _, h, w = images.shape
         ok = np.asarray([s == "ok" for s in batch["status"]], bool)
