@@ -64,7 +64,20 @@ def _valid_pixels(target: torch.Tensor, available: torch.Tensor, ignore_index: i
     return labelled & available[torch.where(labelled, target, torch.zeros_like(target))]
 
 
-class PixelPrototypeContrast(nn.Module):
+class _PrototypeLogitsLoss(nn.Module):
+    """Shared settings of the losses over the pixel-to-prototype logits ``s_ik = z_i · p_k / τ``."""
+
+    def __init__(self, temperature: float = 0.1, ignore_index: int = IGNORE_INDEX):
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature, self.ignore_index = float(temperature), int(ignore_index)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}"
+
+
+class PixelPrototypeContrast(_PrototypeLogitsLoss):
     """Pixel-to-prototype InfoNCE (methods.md §1.4)::
 
         s_ik = z_i · p_k / τ
@@ -75,12 +88,6 @@ class PixelPrototypeContrast(nn.Module):
     A pixel is valid when ``y_i`` is not the ignore index and ``p_{y_i}`` is available. Input ``similarity`` is
     ``z_i · p_k`` (``N x K``). With no valid pixel the loss is 0 (still attached to the graph).
     """
-
-    def __init__(self, temperature: float = 0.1, ignore_index: int = IGNORE_INDEX):
-        super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.temperature, self.ignore_index = float(temperature), int(ignore_index)
 
     def forward(self, similarity: torch.Tensor, target: torch.Tensor, available: torch.Tensor,
                 excluded: torch.Tensor | None = None) -> torch.Tensor:
@@ -93,9 +100,6 @@ class PixelPrototypeContrast(nn.Module):
             drop = drop | excluded[valid]
         logits = logits.masked_fill(drop, float("-inf"))
         return F.cross_entropy(logits, target[valid])
-
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}"
 
 
 def top_k_other_prototypes(similarity: torch.Tensor, target: torch.Tensor, available: torch.Tensor, k: int,
@@ -119,7 +123,7 @@ def top_k_other_prototypes(similarity: torch.Tensor, target: torch.Tensor, avail
     return index, torch.isfinite(values)
 
 
-class CrossClassSparseCoding(nn.Module):
+class CrossClassSparseCoding(_PrototypeLogitsLoss):
     """Cross-class sparse coding, the paper's CSC2 (methods.md §1.7): pull each pixel towards its top-k similar
     other prototypes ``T_i`` with a sparse code::
 
@@ -131,12 +135,6 @@ class CrossClassSparseCoding(nn.Module):
     candidates contributes 0. The method adds ``β · L_csc``; ``L_p2p + β L_csc`` is a soft target with ``1/(1+β)``
     on ``y_i`` and ``β a_ij/(1+β)`` on ``T_i``.
     """
-
-    def __init__(self, temperature: float = 0.1, ignore_index: int = IGNORE_INDEX):
-        super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.temperature, self.ignore_index = float(temperature), int(ignore_index)
 
     def forward(self, similarity: torch.Tensor, target: torch.Tensor, available: torch.Tensor,
                 top_index: torch.Tensor, top_valid: torch.Tensor) -> torch.Tensor:
@@ -150,9 +148,6 @@ class CrossClassSparseCoding(nn.Module):
         code = torch.softmax(code_logits, dim=1).nan_to_num(0.0)      # a_ij; rows without candidates -> 0
         picked = torch.gather(log_p, 1, index).masked_fill(~ok, 0.0)  # log p_ij, only where j ∈ T_i
         return -(code * picked).sum(1).mean()
-
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}"
 
 
 # ---------------------------------------------------------------------------------------- prototype memory
