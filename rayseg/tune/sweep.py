@@ -149,7 +149,7 @@ def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
         writer.writerows(rows)
 
 
-def format_table(rows: list[dict[str, Any]], metric: str) -> str:
+def format_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "(no trials)"
     columns = list(rows[0])
@@ -222,7 +222,7 @@ def run_sweep(cfg: Config, space: SearchSpace, address: str | None = None) -> di
               f"reserved", flush=True)
     rows = _results_rows(results, space)
     _write_csv(rows, sweep_dir / "results.csv")
-    print(format_table(rows, space.metric), flush=True)
+    print(format_table(rows), flush=True)
     out: dict[str, Any] = {"sweep_dir": str(sweep_dir), "rows": rows, "seconds": seconds, "concurrency": concurrency,
                            "reaped_placement_groups": len(reaped["removed"])}
     scored = [r for r in rows if isinstance(r[space.metric], (int, float)) and math.isfinite(r[space.metric])]
