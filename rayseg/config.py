@@ -146,6 +146,8 @@ class LabelSection:
     fold_batchnorm: bool = _field(True, "fold BatchNorm into the convolutions before explaining (same function, "
                                   "faster; SmoothGrad and IG)")
     channels_last: bool = _field(True, "channels-last memory format for the explained models (CPU and GPU)")
+    polyphase_stem: bool = _field(True, "input gradient of the strided convolutions on the image as one stride-1 "
+                                  "convolution (same gradient, faster; SmoothGrad and IG)")
     amp: bool = _field(True, "bf16 autocast of the explainers' forward pass on GPU (ignored on CPU)")
     shard_size: int = _field(64, "images per committed shard")
     batch_size: int = _field(8, "images per explain call")

@@ -46,7 +46,8 @@ def labeling_job(cfg: Config) -> LabelingJob:
         raise ConfigError(f"label.num_classes: {num_classes} but {key} has class index {max(class_of.values())}")
     explainer = SmoothGradConfig(samples=lab.samples, noise_level=lab.noise_level, target=lab.target,
                                  target_from=lab.target_from, batch_cap=lab.batch_cap, method=lab.method,
-                                 fold_batchnorm=lab.fold_batchnorm, channels_last=lab.channels_last, amp=lab.amp)
+                                 fold_batchnorm=lab.fold_batchnorm, channels_last=lab.channels_last, amp=lab.amp,
+                                 polyphase_stem=lab.polyphase_stem)
     return LabelingJob(images=lab.images, output=lab.output, members=members, num_classes=num_classes,
                        explainer=explainer, input_size=lab.input_size, shard_size=lab.shard_size,
                        batch_size=lab.batch_size, num_actors=lab.num_actors, num_gpus_per_actor=lab.gpus_per_actor,

@@ -192,7 +192,6 @@ class ExplainActor:
         import torch
 
         self.score_members = score_members  # per-member top-decile masks are only needed to score against true masks
-        self.num_threads = int(num_threads)
         if num_threads > 0:
             torch.set_num_threads(num_threads)
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
@@ -208,8 +207,6 @@ class ExplainActor:
         from rayseg.labeling.ensemble import deciles
         from rayseg.labeling.explainers import explain_ensemble
 
-        if self.num_threads > 0:
-            torch.set_num_threads(self.num_threads)  # Ray Data calls from a pool thread, not the constructor's
         images = batch.pop("image")
         n, _, h, w = images.shape
         ok = np.asarray([s == "ok" for s in batch["status"]], bool)
@@ -317,7 +314,10 @@ def _run_pipeline(job: LabelingJob, version_dir: Path, version: str, plan: list[
         ExplainActor,
         batch_size=job.batch_size,
         batch_format="numpy",
-        compute=ActorPoolStrategy(size=int(job.num_actors)),
+        # One call at a time, on the actor's main thread: Ray Data's default runs the UDF on a helper thread,
+        # where torch's OpenMP team keeps its cores busy about 15% less of the time (bench/RESULTS.md).
+        compute=ActorPoolStrategy(size=int(job.num_actors), max_concurrent_calls_per_actor=1,
+                                  enable_true_multi_threading=True),
         num_cpus=float(job.num_cpus_per_actor),
         fn_constructor_kwargs={
             "members": [dataclasses.asdict(m) for m in job.members],
