@@ -153,7 +153,9 @@ class LabelSection:
     batch_size: int = _field(8, "images per explain call")
     num_actors: int = _field(1, "explainer actors")
     gpus_per_actor: float = _field(0.0, "GPUs per explainer actor (fractions allowed; 0 = CPU)")
-    cpus_per_actor: float = _field(1.0, "CPUs per explainer actor (its torch threads)")
+    cpus_per_actor: float = _field(1.0, "CPUs per explainer actor (its torch threads: rounded up)")
+    cpus_per_task: float = _field(1.0, "CPUs per decode/encode task (light; a fraction leaves the rest of a core "
+                                  "to the explainers)")
 
 
 @dataclass

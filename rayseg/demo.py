@@ -133,7 +133,7 @@ def label_config(storage: str, b: DemoBudget, images: str, members: list[str]) -
         "label": {"images": images, "true_masks": f"{images}_masks", "output": str(Path(storage) / "labels"),
                   "members": members, "num_classes": 12,  # the members' classes, even if a tiny set lacks one
                   "input_size": 64, "samples": b.smoothgrad_samples, "shard_size": 128,
-                  "batch_size": 16, "cpus_per_actor": 1.0},
+                  "batch_size": 16, "cpus_per_actor": 1.5, "cpus_per_task": 0.5},  # 2 torch threads on 2 cores
     })
 
 

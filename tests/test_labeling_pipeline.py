@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
 import time
@@ -358,3 +359,7 @@ def test_actors_that_leave_no_cpu_for_decoding_are_refused():
     with pytest.raises(ValueError, match="leaves none of this cluster's 2 CPUs for decoding; use at most 1"):
         check_cpu_budget(job, 2.0)
     check_cpu_budget(job, 3.0)  # one CPU left for the CPU stages: fine
+    light = dataclasses.replace(job, num_cpus_per_actor=1.5, num_cpus_per_task=0.5)
+    check_cpu_budget(light, 2.0)  # half a CPU for the light stages, the rest (2 threads) for the explainer
+    with pytest.raises(ValueError, match=r"use at most 1.5 CPUs .*label.cpus_per_task, now 0.5"):
+        check_cpu_budget(dataclasses.replace(light, num_cpus_per_actor=2.0), 2.0)

@@ -51,5 +51,6 @@ def labeling_job(cfg: Config) -> LabelingJob:
     return LabelingJob(images=lab.images, output=lab.output, members=members, num_classes=num_classes,
                        explainer=explainer, input_size=lab.input_size, shard_size=lab.shard_size,
                        batch_size=lab.batch_size, num_actors=lab.num_actors, num_gpus_per_actor=lab.gpus_per_actor,
-                       num_cpus_per_actor=lab.cpus_per_actor, allow_random_weights=lab.allow_random_weights,
+                       num_cpus_per_actor=lab.cpus_per_actor, num_cpus_per_task=lab.cpus_per_task,
+                       allow_random_weights=lab.allow_random_weights,
                        seed=cfg.run.seed, true_masks=lab.true_masks, images_parquet=lab.images_parquet)

@@ -70,6 +70,8 @@ class LabelingJob:
     ``<root>_masks`` tree (same relative paths, 0/255 PNG) to score the top-decile masks (mean IoU).
     ``num_cpus_per_actor``: CPUs reserved per explainer actor (also its torch thread count).
     ``cpu_tasks``: at most this many concurrent tasks per CPU stage (decode, encode); 0 lets Ray Data decide.
+    ``num_cpus_per_task``: CPUs reserved per decode/encode task (light: about 1 ms per image; a fraction lets a
+    small machine give the explainer actors all but a fraction of a core).
     ``images_parquet``: a Parquet file or folder (columns ``id``, ``image`` bytes, ``label``) used instead of
     ``images`` (exactly one of the two is set); ids are the table's ``id`` values."""
 
@@ -88,6 +90,7 @@ class LabelingJob:
     true_masks: str = ""
     num_cpus_per_actor: float = 1.0
     cpu_tasks: int = 0
+    num_cpus_per_task: float = 1.0
     images_parquet: str = ""
 
 
@@ -297,7 +300,7 @@ def _run_pipeline(job: LabelingJob, version_dir: Path, version: str, plan: list[
     # CPU task stages pass max_calls=0 (Ray's default for CPU tasks: unlimited, so no change in behaviour) so that
     # their remote args differ from the actor stage's: otherwise Ray Data fuses decoding into the explainer
     # actors, and on GPU actors the decoding would no longer overlap with the explanation.
-    cpu_args: dict = {"max_calls": 0}
+    cpu_args: dict = {"max_calls": 0, "num_cpus": float(job.num_cpus_per_task)}
     if job.cpu_tasks > 0:
         cpu_args["compute"] = TaskPoolStrategy(size=int(job.cpu_tasks))
     norm = {"input_size": int(job.input_size), "mean": tuple(IMAGENET_MEAN), "std": tuple(IMAGENET_STD)}
@@ -354,13 +357,14 @@ def _run_pipeline(job: LabelingJob, version_dir: Path, version: str, plan: list[
 
 
 def check_cpu_budget(job: LabelingJob, cluster_cpus: float) -> None:
-    """The explainer actors reserve ``num_actors x num_cpus_per_actor`` CPUs and the decode/encode tasks need at
-    least one more; otherwise Ray Data waits forever for a CPU (no error, no progress). Fail with one line."""
-    reserved = job.num_actors * job.num_cpus_per_actor
-    if reserved + 1 > cluster_cpus:
+    """The explainer actors reserve ``num_actors x num_cpus_per_actor`` CPUs and the decode/encode tasks need
+    ``num_cpus_per_task`` more; otherwise Ray Data waits forever for a CPU (no error, no progress). Fail with
+    one line."""
+    reserved, task = job.num_actors * job.num_cpus_per_actor, job.num_cpus_per_task
+    if reserved + task > cluster_cpus + 1e-9:
         raise ValueError(f"label.cpus_per_actor x label.num_actors = {reserved:g} CPUs leaves none of this "
-                         f"cluster's {cluster_cpus:g} CPUs for decoding; use at most {max(cluster_cpus - 1, 0):g} "
-                         f"CPUs for the explainer actors")
+                         f"cluster's {cluster_cpus:g} CPUs for decoding; use at most {max(cluster_cpus - task, 0):g} "
+                         f"CPUs for the explainer actors (or lower label.cpus_per_task, now {task:g})")
 
 
 def _check_job(job: LabelingJob) -> None:
@@ -371,6 +375,9 @@ def _check_job(job: LabelingJob) -> None:
             raise ValueError(f"labeling job: {name} must be >= 1, got {getattr(job, name)}")
     if job.num_gpus_per_actor < 0:
         raise ValueError(f"labeling job: num_gpus_per_actor must be >= 0, got {job.num_gpus_per_actor}")
+    for name in ("num_cpus_per_actor", "num_cpus_per_task"):
+        if not float(getattr(job, name)) > 0:
+            raise ValueError(f"labeling job: {name} must be > 0, got {getattr(job, name)}")
     if bool(job.images) == bool(job.images_parquet):
         raise ValueError("labeling job: give exactly one of images (ImageFolder root) and images_parquet "
                          f"(Parquet table), got images={job.images!r}, images_parquet={job.images_parquet!r}")
