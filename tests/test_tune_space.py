@@ -7,7 +7,7 @@ import yaml
 
 from rayseg.config import ConfigError, load_config
 from rayseg.tune.space import load_space
-from rayseg.tune.sweep import max_concurrent_trials, sweep_name, trial_config
+from rayseg.tune.sweep import driver_resources, max_concurrent_trials, sweep_name, trial_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,3 +90,20 @@ def test_concurrency_follows_cluster_resources():
         max_concurrent_trials(load_config(None, ["train.num_workers=2", "train.cpus_per_worker=2"]), {"CPU": 2.0})
     local = load_config(None, ["train.num_workers=0", "train.cpus_per_worker=1"])
     assert max_concurrent_trials(local, {"CPU": 2.0}) == 2
+
+
+def test_a_space_that_varies_trial_resources_is_sized_by_its_largest_trial(tmp_path):
+    base = load_config(None, ["train.num_workers=0", "train.cpus_per_worker=1"])
+    space = load_space(write(tmp_path, {"params": {"train.cpus_per_worker": {"choice": [1, 2]},
+                                                   "optim.lr": {"loguniform": [0.001, 0.1]}}}), base)
+    assert max_concurrent_trials(base, {"CPU": 4.0}) == 4
+    assert max_concurrent_trials(base, {"CPU": 4.0}, space) == 2  # a 2-CPU trial may come up
+    workers = load_space(write(tmp_path, {"params": {"train.num_workers": {"grid": [0, 1, 3]}}}), base)
+    assert max_concurrent_trials(base, {"CPU": 7.0}, workers) == 2  # 3 workers x 1 CPU
+    with pytest.raises(ConfigError, match="a trial needs 3 CPUs"):
+        max_concurrent_trials(base, {"CPU": 2.0}, workers)
+    # each trial's driver reserves what its own config needs
+    tree = base.to_dict()
+    local = driver_resources({"base": tree, "params": {"train.cpus_per_worker": 2}})
+    remote = driver_resources({"base": tree, "params": {"train.num_workers": 2}})
+    assert local.bundles == [{"CPU": 2.0}] and remote.bundles == [{"memory": 1024.0}]  # Tune drops zeros

@@ -24,7 +24,9 @@ Objectives (space file ``objective``):
 Resources: a trial driver reserves no CPU (``with_resources(..., {"CPU": 0})``) and its Train workers reserve
 ``train.num_workers x train.cpus_per_worker`` CPUs (and GPUs). At most ``cluster CPUs // that`` trials (also
 bounded by GPUs) run at once, so trials never wait on each other's workers (no deadlock on 2 CPUs). With
-``train.num_workers: 0`` training runs inside the driver, which then reserves ``train.cpus_per_worker``.
+``train.num_workers: 0`` training runs inside the driver, which then reserves ``train.cpus_per_worker``. A space
+that varies ``train.num_workers``, ``train.cpus_per_worker`` or ``train.use_gpu`` is sized by its largest trial,
+and each trial's driver reserves what its own config needs.
 
 Folders: the sweep is ``<run.storage>/sweep-<method>-<hash of config + space>`` (Tune's experiment folder) and
 each trial's run folder ``<run.storage>/<sweep name>-<trial id>[-finetune]``. Re-running the same command
@@ -38,6 +40,7 @@ from __future__ import annotations
 import copy
 import csv
 import hashlib
+import itertools
 import json
 import math
 import time
@@ -47,7 +50,7 @@ from typing import Any
 from rayseg.config import Config, ConfigError, _set_dotted, config_from_dict, load_config, save_config
 from rayseg.tune.space import SearchSpace
 
-__all__ = ["EPOCHS", "max_concurrent_trials", "run_sweep", "run_trial", "sweep_name", "trial_config"]
+__all__ = ["EPOCHS", "driver_resources", "largest_trial", "max_concurrent_trials", "run_sweep", "run_trial", "sweep_name", "trial_config"]
 
 #: the per-epoch report field ASHA counts in: epochs finished by the trial's Train run
 EPOCHS = "epochs_done"
@@ -74,15 +77,43 @@ def trial_cpus_gpus(cfg: Config) -> tuple[float, float]:
     return float(t.num_workers * t.cpus_per_worker), float(t.num_workers if t.use_gpu else 0)
 
 
-def max_concurrent_trials(cfg: Config, cluster: dict[str, float]) -> int:
-    """How many trials fit in the cluster at once; ``ConfigError`` when not even one does."""
-    cpus, gpus = trial_cpus_gpus(cfg)
+#: keys that change what one trial holds; a space that varies them is sized by its largest trial
+RESOURCE_KEYS = ("train.num_workers", "train.cpus_per_worker", "train.use_gpu")
+
+
+def largest_trial(cfg: Config, space: SearchSpace | None = None) -> tuple[float, float]:
+    """CPUs and GPUs of the largest trial of ``space`` over ``cfg``: every combination of the values (grid,
+    choice) or bounds (uniform, loguniform) that the space gives the keys of :data:`RESOURCE_KEYS`."""
+    varied = [p for p in (space.params if space else []) if p.key in RESOURCE_KEYS]
+    if not varied:
+        return trial_cpus_gpus(cfg)
+    base = cfg.to_dict()
+    combos = itertools.product(*[[(p.key, v) for v in p.candidates()] for p in varied])
+    sizes = [trial_cpus_gpus(trial_config(base, dict(combo))) for combo in combos]
+    return max(c for c, _ in sizes), max(g for _, g in sizes)
+
+
+def max_concurrent_trials(cfg: Config, cluster: dict[str, float], space: SearchSpace | None = None) -> int:
+    """How many trials fit in the cluster at once, counting each as the space's largest trial (so trials
+    never wait on each other for resources); ``ConfigError`` when not even one does."""
+    cpus, gpus = largest_trial(cfg, space)
     have_cpu, have_gpu = float(cluster.get("CPU", 0)), float(cluster.get("GPU", 0))
     if cpus > have_cpu or gpus > have_gpu:
         raise ConfigError(f"train.num_workers x train.cpus_per_worker: a trial needs {cpus:g} CPUs and {gpus:g} GPUs, "
                           f"the cluster has {have_cpu:g} CPUs and {have_gpu:g} GPUs")
     fits = [math.floor(have_cpu / cpus) if cpus else math.inf, math.floor(have_gpu / gpus) if gpus else math.inf]
     return max(1, int(min(min(fits), 1024)))
+
+
+def driver_resources(config: dict[str, Any]):
+    """What a trial's driver reserves, from its own config: ``train.cpus_per_worker`` CPUs when training runs
+    inside it (``train.num_workers: 0``), else nothing (it waits on its Train workers; Tune refuses an all-zero
+    request, so 1 KiB of memory)."""
+    from ray.tune import PlacementGroupFactory
+
+    t = trial_config(config["base"], config.get("params", {})).train
+    bundle = {"CPU": float(t.cpus_per_worker)} if t.num_workers == 0 else {"CPU": 0.0, "memory": 1024}
+    return PlacementGroupFactory([bundle])
 
 
 def _epoch_report_callback():
@@ -177,16 +208,12 @@ def run_sweep(cfg: Config, space: SearchSpace, address: str | None = None) -> di
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    concurrency = max_concurrent_trials(cfg, ray.cluster_resources())
+    concurrency = max_concurrent_trials(cfg, ray.cluster_resources(), space)
     name = sweep_name(cfg, space)
     storage = str(Path(cfg.run.storage).resolve())
     sweep_dir = Path(storage) / name
-    if cfg.train.num_workers == 0:  # training runs inside the trial driver
-        driver = {"CPU": float(cfg.train.cpus_per_worker)}
-    else:  # the driver only waits on its Train workers; Tune refuses an all-zero request, so 1 KiB of memory
-        driver = {"CPU": 0.0, "memory": 1024}
     reaper = start_reaper()  # removes the Train placement groups of trials Tune stops (see rayseg.tune.reaper)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, reaper=reaper), driver)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, reaper=reaper), driver_resources)
     param_space = {"base": cfg.to_dict(), "sweep": name, "objective": space.objective,
                    "finetune_config": str(Path(space.finetune_config).resolve()) if space.finetune_config else "",
                    "finetune_overrides": list(space.finetune_overrides), **space.param_space()}
