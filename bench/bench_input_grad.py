@@ -1,13 +1,13 @@
 """SmoothGrad throughput with and without the polyphase stem input gradient (``label.polyphase_stem``).
 
-Setup: the labeling bench's ensemble (resnet18, mobilenet_v3_small, shufflenet_v2_x1_0, random weights, 10
-classes), ``prepare_for_explanation`` with BatchNorm folding and channels-last in both arms, the only
+Setup: the labeling bench's ensemble (resnet18, mobilenet_v3_small, shufflenet_v2_x1_0; ``--archs`` for
+another, e.g. the demo's resnet18,resnet34), random weights, 10 classes, ``prepare_for_explanation`` with BatchNorm folding and channels-last in both arms, the only
 difference being ``polyphase_stem``. Input: batches of 8 random 64x64 images, S = 16 samples (128 samples per
 forward/backward). Arms alternate ``--rounds`` times (a shared machine drifts within minutes); images/s per arm
 is the mean over rounds. Also checks that both arms give the same maps (max abs difference). Runs with 1 and
 with 2 torch threads (``--threads``). No Ray: it also runs on the GPU machine (``--device cuda``).
 
-Run: ``python bench/bench_input_grad.py [--rounds R] [--threads 1,2] [--device cpu|cuda]``.
+Run: ``python bench/bench_input_grad.py [--rounds R] [--threads 1,2] [--device cpu|cuda] [--archs A,B]``.
 """
 
 from __future__ import annotations
@@ -50,11 +50,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--archs", default=",".join(ARCHS), help="comma-separated torchvision classifiers")
     args = parser.parse_args()
+    archs = args.archs.split(",")
     device = torch.device(args.device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        raw = load_members([MemberSpec(arch=a) for a in ARCHS], 10, allow_random_weights=True, device=device)
+        raw = load_members([MemberSpec(arch=a) for a in archs], 10, allow_random_weights=True, device=device)
     on = SmoothGradConfig(samples=SAMPLES)
     off = dataclasses.replace(on, polyphase_stem=False)
     arms = {"polyphase": [prepare_for_explanation(m, on) for m in raw],
@@ -62,7 +64,7 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(BATCH, 3, SIZE, SIZE, generator=g).to(device)
     y = torch.randint(0, 10, (BATCH,), generator=g).to(device)
-    print(f"SmoothGrad of {len(ARCHS)} members, {BATCH} images x {SAMPLES} samples, {SIZE}x{SIZE}, {device}")
+    print(f"SmoothGrad of {'+'.join(archs)}, {BATCH} images x {SAMPLES} samples, {SIZE}x{SIZE}, {device}")
     for threads in [int(t) for t in args.threads.split(",")]:
         torch.set_num_threads(threads)
         for models in arms.values():
