@@ -16,6 +16,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -507,8 +508,26 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     return config_from_dict(read_yaml(path) if path else {}, overrides)
 
 
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _reject_uris(tree: dict[str, Any], prefix: str = "") -> None:
+    """Paths are local or on a filesystem every node mounts: a ``scheme://`` value would otherwise become a
+    local folder named ``s3:`` without a word."""
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            _reject_uris(value, dotted + ".")
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and _URI.match(item):
+                raise ConfigError(f"{dotted}: {item}: object-store URIs are not supported; use a path on a "
+                                  f"filesystem every node mounts (NFS, EFS, or the bucket through s3fs or gcsfuse)")
+
+
 def validate(cfg: Config) -> None:
     """Cross-field checks that a dataclass cannot express; each raises a one-line ConfigError."""
+    _reject_uris(cfg.to_dict())
     d, t, o = cfg.data, cfg.train, cfg.optim
     if d.kind == "voc":
         if not d.root:

@@ -32,6 +32,8 @@ def test_defaults_and_overrides_are_typed(tmp_path):
     (["data.kind=voc", "data.root=/nonexistent"], "data.root: folder not found: /nonexistent"),
     (["train.epochs=0"], "train.epochs: must be >= 1, got 0"),
     (["epochs"], "override 'epochs' is not of the form key=value"),
+    (["run.storage=s3://bucket/runs"], "run.storage: s3://bucket/runs: object-store URIs are not supported"),
+    (["label.output=gs://bucket/labels"], "label.output: gs://bucket/labels: object-store URIs are not supported"),
 ])
 def test_errors_name_the_key(overrides, message):
     with pytest.raises(ConfigError) as e:
