@@ -363,3 +363,26 @@ def test_actors_that_leave_no_cpu_for_decoding_are_refused():
     check_cpu_budget(light, 2.0)  # half a CPU for the light stages, the rest (2 threads) for the explainer
     with pytest.raises(ValueError, match=r"use at most 1.5 CPUs .*label.cpus_per_task, now 0.5"):
         check_cpu_budget(dataclasses.replace(light, num_cpus_per_actor=2.0), 2.0)
+
+
+class _WhichThread:
+    """A class UDF that tells whether Ray Data called it on its actor's main thread."""
+
+    def __call__(self, batch: dict) -> dict:
+        import threading
+
+        batch["main_thread"] = np.full(len(batch["id"]), threading.current_thread() is threading.main_thread())
+        return batch
+
+
+def test_explainer_pool_calls_the_udf_on_the_actors_main_thread(ray_cluster):
+    import ray
+
+    from rayseg.labeling.pipeline import explainer_pool
+
+    ds = ray.data.range(16).map_batches(_WhichThread, batch_size=4, compute=explainer_pool(1), num_cpus=1)
+    assert {bool(r["main_thread"]) for r in ds.take_all()} == {True}
+    # Ray Data's default strategy would call it on a helper thread (the reason for explainer_pool)
+    default = ray.data.range(4).map_batches(_WhichThread, batch_size=4, compute=ray.data.ActorPoolStrategy(size=1),
+                                            num_cpus=1)
+    assert {bool(r["main_thread"]) for r in default.take_all()} == {False}

@@ -10,7 +10,8 @@ Stages of the one streaming pipeline (over the images of every shard still to do
                                                                     normalisation; a bad file becomes a row
                                                                     with ``status`` = the reason
       -> map_batches(ExplainActor)             actor pool           members loaded once per actor;
-                                               (ActorPoolStrategy(size=num_actors), num_gpus per actor,
+                                               (explainer_pool: num_actors actors, each call on the actor's
+                                               main thread; num_gpus per actor,
                                                fractions allowed, CPU when 0 / no CUDA); explain_ensemble
                                                on the ok rows, deciles (uint8) + per-member top-decile masks
       -> map_batches(encode_and_score)         CPU tasks            PNG-encode deciles; IoU with true masks
@@ -280,12 +281,21 @@ def _commit_shard(version_dir: Path, index: int, planned: list[str], rows: list[
 # --------------------------------------------------------------------------------------------------- driver
 
 
+def explainer_pool(num_actors: int):
+    """The explainer actors' ``ActorPoolStrategy``: one call at a time, on each actor's main thread. Ray Data's
+    default runs a class UDF on a helper thread, where torch's OpenMP team keeps its cores busy about 15% less
+    of the time (bench/RESULTS.md); Ray Data still queues the next batches at the actor."""
+    from ray.data import ActorPoolStrategy
+
+    return ActorPoolStrategy(size=num_actors, max_concurrent_calls_per_actor=1, enable_true_multi_threading=True)
+
+
 def _run_pipeline(job: LabelingJob, version_dir: Path, version: str, plan: list[list[str]], todo: list[int],
                   class_of: dict[str, int]) -> tuple[list[dict], int]:
     """Label the shards ``todo`` in one Ray Data pipeline; commit each shard as soon as all its rows are in.
     Returns (manifests of the newly committed shards, bytes written)."""
     import ray
-    from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
+    from ray.data import DataContext, TaskPoolStrategy
 
     check_cpu_budget(job, ray.cluster_resources().get("CPU", 0.0))
 
@@ -317,10 +327,7 @@ def _run_pipeline(job: LabelingJob, version_dir: Path, version: str, plan: list[
         ExplainActor,
         batch_size=job.batch_size,
         batch_format="numpy",
-        # One call at a time, on the actor's main thread: Ray Data's default runs the UDF on a helper thread,
-        # where torch's OpenMP team keeps its cores busy about 15% less of the time (bench/RESULTS.md).
-        compute=ActorPoolStrategy(size=int(job.num_actors), max_concurrent_calls_per_actor=1,
-                                  enable_true_multi_threading=True),
+        compute=explainer_pool(int(job.num_actors)),
         num_cpus=float(job.num_cpus_per_actor),
         fn_constructor_kwargs={
             "members": [dataclasses.asdict(m) for m in job.members],
