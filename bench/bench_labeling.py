@@ -12,8 +12,9 @@ target = the image's class, softmax probability (the explainer's defaults apart 
    stdevs=σ_image, target=label, abs=False)`` (``nt_samples_batch_size`` default: all S copies in one pass),
    ``|·|`` summed over channels, then the ensemble math of :mod:`rayseg.labeling.ensemble` (min-max, mean,
    deciles) and the PNG encode of the decile map. Images/s.
-2. rayseg end to end: ``run_labeling(LabelingJob(num_actors=1, num_cpus_per_actor=2, batch_size=8,
-   batch_cap=256))`` into a fresh output folder (the same folder would resume and do nothing). Images/s =
+2. rayseg end to end: ``run_labeling(LabelingJob(num_actors=A, num_cpus_per_actor=C, batch_size=8,
+   batch_cap=256))`` into a fresh output folder, for two layouts of the 2 cores: ``1x2`` (one actor with 2 CPUs
+   and 2 torch threads) and ``2x1`` (two actors with 1 CPU and 1 thread each) (the same folder would resume and do nothing). Images/s =
    N / wall time of ``run_labeling`` measured here (driver-side weight check, Ray Data start-up of the actor
    pool and the Parquet commit included), and the summary's own ``images_per_s``. The time until the driver
    receives the first output batch is recorded by wrapping ``ray.data.Dataset.iter_batches`` in this process:
@@ -78,6 +79,7 @@ from rayseg.labeling.members import MemberSpec, load_members  # noqa: E402
 
 ARCHS = ("resnet18", "mobilenet_v3_small", "shufflenet_v2_x1_0")
 SIZE, BATCH, BATCH_CAP, THREADS = 64, 8, 256, 2
+LAYOUTS = {"1x2": (1, 2), "2x1": (2, 1)}  # explainer actors x CPUs (= torch threads) per actor
 FULL = {"num_images": 128, "samples": 16}
 QUICK = {"num_images": 16, "samples": 4}
 MEMORY_BATCHES = {"full": (4, 16), "quick": (2, 6)}  # explain_ensemble calls before each peak-RSS reading
@@ -213,12 +215,13 @@ class ActorPeakRSS(threading.Thread):
 
 
 def end_to_end(specs: list[MemberSpec], images: Path, num_classes: int, cfg: SmoothGradConfig, out_root: Path,
-               measure_actor: bool) -> dict:
+               measure_actor: bool, layout: str = "1x2") -> dict:
     from rayseg.labeling.pipeline import LabelingJob, run_labeling
 
     output = Path(tempfile.mkdtemp(prefix="labels-", dir=out_root))  # fresh: the same folder would resume
     job = LabelingJob(images=str(images), output=str(output), members=list(specs), num_classes=num_classes,
-                      explainer=cfg, input_size=SIZE, batch_size=BATCH, num_actors=1, num_cpus_per_actor=THREADS)
+                      explainer=cfg, input_size=SIZE, batch_size=BATCH, num_actors=LAYOUTS[layout][0],
+                      num_cpus_per_actor=LAYOUTS[layout][1])
 
     probe = FirstOutput()
     watcher = ActorPeakRSS() if measure_actor else None
@@ -351,7 +354,9 @@ def main() -> None:
         start_ray(args.ray_cpus)
         import ray
 
-        naive, pure, e2e_n, e2e_2n = [], [], [], []
+        naive, pure = [], []
+        e2e_n: dict[str, list[dict]] = {k: [] for k in LAYOUTS}
+        e2e_2n: dict[str, list[dict]] = {k: [] for k in LAYOUTS}
         try:
             # The first job after ray.init also starts Ray's worker processes (and their imports): a cold cost
             # that would fall on whichever measured job runs first. A one-batch job takes it; reported apart.
@@ -363,67 +368,80 @@ def main() -> None:
                 naive.append(naive_loop(models, images_n, cfg))
                 log(f"  {naive[-1]['images_per_s']:.2f} img/s; pure explain_ensemble on {2 * n} images")
                 pure.append(pure_ensemble(prepared, x2, labels2, cfg))
-                log(f"  {sum(pure[-1]):.1f} s; rayseg label on {n} images")
-                e2e_n.append(end_to_end(specs, images_n, num_classes, cfg, tmp, measure_actor=True))
-                log(f"  wall {e2e_n[-1]['wall_s']:.1f} s; rayseg label on {2 * n} images")
-                e2e_2n.append(end_to_end(specs, images_2n, num_classes, cfg, tmp, measure_actor=True))
-                log(f"  wall {e2e_2n[-1]['wall_s']:.1f} s")
+                log(f"  {sum(pure[-1]):.1f} s")
+                for layout in LAYOUTS:
+                    log(f"  rayseg label, layout {layout}, on {n} images")
+                    e2e_n[layout].append(end_to_end(specs, images_n, num_classes, cfg, tmp, True, layout))
+                    log(f"    wall {e2e_n[layout][-1]['wall_s']:.1f} s; on {2 * n} images")
+                    e2e_2n[layout].append(end_to_end(specs, images_2n, num_classes, cfg, tmp, True, layout))
+                    log(f"    wall {e2e_2n[layout][-1]['wall_s']:.1f} s")
         finally:
             ray.shutdown()
 
     naive_rate = mean([r["images_per_s"] for r in naive])
-    e2e_rate = mean([r["images_per_s"] for r in e2e_n])
     # pure time per image, from the 2N run (same cost per image for any N images): N images and N extra images
     pure_per_image = mean([sum(t) / len(x2) for t in pure])
     pure_n = pure_per_image * n
-    wall_n = mean([r["wall_s"] for r in e2e_n])
-    wall_2n = mean([r["wall_s"] for r in e2e_2n])
-    extra = wall_2n - wall_n
-    first = mean([r["first_output_s"] for r in e2e_n])
-    efficiency = pure_n / wall_n
-    marginal = pure_n / extra if extra > 0 else float("nan")
-    last = e2e_n[-1]
     result = {
         "naive": {"runs": [r["images_per_s"] for r in naive], "images_per_s": naive_rate},
-        "end_to_end_n": {"runs": e2e_n, "images_per_s": e2e_rate, "wall_s": wall_n,
-                         "ratio_vs_naive": e2e_rate / naive_rate},
-        "end_to_end_2n": {"runs": e2e_2n, "wall_s": wall_2n},
         "pure": {"batch_seconds": pure, "seconds_per_image": pure_per_image, "seconds_n": pure_n},
-        "efficiency": efficiency, "efficiency_marginal": marginal,
-        "warmup_job": warm, "explainer_memory_mb": memory,
-        "bytes_per_label": last["bytes_per_label"], "png_bytes_per_label": last["png_bytes_per_label"],
+        "warmup_job": warm, "explainer_memory_mb": memory, "layouts": {},
     }
-
     torch_v, ray_v = torch.__version__.split("+")[0], ray.__version__
-    e2e_runs = [r["images_per_s"] for r in e2e_n]
-    summ = mean([r["summary_images_per_s"] for r in e2e_n])
-    actor_n = [r.get("actor_peak_rss_mb") for r in e2e_n]
-    actor_2n = [r.get("actor_peak_rss_mb") for r in e2e_2n]
     m_lo, m_hi = (memory[b] for b in mem_batches)
     lines = [
         f"labeling bench (M={len(ARCHS)} members, S={samples} samples, {SIZE}x{SIZE}, N={n} images, CPU "
         f"{os.cpu_count()} cores, torch {torch_v}, ray {ray_v}){' [quick]' if args.quick else ''}",
         f"naive loop (captum NoiseTunnel per image per model): {naive_rate:.2f} img/s   "
         f"(runs: {', '.join(f'{r:.2f}' for r in result['naive']['runs'])})",
-        f"rayseg label end to end: {e2e_rate:.2f} img/s (wall {wall_n:.1f} s, first output after {first:.1f} s; "
-        f"summary {summ:.2f} img/s)   ratio {e2e_rate / naive_rate:.2f}x (target >= 2x)   "
-        f"(runs: {', '.join(f'{r:.2f}' for r in e2e_runs)})",
-        f"  2N={2 * n} images: wall {wall_2n:.1f} s -> {n} extra images in {extra:.1f} s "
-        f"({n / extra if extra > 0 else float('nan'):.2f} img/s marginal); cold first job after ray.init "
+        f"pure ensemble fwd+bwd ({THREADS} threads, one process): {pure_n:.1f} s for {n} images "
+        f"({n / pure_n:.2f} img/s, {n / pure_n / naive_rate:.2f}x the naive loop); cold first job after ray.init "
         f"({BATCH} images, not measured): {warm['wall_s']:.1f} s",
-        f"pure ensemble fwd+bwd: {pure_n:.1f} s for {n} images -> efficiency {efficiency:.2f} "
-        f"(marginal {marginal:.2f}) (target >= 0.8)",
+    ]
+    for layout in LAYOUTS:
+        runs_n, runs_2n = e2e_n[layout], e2e_2n[layout]
+        e2e_rate = mean([r["images_per_s"] for r in runs_n])
+        wall_n, wall_2n = mean([r["wall_s"] for r in runs_n]), mean([r["wall_s"] for r in runs_2n])
+        extra = wall_2n - wall_n
+        first = mean([r["first_output_s"] for r in runs_n])
+        efficiency = pure_n / wall_n
+        marginal = pure_n / extra if extra > 0 else float("nan")
+        summ = mean([r["summary_images_per_s"] for r in runs_n])
+        rates = ", ".join(f"{r['images_per_s']:.2f}" for r in runs_n)
+        last = runs_n[-1]
+        result["layouts"][layout] = {
+            "end_to_end_n": {"runs": runs_n, "images_per_s": e2e_rate, "wall_s": wall_n,
+                             "ratio_vs_naive": e2e_rate / naive_rate},
+            "end_to_end_2n": {"runs": runs_2n, "wall_s": wall_2n},
+            "marginal_images_per_s": n / extra if extra > 0 else float("nan"),
+            "efficiency": efficiency, "efficiency_marginal": marginal,
+        }
+        lines += [
+            f"[{layout}: {LAYOUTS[layout][0]} actor(s) x {LAYOUTS[layout][1]} CPU] rayseg label end to end: "
+            f"{e2e_rate:.2f} img/s (wall {wall_n:.1f} s, first output after {first:.1f} s; summary {summ:.2f} img/s)"
+            f"   ratio {e2e_rate / naive_rate:.2f}x (target >= 2x)   "
+            f"(runs: {rates})",
+            f"  2N={2 * n} images: wall {wall_2n:.1f} s -> {n} extra images in {extra:.1f} s "
+            f"({n / extra if extra > 0 else float('nan'):.2f} img/s marginal, "
+            f"{(n / extra if extra > 0 else float('nan')) / naive_rate:.2f}x)",
+            f"  efficiency = pure / end to end: {efficiency:.2f} (marginal {marginal:.2f}) (target >= 0.8)",
+        ]
+        actor_n = [r.get("actor_peak_rss_mb") for r in runs_n]
+        actor_2n = [r.get("actor_peak_rss_mb") for r in runs_2n]
+        if all(actor_n) and all(actor_2n):
+            lines.append(f"  explainer actor peak RSS (VmHWM): {mean(actor_n):.0f} MB on {n} images, "
+                         f"{mean(actor_2n):.0f} MB on {2 * n} images")
+        else:
+            lines.append(f"  explainer actor peak RSS: not measured ({last.get('actor_rss_error', 'no pid')})")
+    last = e2e_n["1x2"][-1]
+    result.update({"bytes_per_label": last["bytes_per_label"], "png_bytes_per_label": last["png_bytes_per_label"]})
+    lines += [
         f"explainer memory: {m_lo:.0f} MB after {mem_batches[0]} batches, {m_hi:.0f} MB after "
         f"{mem_batches[1]} batches ({'no growth' if m_hi - m_lo < 0.02 * m_lo else f'grows {m_hi - m_lo:.0f} MB'}"
         f", subprocess ru_maxrss)",
+        f"stored bytes per label: {last['bytes_per_label']:,.0f} B (parquet), "
+        f"{last['png_bytes_per_label']:,.0f} B PNG deciles",
     ]
-    if all(actor_n) and all(actor_2n):
-        lines.append(f"explainer actor peak RSS (VmHWM): {mean(actor_n):.0f} MB on {n} images, "
-                     f"{mean(actor_2n):.0f} MB on {2 * n} images")
-    else:
-        lines.append(f"explainer actor peak RSS: not measured ({last.get('actor_rss_error', 'no pid')})")
-    lines.append(f"stored bytes per label: {last['bytes_per_label']:,.0f} B (parquet), "
-                 f"{last['png_bytes_per_label']:,.0f} B PNG deciles")
     print("\n" + "\n".join(lines))
     if args.json:
         result.update({"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.node(), "cpus": os.cpu_count(),
