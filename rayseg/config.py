@@ -152,7 +152,7 @@ class LabelSection:
     amp: bool = _field(True, "bf16 autocast of the explainers' forward pass on GPU (ignored on CPU)")
     shard_size: int = _field(64, "images per committed shard")
     batch_size: int = _field(8, "images per explain call")
-    num_actors: int = _field(1, "explainer actors")
+    num_actors: int = _field(1, "explainer actors; 0 = as many as the cluster holds at the start")
     gpus_per_actor: float = _field(0.0, "GPUs per explainer actor (fractions allowed; 0 = CPU)")
     cpus_per_actor: float = _field(1.0, "CPUs per explainer actor (its torch threads: rounded up)")
     cpus_per_task: float = _field(1.0, "CPUs per decode/encode task (light; a fraction leaves the rest of a core "

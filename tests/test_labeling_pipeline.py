@@ -365,6 +365,22 @@ def test_actors_that_leave_no_cpu_for_decoding_are_refused():
         check_cpu_budget(dataclasses.replace(light, num_cpus_per_actor=2.0), 2.0)
 
 
+def test_num_actors_zero_fills_the_cluster():
+    from rayseg.labeling.members import MemberSpec
+    from rayseg.labeling.pipeline import LabelingJob, sized_for_cluster
+
+    job = LabelingJob(images="x", output="y", members=[MemberSpec("resnet18")], num_classes=2, num_actors=0,
+                      num_cpus_per_actor=1.0, num_cpus_per_task=0.5)
+    assert sized_for_cluster(job, {"CPU": 16.0}).num_actors == 15       # one core per actor, half a core left
+    assert sized_for_cluster(job, {"CPU": 2.0}).num_actors == 1
+    gpu = dataclasses.replace(job, num_gpus_per_actor=0.5, num_cpus_per_actor=2.0)
+    assert sized_for_cluster(gpu, {"CPU": 64.0, "GPU": 4.0}).num_actors == 8   # two actors per GPU
+    assert sized_for_cluster(gpu, {"CPU": 9.0, "GPU": 4.0}).num_actors == 4    # CPUs bind first
+    assert sized_for_cluster(dataclasses.replace(job, num_actors=3), {"CPU": 2.0}).num_actors == 3  # kept
+    with pytest.raises(ValueError, match=r"label.num_actors: 0 .* holds no explainer actor"):
+        sized_for_cluster(gpu, {"CPU": 64.0})
+
+
 class _WhichThread:
     """A class UDF that tells whether Ray Data called it on its actor's main thread."""
 

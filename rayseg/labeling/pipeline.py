@@ -69,7 +69,8 @@ class LabelingJob:
     order). ``output``: labels root; shards go to ``output/<label_version>/``. Images are resized to
     ``input_size x input_size`` for explanation (the decile maps have that size). ``true_masks``: optional
     ``<root>_masks`` tree (same relative paths, 0/255 PNG) to score the top-decile masks (mean IoU).
-    ``num_cpus_per_actor``: CPUs reserved per explainer actor (also its torch thread count).
+    ``num_actors``: explainer actors; 0 = as many as the cluster holds (:func:`sized_for_cluster`).
+    ``num_cpus_per_actor``: CPUs reserved per explainer actor (also its torch thread count, rounded up).
     ``cpu_tasks``: at most this many concurrent tasks per CPU stage (decode, encode); 0 lets Ray Data decide.
     ``num_cpus_per_task``: CPUs reserved per decode/encode task (light: about 1 ms per image; a fraction lets a
     small machine give the explainer actors all but a fraction of a core).
@@ -297,7 +298,10 @@ def _run_pipeline(job: LabelingJob, version_dir: Path, version: str, plan: list[
     import ray
     from ray.data import DataContext, TaskPoolStrategy
 
+    job = sized_for_cluster(job, ray.cluster_resources())
     check_cpu_budget(job, ray.cluster_resources().get("CPU", 0.0))
+    print(f"[rayseg] {job.num_actors} explainer actor(s) x {job.num_cpus_per_actor:g} CPUs"
+          + (f", {job.num_gpus_per_actor:g} GPUs" if job.num_gpus_per_actor > 0 else ""), flush=True)
 
     from rayseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -363,6 +367,24 @@ def _run_pipeline(job: LabelingJob, version_dir: Path, version: str, plan: list[
     return committed, written
 
 
+def sized_for_cluster(job: LabelingJob, cluster: dict[str, float]) -> LabelingJob:
+    """``job`` with ``num_actors: 0`` resolved to as many actors as this cluster holds now: with GPUs per
+    actor, ``GPUs // gpus_per_actor`` (also bounded by the CPUs); on CPU, ``(CPUs − cpus_per_task) //
+    cpus_per_actor``. Other counts are kept. An autoscaling cluster's future nodes are not counted: give the
+    count there."""
+    if job.num_actors > 0:
+        return job
+    cpus, gpus = float(cluster.get("CPU", 0.0)), float(cluster.get("GPU", 0.0))
+    fit = math.floor((cpus - job.num_cpus_per_task) / job.num_cpus_per_actor + 1e-9)
+    if job.num_gpus_per_actor > 0:
+        fit = min(fit, math.floor(gpus / job.num_gpus_per_actor + 1e-9))
+    if fit < 1:
+        raise ValueError(f"label.num_actors: 0 (as many as fit) but this cluster ({cpus:g} CPUs, {gpus:g} GPUs) "
+                         f"holds no explainer actor of {job.num_cpus_per_actor:g} CPUs and "
+                         f"{job.num_gpus_per_actor:g} GPUs next to a {job.num_cpus_per_task:g}-CPU task")
+    return dataclasses.replace(job, num_actors=fit)
+
+
 def check_cpu_budget(job: LabelingJob, cluster_cpus: float) -> None:
     """The explainer actors reserve ``num_actors x num_cpus_per_actor`` CPUs and the decode/encode tasks need
     ``num_cpus_per_task`` more; otherwise Ray Data waits forever for a CPU (no error, no progress). Fail with
@@ -377,9 +399,11 @@ def check_cpu_budget(job: LabelingJob, cluster_cpus: float) -> None:
 def _check_job(job: LabelingJob) -> None:
     if not job.members:
         raise ValueError("labeling job: members is empty (give at least one ensemble member)")
-    for name in ("input_size", "shard_size", "batch_size", "num_actors", "num_classes"):
+    for name in ("input_size", "shard_size", "batch_size", "num_classes"):
         if int(getattr(job, name)) < 1:
             raise ValueError(f"labeling job: {name} must be >= 1, got {getattr(job, name)}")
+    if int(job.num_actors) < 0:
+        raise ValueError(f"labeling job: num_actors must be >= 0 (0: as many as fit), got {job.num_actors}")
     if job.num_gpus_per_actor < 0:
         raise ValueError(f"labeling job: num_gpus_per_actor must be >= 0, got {job.num_gpus_per_actor}")
     for name in ("num_cpus_per_actor", "num_cpus_per_task"):
