@@ -376,7 +376,9 @@ def test_num_actors_zero_fills_the_cluster():
     gpu = dataclasses.replace(job, num_gpus_per_actor=0.5, num_cpus_per_actor=2.0)
     assert sized_for_cluster(gpu, {"CPU": 64.0, "GPU": 4.0}).num_actors == 8   # two actors per GPU
     assert sized_for_cluster(gpu, {"CPU": 9.0, "GPU": 4.0}).num_actors == 4    # CPUs bind first
-    assert sized_for_cluster(dataclasses.replace(job, num_actors=3), {"CPU": 2.0}).num_actors == 3  # kept
+    assert sized_for_cluster(dataclasses.replace(job, num_actors=3), {"CPU": 4.0}).num_actors == 3  # kept
+    with pytest.raises(ValueError, match="leaves none of this cluster's 2 CPUs for decoding"):  # and checked
+        sized_for_cluster(dataclasses.replace(job, num_actors=3), {"CPU": 2.0})
     with pytest.raises(ValueError, match=r"label.num_actors: 0 .* holds no explainer actor"):
         sized_for_cluster(gpu, {"CPU": 64.0})
 

@@ -299,7 +299,6 @@ def _run_pipeline(job: LabelingJob, version_dir: Path, version: str, plan: list[
     from ray.data import DataContext, TaskPoolStrategy
 
     job = sized_for_cluster(job, ray.cluster_resources())
-    check_cpu_budget(job, ray.cluster_resources().get("CPU", 0.0))
     print(f"[rayseg] {job.num_actors} explainer actor(s) x {job.num_cpus_per_actor:g} CPUs"
           + (f", {job.num_gpus_per_actor:g} GPUs" if job.num_gpus_per_actor > 0 else ""), flush=True)
 
@@ -370,11 +369,12 @@ def _run_pipeline(job: LabelingJob, version_dir: Path, version: str, plan: list[
 def sized_for_cluster(job: LabelingJob, cluster: dict[str, float]) -> LabelingJob:
     """``job`` with ``num_actors: 0`` resolved to as many actors as this cluster holds now: with GPUs per
     actor, ``GPUs // gpus_per_actor`` (also bounded by the CPUs); on CPU, ``(CPUs − cpus_per_task) //
-    cpus_per_actor``. Other counts are kept. An autoscaling cluster's future nodes are not counted: give the
-    count there."""
-    if job.num_actors > 0:
-        return job
+    cpus_per_actor``. Other counts are kept, and checked by :func:`check_cpu_budget`. An autoscaling
+    cluster's future nodes are not counted: give the count there. One-line ``ValueError`` if nothing fits."""
     cpus, gpus = float(cluster.get("CPU", 0.0)), float(cluster.get("GPU", 0.0))
+    if job.num_actors > 0:
+        check_cpu_budget(job, cpus)
+        return job
     fit = math.floor((cpus - job.num_cpus_per_task) / job.num_cpus_per_actor + 1e-9)
     if job.num_gpus_per_actor > 0:
         fit = min(fit, math.floor(gpus / job.num_gpus_per_actor + 1e-9))
