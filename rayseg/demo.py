@@ -50,22 +50,21 @@ class DemoBudget:
     smoothgrad_samples: int
     seeds: tuple[int, ...]
     ensemble: tuple[str, ...]
-    pretrain_workers: int  # Ray Train workers of the pre-training runs (0 = Train's local mode, in the driver)
 
 
 FULL = DemoBudget(source_images=320, target_images=96, val_images=128, pretrain_epochs=5, finetune_epochs=5,
                   classification_images=256, classifier_epochs=5, smoothgrad_samples=8, seeds=(0, 1),
-                  ensemble=("resnet18", "resnet34"), pretrain_workers=0)
+                  ensemble=("resnet18", "resnet34"))
 QUICK = DemoBudget(source_images=64, target_images=32, val_images=32, pretrain_epochs=1, finetune_epochs=2,
                    classification_images=48, classifier_epochs=1, smoothgrad_samples=2, seeds=(0,),
-                   ensemble=("resnet18", "resnet34"), pretrain_workers=0)
+                   ensemble=("resnet18", "resnet34"))
 
 STARTS = ("scratch", "supervised-A", "PSSL", "MDP-A+B", "MDP-A", "PixCon-SR", "DenseCL")
 HEADS = ("linear", "ssa")
 
 # One small network for every run: resnet18 + FCN head at output stride 16 on 64x64 images.
 MODEL = {"backbone": "resnet18", "head": "fcn", "output_stride": 16, "channels": 64}
-PRETRAIN = {"num_workers": 1, "cpus_per_worker": 2.0, "batch_size": 16, "log_every": 20, "keep_checkpoints": 1}
+PRETRAIN = {"num_workers": 0, "cpus_per_worker": 2.0, "batch_size": 16, "log_every": 20, "keep_checkpoints": 1}
 # batch 8: 60 steps over 5 epochs of 96 images; a linear head needs the steps more than the images
 FINETUNE = {"num_workers": 0, "cpus_per_worker": 2.0, "batch_size": 8, "log_every": 20, "keep_checkpoints": 1}
 DATA = {"kind": "synthetic", "image_size": 64, "crop_size": 64, "scale_min": 0.75, "scale_max": 1.5}
@@ -79,7 +78,7 @@ def _pretrain(storage: str, b: DemoBudget, name: str, method: str, data: dict, l
         "data": {**DATA, "num_val": b.val_images, **data},
         "model": MODEL,
         "optim": {**SGD, "lr": lr},
-        "train": {**PRETRAIN, "epochs": b.pretrain_epochs, "num_workers": b.pretrain_workers},
+        "train": {**PRETRAIN, "epochs": b.pretrain_epochs},
         **sections,
     })
 
@@ -127,7 +126,7 @@ def classifier_config(storage: str, b: DemoBudget) -> Config:
         "classifier": {"archs": list(b.ensemble), "num_images": b.classification_images, "num_val": b.val_images,
                        "image_size": 64},
         "optim": {"name": "adamw", "lr": 2e-3, "weight_decay": 1e-4, "schedule": "cosine", "warmup_steps": 10},
-        "train": {**PRETRAIN, "epochs": b.classifier_epochs, "batch_size": 32, "num_workers": b.pretrain_workers},
+        "train": {**PRETRAIN, "epochs": b.classifier_epochs, "batch_size": 32},
     })
 
 
