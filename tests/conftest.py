@@ -32,3 +32,33 @@ def ray_cluster():
         ray.shutdown()
         stop_pids(cluster_pids(temp_dir))
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 endpoint for the session: moto's server on 127.0.0.1, one bucket. Yields the URI of the
+    bucket with its options (endpoint, http, dummy credentials) carried in the URI, so Ray workers need no
+    environment to reach it."""
+    import pyarrow.fs as pafs
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    base = (f"s3://testkey:testsecret@rayseg-test/?endpoint_override={host}:{port}&scheme=http"
+            f"&region=us-east-1")
+    fs, _ = pafs.FileSystem.from_uri(base + "&allow_bucket_creation=true")
+    fs.create_dir("rayseg-test")
+    try:
+        yield base
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_uri(s3_server, request):
+    """A fresh prefix in the session's bucket for one test: ``s3://...@rayseg-test/<test name>?<options>``."""
+    from rayseg import storage
+
+    name = "".join(c if c.isalnum() or c in "-_" else "-" for c in request.node.name)[:80]
+    return storage.join(s3_server, f"{name}-{os.getpid()}")
