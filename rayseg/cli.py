@@ -119,19 +119,18 @@ def cmd_train(args: argparse.Namespace, command: str) -> int:
 
 
 def print_summary(command: str, cfg: Config, summary: dict) -> None:
-    from pathlib import Path
-
+    from rayseg import storage
     from rayseg.engine.metrics import format_metrics_table
 
-    run_dir = Path(cfg.run_dir(command))
+    run_dir = cfg.run_dir(command)
     rate = summary.get("images_per_s")
     print(f"[rayseg] done: {summary['steps']} steps, {rate:.1f} img/s" if rate else "[rayseg] done", flush=True)
     if summary.get("skipped_bad_samples"):
         print(f"[rayseg] skipped {summary['skipped_bad_samples']} bad samples (listed in "
-              f"{run_dir / 'bad_samples.txt'})")
-    metrics_file = run_dir / "metrics.json"
-    if command == "finetune" and metrics_file.is_file():
-        print(format_metrics_table(json.loads(metrics_file.read_text())))
+              f"{storage.join(run_dir, 'bad_samples.txt')})")
+    metrics_file = storage.join(run_dir, "metrics.json")
+    if command == "finetune" and storage.is_file(metrics_file):
+        print(format_metrics_table(json.loads(storage.read_text(metrics_file))))
     for name, path in summary["export"].items():
         print(f"[rayseg] exported {name}: {path}")
 
@@ -167,11 +166,10 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 
 def cmd_show_labels(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    from rayseg import storage
     from rayseg.labeling.show import show_labels
 
-    if not Path(args.labels).is_dir():
+    if not storage.is_dir(args.labels):
         raise ConfigError(f"--labels: folder not found: {args.labels}")
     if bool(args.images) == bool(args.parquet):
         raise ConfigError("--images, --parquet: give exactly one (the labelled images)")

@@ -16,7 +16,7 @@ import difflib
 import hashlib
 import json
 import os
-import re
+
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from rayseg import storage
 
 
 class ConfigError(ValueError):
@@ -373,7 +375,7 @@ class Config:
 
     def run_dir(self, command: str) -> str:
         name = self.run.name or f"{command}-{self.method}-{self.fingerprint()}"
-        return os.path.join(os.path.abspath(self.run.storage), name)
+        return storage.join(storage.absolute(self.run.storage), name)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -508,26 +510,35 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     return config_from_dict(read_yaml(path) if path else {}, overrides)
 
 
-_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+# Keys whose value may be an object-store URI (rayseg.storage); every other path is read by many processes
+# through plain file APIs and must be on a filesystem every node mounts.
+URI_KEYS = ("run.storage", "label.output", "pssl.labels", "model.init_weights")
+URI_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "viewfs", "file")
 
 
-def _reject_uris(tree: dict[str, Any], prefix: str = "") -> None:
-    """Paths are local or on a filesystem every node mounts: a ``scheme://`` value would otherwise become a
-    local folder named ``s3:`` without a word."""
+def _check_uris(tree: dict[str, Any], prefix: str = "") -> None:
+    """A ``scheme://`` value is accepted for URI_KEYS with a scheme pyarrow.fs opens; anywhere else it would
+    become a local folder named ``s3:`` without a word, so it is one ConfigError line."""
     for key, value in tree.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, dict):
-            _reject_uris(value, dotted + ".")
+            _check_uris(value, dotted + ".")
             continue
         for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, str) and _URI.match(item):
-                raise ConfigError(f"{dotted}: {item}: object-store URIs are not supported; use a path on a "
-                                  f"filesystem every node mounts (NFS, EFS, or the bucket through s3fs or gcsfuse)")
+            if not (isinstance(item, str) and storage.is_uri(item)):
+                continue
+            if dotted not in URI_KEYS:
+                raise ConfigError(f"{dotted}: {item}: URIs are accepted for {', '.join(URI_KEYS)} only; put this "
+                                  f"input on a filesystem every node mounts (NFS, EFS, or a bucket through s3fs)")
+            scheme = item.split("://", 1)[0].lower()
+            if scheme not in URI_SCHEMES:
+                raise ConfigError(f"{dotted}: {item}: unknown scheme {scheme}://, expected one of "
+                                  f"{', '.join(s + '://' for s in URI_SCHEMES)}")
 
 
 def validate(cfg: Config) -> None:
     """Cross-field checks that a dataclass cannot express; each raises a one-line ConfigError."""
-    _reject_uris(cfg.to_dict())
+    _check_uris(cfg.to_dict())
     d, t, o = cfg.data, cfg.train, cfg.optim
     if d.kind == "voc":
         if not d.root:
@@ -539,7 +550,7 @@ def validate(cfg: Config) -> None:
     for key, value in d.label_map.items():
         if not (0 <= key <= 255) or not (0 <= value <= 255):
             raise ConfigError(f"data.label_map: {key}: {value} is outside 0..255")
-    if cfg.model.init_weights and not Path(cfg.model.init_weights).is_file():
+    if cfg.model.init_weights and not storage.is_file(cfg.model.init_weights):
         raise ConfigError(f"model.init_weights: file not found: {cfg.model.init_weights}")
     if not 0.0 < d.scale_min <= d.scale_max:
         raise ConfigError(f"data.scale_min/scale_max: need 0 < scale_min <= scale_max, got {d.scale_min}, {d.scale_max}")
@@ -575,8 +586,5 @@ def explain(cls: type = Config, prefix: str = "") -> list[str]:
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
-    """Write the resolved config as YAML (what the run actually used)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(f"{path}.tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    os.replace(tmp, path)
+    """Write the resolved config as YAML (what the run actually used) to a path or URI, atomically."""
+    storage.write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,6 +1,6 @@
 """`rayseg report`: the transfer table and chart — fine-tune mIoU per pre-training start and head, over seeds.
 
-Input: fine-tune run folders under one storage root that carry a ``tags.json`` beside their ``metrics.json``
+Input: fine-tune run folders under one storage root (a path or an object-store URI) that carry a ``tags.json`` beside their ``metrics.json``
 (``rayseg demo`` writes both)::
 
     {"start": "PSSL", "head": "linear" | "ssa", "seed": 0}
@@ -14,11 +14,13 @@ grouped bar chart (one group per start, one bar per head, error bars = standard 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
+
+from rayseg import storage
 
 __all__ = ["ReportRow", "collect_runs", "render_chart", "summarise", "format_report", "write_report"]
 
@@ -34,20 +36,25 @@ class ReportRow:
     run_dir: str
 
 
-def collect_runs(storage: str | os.PathLike) -> list[ReportRow]:
-    """Every ``<storage>/*/tags.json`` run, with its mIoU (None when ``metrics.json`` is missing)."""
-    storage = Path(storage)
-    if not storage.is_dir():
-        raise FileNotFoundError(f"{storage}: folder not found")
+def collect_runs(root: str | os.PathLike) -> list[ReportRow]:
+    """Every ``<root>/*/tags.json`` run, with its mIoU (None when ``metrics.json`` is missing). ``root`` is a
+    path or an object-store URI (:mod:`rayseg.storage`)."""
+    root = storage.absolute(root)
+    if not storage.is_dir(root):
+        raise FileNotFoundError(f"{root}: folder not found")
     rows = []
-    for tags_file in sorted(storage.glob("*/tags.json")):
-        tags = json.loads(tags_file.read_text())
+    for entry in storage.list_dir(root):
+        run_dir = storage.join(root, entry)
+        tags_file = storage.join(run_dir, "tags.json")
+        if not storage.is_file(tags_file):
+            continue
+        tags = json.loads(storage.read_text(tags_file))
         missing = [k for k in ("start", "head", "seed") if k not in tags]
         if missing:
             raise ValueError(f"{tags_file}: missing {', '.join(missing)}")
-        metrics_file = tags_file.parent / "metrics.json"
-        miou = json.loads(metrics_file.read_text())["miou"] if metrics_file.is_file() else None
-        rows.append(ReportRow(str(tags["start"]), str(tags["head"]), int(tags["seed"]), miou, str(tags_file.parent)))
+        metrics_file = storage.join(run_dir, "metrics.json")
+        miou = json.loads(storage.read_text(metrics_file))["miou"] if storage.is_file(metrics_file) else None
+        rows.append(ReportRow(str(tags["start"]), str(tags["head"]), int(tags["seed"]), miou, run_dir))
     return rows
 
 
@@ -96,7 +103,7 @@ def format_report(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def render_chart(summary: list[dict], path: str | os.PathLike, title: str = "") -> Path:
+def render_chart(summary: list[dict], path: str | os.PathLike, title: str = "") -> str:
     """Grouped bar chart of mean mIoU (%) per start and head, with std error bars and one dot per seed."""
     import matplotlib
 
@@ -124,27 +131,28 @@ def render_chart(summary: list[dict], path: str | os.PathLike, title: str = "") 
     ax.set_title(title or "transfer to the target set")
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
     plt.close(fig)
-    return path
+    storage.write_bytes(path, png.getvalue())
+    return str(path)
 
 
-def write_report(storage: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+def write_report(root: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                  start_order: tuple[str, ...] = (), title: str = "") -> dict:
-    """Collect, summarise and write ``report.csv`` + ``report.png`` (to ``out_dir``, default ``storage``); returns
-    ``{"table", "summary", "csv", "png"}``. ``FileNotFoundError`` when no tagged runs exist."""
-    rows = collect_runs(storage)
+    """Collect, summarise and write ``report.csv`` + ``report.png`` (to ``out_dir``, default ``root``; paths or
+    URIs); returns ``{"table", "summary", "csv", "png"}``. ``FileNotFoundError`` when no tagged runs exist."""
+    rows = collect_runs(root)
     if not rows:
-        raise FileNotFoundError(f"{storage}: no fine-tune runs with tags.json (run `rayseg demo` first)")
-    out_dir = Path(out_dir or storage)
-    out_dir.mkdir(parents=True, exist_ok=True)
+        raise FileNotFoundError(f"{root}: no fine-tune runs with tags.json (run `rayseg demo` first)")
+    out_dir = storage.absolute(out_dir or root)
     summary = summarise(rows, start_order)
-    with open(out_dir / "report.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["start", "head", "seed", "miou", "run_dir"])
-        for r in rows:
-            writer.writerow([r.start, r.head, r.seed, "" if r.miou is None else f"{r.miou:.6f}", r.run_dir])
-    png = render_chart(summary, out_dir / "report.png", title)
-    return {"table": format_report(summary), "summary": summary, "csv": str(out_dir / "report.csv"), "png": str(png)}
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(["start", "head", "seed", "miou", "run_dir"])
+    for r in rows:
+        writer.writerow([r.start, r.head, r.seed, "" if r.miou is None else f"{r.miou:.6f}", r.run_dir])
+    csv_file = storage.join(out_dir, "report.csv")
+    storage.write_text(csv_file, table.getvalue())
+    png = render_chart(summary, storage.join(out_dir, "report.png"), title)
+    return {"table": format_report(summary), "summary": summary, "csv": csv_file, "png": png}

@@ -130,9 +130,13 @@ def write_bytes(location: str | os.PathLike, data: bytes) -> int:
         os.replace(tmp, path)
         return len(data)
     fs, path = resolve(location)
-    fs.create_dir(posixpath.dirname(path), recursive=True)
-    with fs.open_output_stream(path) as f:
-        f.write(data)
+    try:
+        stream = fs.open_output_stream(path)
+    except FileNotFoundError:  # filesystems with real folders (hdfs): create the parents, once
+        fs.create_dir(posixpath.dirname(path), recursive=True)
+        stream = fs.open_output_stream(path)
+    with stream:
+        stream.write(data)
     return len(data)
 
 
@@ -148,6 +152,15 @@ def delete_dir(location: str | os.PathLike) -> None:
     fs, path = resolve(location)
     if exists(location) or is_dir(location):
         fs.delete_dir(path)
+
+
+def delete(location: str | os.PathLike) -> None:
+    """Remove a file, or a folder and everything under it; nothing happens when neither is there."""
+    if is_file(location):
+        fs, path = resolve(location)
+        fs.delete_file(path)
+    else:
+        delete_dir(location)
 
 
 def upload(local: str | os.PathLike, location: str | os.PathLike) -> None:
@@ -198,3 +211,21 @@ class LocalCopy:
     def __exit__(self, *exc) -> None:
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+def file_sizes(location: str | os.PathLike) -> dict[str, int]:
+    """Name -> size in bytes of the files directly under ``location`` (one listing, no request per file);
+    ``{}`` when it does not exist."""
+    fs, path = resolve(location)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=False))
+    return {info.base_name: int(info.size or 0) for info in infos if info.type == pafs.FileType.File}
+
+
+def ray_storage(root: str | os.PathLike) -> dict:
+    """Storage arguments for Ray Train/Tune's ``RunConfig`` (and ``Tuner.restore``): a path as it is, a URI as
+    its pyarrow filesystem and the path on it (so options in the URI's query reach Ray too)."""
+    if not is_uri(root):
+        return {"storage_path": os.path.abspath(root)}
+    filesystem, path = resolve(root)
+    return {"storage_path": path, "storage_filesystem": filesystem}
+

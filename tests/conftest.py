@@ -39,8 +39,12 @@ def s3_server():
     """A real S3 endpoint for the session: moto's server on 127.0.0.1, one bucket. Yields the URI of the
     bucket with its options (endpoint, http, dummy credentials) carried in the URI, so Ray workers need no
     environment to reach it."""
+    import logging
+
     import pyarrow.fs as pafs
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one INFO line per request otherwise
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()

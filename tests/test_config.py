@@ -32,8 +32,10 @@ def test_defaults_and_overrides_are_typed(tmp_path):
     (["data.kind=voc", "data.root=/nonexistent"], "data.root: folder not found: /nonexistent"),
     (["train.epochs=0"], "train.epochs: must be >= 1, got 0"),
     (["epochs"], "override 'epochs' is not of the form key=value"),
-    (["run.storage=s3://bucket/runs"], "run.storage: s3://bucket/runs: object-store URIs are not supported"),
-    (["label.output=gs://bucket/labels"], "label.output: gs://bucket/labels: object-store URIs are not supported"),
+    (["data.kind=voc", "data.root=s3://bucket/voc"], "data.root: s3://bucket/voc: URIs are accepted for run.storage, "
+                                                     "label.output, pssl.labels, model.init_weights only"),
+    (["label.images=gs://bucket/images"], "label.images: gs://bucket/images: URIs are accepted for"),
+    (["run.storage=ftp://host/runs"], "run.storage: ftp://host/runs: unknown scheme ftp://, expected one of s3://"),
 ])
 def test_errors_name_the_key(overrides, message):
     with pytest.raises(ConfigError) as e:
@@ -66,6 +68,10 @@ def test_run_dir_is_deterministic_and_tracks_the_config(tmp_path):
     assert a.run_dir("pretrain").startswith(str(tmp_path))
     named = load_config(None, [f"run.storage={tmp_path}", "run.name=exp1"])
     assert named.run_dir("pretrain") == str(tmp_path / "exp1")
+    uri = "s3://bucket/runs?region=eu-west-1"
+    on_s3 = load_config(None, [f"run.storage={uri}", "run.name=exp1"])
+    assert on_s3.run_dir("pretrain") == "s3://bucket/runs/exp1?region=eu-west-1"
+    assert on_s3.fingerprint() == a.fingerprint()  # where a run is stored is not part of what it computes
 
 
 def test_saved_config_round_trips(tmp_path):

@@ -56,3 +56,18 @@ def test_report_errors(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["report", "--storage", str(tmp_path / "empty")]) == 1
     assert "no fine-tune runs" in capsys.readouterr().err
+
+
+def test_report_from_and_to_an_object_store(tmp_path, s3_uri):
+    from rayseg import storage
+
+    fixture_runs(tmp_path / "runs", RUNS)
+    storage.upload(tmp_path / "runs", s3_uri)
+    out = write_report(s3_uri)
+    assert out["csv"] == storage.join(s3_uri, "report.csv") and out["png"] == storage.join(s3_uri, "report.png")
+    rows = list(csv.DictReader(storage.read_text(out["csv"]).splitlines()))
+    assert {r["run_dir"] for r in rows} == {storage.join(s3_uri, f"finetune-{i}") for i in range(6)}
+    assert sorted(r["miou"] for r in rows)[1:] == ["0.200000", "0.240000", "0.250000", "0.270000", "0.300000"]
+    local = write_report(tmp_path / "runs", tmp_path / "out")
+    assert out["table"] == local["table"]
+    assert storage.read_bytes(out["png"])[:8] == b"\x89PNG\r\n\x1a\n"

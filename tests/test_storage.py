@@ -44,7 +44,9 @@ def test_write_read_list_and_delete(root):
     assert storage.list_dir(storage.join(root, "missing")) == []
     storage.write_text(target, "replaced")
     assert storage.read_text(target) == "replaced"
-    storage.delete_dir(storage.join(root, "run"))
+    storage.delete(storage.join(root, "run", "b.bin"))
+    assert storage.list_dir(storage.join(root, "run")) == ["metrics.json"]
+    storage.delete(storage.join(root, "run"))
     assert not storage.exists(target) and storage.list_dir(storage.join(root, "run")) == []
     storage.delete_dir(storage.join(root, "run"))  # again: nothing there, no error
 

@@ -175,3 +175,32 @@ def test_interrupted_sweep_resumes_when_the_command_is_rerun(ray_cluster, tmp_pa
     assert first.name.endswith(rows[0.1]["trial_id"])  # the same trial (id kept by Tune's restore)
     assert f"resuming after epoch {len(done)} (step {4 * len(done)})" in r.stdout  # the first trial's worker
     assert_all_cpus_free()
+
+
+def test_sweep_on_an_object_store_writes_there_and_resumes(ray_cluster, tmp_path, s3_uri, capsys):
+    from rayseg import storage
+    from rayseg.tune.space import load_space
+    from rayseg.tune.sweep import run_sweep
+
+    cfg = load_config(None, [*overrides(tmp_path, **{"train.epochs": 1, "train.cpus_per_worker": 2,
+                                                       "model.backbone": "mobilenet_v3_large"}),
+                             f"run.storage={s3_uri}"])
+    space = load_space(write_space(tmp_path / "space.yaml", [0.1, 0.02], asha=None), cfg)
+    out = run_sweep(cfg, space)
+    sweep_dir = out["sweep_dir"]
+    assert sweep_dir == storage.join(s3_uri, storage.basename(sweep_dir))
+    rows = {float(r["optim.lr"]): r for r in csv.DictReader(storage.read_text(storage.join(sweep_dir, "results.csv"))
+                                                            .splitlines())}
+    assert sorted(rows) == [0.02, 0.1] and {r["status"] for r in rows.values()} == {"done"}
+    for row in rows.values():  # each trial's Train run folder, on the store
+        run = storage.join(s3_uri, f"{storage.basename(sweep_dir)}-{row['trial_id']}")
+        assert json.loads(storage.read_text(storage.join(run, "summary.json")))["steps"] == 4
+    assert out["best_config"] == storage.join(sweep_dir, "best_config.yaml")
+    assert yaml.safe_load(storage.read_text(out["best_config"]))["optim"]["lr"] == out["best_params"]["optim.lr"]
+    assert not any(tmp_path.glob("sweep-*"))  # nothing went to a local folder instead
+    capsys.readouterr()
+
+    again = run_sweep(cfg, space)  # the same command again: Tune restores the finished sweep from the store
+    assert f"[rayseg] resuming sweep {sweep_dir}" in capsys.readouterr().out
+    assert again["best_params"] == out["best_params"]
+    assert_all_cpus_free()

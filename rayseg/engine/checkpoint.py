@@ -46,8 +46,10 @@ def load_checkpoint(directory: str | os.PathLike, method, optimizer, scheduler) 
 class LocalCheckpointStore:
     """Checkpoints as ``<run_dir>/local_checkpoints/epoch_NNNNNN`` (atomic rename), the newest ``keep`` kept."""
 
+    FOLDER = "local_checkpoints"
+
     def __init__(self, run_dir: str | os.PathLike, keep: int):
-        self.root = Path(run_dir) / "local_checkpoints"
+        self.root = Path(run_dir) / self.FOLDER
         self.keep = keep
 
     def latest(self) -> Path | None:

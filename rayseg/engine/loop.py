@@ -16,7 +16,6 @@ import math
 import os
 import tempfile
 import time
-from pathlib import Path
 
 import ray.train
 import ray.train.torch
@@ -30,6 +29,7 @@ from rayseg.engine.checkpoint import LocalCheckpointStore, load_checkpoint, save
 from rayseg.engine.metrics import ConfusionMatrix
 from rayseg.engine.optim import build_optimizer, build_scheduler, parameter_groups
 from rayseg.engine.progress import RankZeroLogger, StepMeter, format_duration
+from rayseg.engine.run_folder import RunFolder
 from rayseg.methods import get_method
 
 
@@ -101,7 +101,14 @@ def evaluate(model: torch.nn.Module, cfg: Config, device: torch.device, rank: in
 
 def train_loop_per_worker(loop_config: dict) -> None:
     cfg: Config = config_from_dict(loop_config["config"])
-    run_dir = Path(loop_config["run_dir"])
+    run = RunFolder(loop_config["run_dir"])
+    try:
+        _train(cfg, run)
+    finally:
+        run.close()
+
+
+def _train(cfg: Config, run: RunFolder) -> None:
     local_mode = cfg.train.num_workers == 0
     # Ray Train logs an INFO line per report ("Reported metrics" / "Reporting training result"); keep the
     # console to rayseg's own progress lines. In a worker process that includes the root logger Ray configures.
@@ -113,7 +120,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
-    log = RankZeroLogger(rank == 0, str(run_dir / "tensorboard"))
+    log = RankZeroLogger(rank == 0, str(run.local / "tensorboard"))
     torch.manual_seed(cfg.run.seed)  # identical initialisation on every rank
 
     method_cls = get_method(cfg.method)
@@ -140,7 +147,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
     total_steps = cfg.train.epochs * steps_per_epoch
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps, steps_per_epoch)
 
-    store = LocalCheckpointStore(run_dir, cfg.train.keep_checkpoints) if local_mode else None
+    store = None
+    if local_mode:
+        run.pull(LocalCheckpointStore.FOLDER)
+        store = LocalCheckpointStore(run.local, cfg.train.keep_checkpoints)
     start_epoch, global_step = 0, 0
     ray_checkpoint = ray.train.get_checkpoint()
     if ray_checkpoint is not None:
@@ -150,8 +160,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     elif store is not None and store.latest() is not None:
         last_epoch, global_step = load_checkpoint(store.latest(), method, optimizer, scheduler)
         start_epoch = last_epoch + 1
-    if start_epoch >= cfg.train.epochs and (run_dir / "summary.json").is_file():
-        log.print(f"[rayseg] {run_dir} is already complete ({cfg.train.epochs} epochs); nothing to do")
+    if start_epoch >= cfg.train.epochs and run.has("summary.json"):
+        log.print(f"[rayseg] {run.location} is already complete ({cfg.train.epochs} epochs); nothing to do")
         log.close()
         return
     if start_epoch:
@@ -226,8 +236,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 save_checkpoint(tmp, core, optimizer, scheduler, epoch, global_step, meta)
                 if store is not None:
                     store.commit(tmp, epoch)
+                    run.mirror(LocalCheckpointStore.FOLDER)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(report, checkpoint=checkpoint)
+        if rank == 0:
+            log.flush()
+            run.push("tensorboard")
 
     if core.evaluates and not metrics:  # finished before, but killed before its outputs were written
         metrics = evaluate(core.segmentation_model(), cfg, device, rank, world)
@@ -237,16 +251,20 @@ def train_loop_per_worker(loop_config: dict) -> None:
         for part in gathered:
             skipped.update(part)
     if rank == 0:
-        _write_outputs(run_dir, cfg, core, meta, metrics, skipped, last_losses, rates, global_step)
-    log.close()
+        _write_outputs(run, cfg, core, meta, metrics, skipped, last_losses, rates, global_step)
+        log.close()
+        run.push("tensorboard", "export", "metrics.json", "bad_samples.txt", "summary.json")  # summary last
+    else:
+        log.close()
 
 
-def _write_outputs(run_dir: Path, cfg: Config, core, meta: dict, metrics: dict, skipped: dict[str, str],
+def _write_outputs(run: RunFolder, cfg: Config, core, meta: dict, metrics: dict, skipped: dict[str, str],
                    last_losses: dict, rates: list[float], global_step: int) -> None:
     """Exports, metrics.json and summary.json of a finished run (rank 0)."""
+    run_dir = run.local
     export = run_dir / "export"
     export.mkdir(parents=True, exist_ok=True)
-    exported = core.export(export, meta)
+    exported = {name: run.location_of(path) for name, path in core.export(export, meta).items()}
     if metrics:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if skipped:

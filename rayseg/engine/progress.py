@@ -69,6 +69,10 @@ class RankZeroLogger:
             for k, v in values.items():
                 self.writer.add_scalar(prefix + k, v, step)
 
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.flush()

@@ -1,8 +1,9 @@
 """Driver side of training: starts or joins Ray and runs the worker loop with a ``TorchTrainer``.
 
 The run folder ``<storage>/<name>`` is both Ray Train's ``storage_path/name`` (its checkpoints and state) and
-the place of rayseg's outputs (config.yaml, TensorBoard, export/, metrics.json, summary.json). Because the name
-is deterministic, re-running the same command resumes the run from its last checkpoint, also after the driver
+the place of rayseg's outputs (config.yaml, TensorBoard, export/, metrics.json, summary.json). ``run.storage``
+may be an object-store URI: Ray Train then gets its pyarrow filesystem, and the loop publishes its outputs
+through :class:`rayseg.engine.run_folder.RunFolder`. Because the name is deterministic, re-running the same command resumes the run from its last checkpoint, also after the driver
 was killed; re-running a finished run does no work.
 """
 
@@ -12,8 +13,8 @@ import json
 import logging
 import os
 import time
-from pathlib import Path
 
+from rayseg import storage
 from rayseg.config import Config, save_config
 
 
@@ -53,18 +54,17 @@ def train(cfg: Config, command: str, address: str | None = None, callbacks: list
 
     from rayseg.engine.loop import train_loop_per_worker
 
-    run_dir = Path(cfg.run_dir(command))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    run_dir = cfg.run_dir(command)
+    save_config(cfg, storage.join(run_dir, "config.yaml"))
     t = cfg.train
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "run_dir": str(run_dir)},
+        train_loop_config={"config": cfg.to_dict(), "run_dir": run_dir},
         scaling_config=ray.train.ScalingConfig(
             num_workers=t.num_workers, use_gpu=t.use_gpu,
             resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}),
         run_config=ray.train.RunConfig(
-            name=run_dir.name, storage_path=str(run_dir.parent),
+            name=storage.basename(run_dir), **storage.ray_storage(storage.parent(run_dir)),
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
             callbacks=list(callbacks or [])),
@@ -73,9 +73,9 @@ def train(cfg: Config, command: str, address: str | None = None, callbacks: list
     result = trainer.fit()
     if result.error is not None:
         raise result.error
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary_file = storage.join(run_dir, "summary.json")
+    summary = json.loads(storage.read_text(summary_file))
     summary["fit_seconds"] = round(time.perf_counter() - start, 3)
-    tmp = run_dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, run_dir / "summary.json")
+    storage.write_text(summary_file, json.dumps(summary, indent=2))
     return summary
+

@@ -20,9 +20,11 @@ Stages of the one streaming pipeline (over the images of every shard still to do
                                                                     all its planned rows are in
 
 Commit protocol (see :mod:`rayseg.labeling.shards`): ``shard-XXXXX.parquet`` and ``shard-XXXXX.errors.parquet``
-are written to ``*.tmp`` names and renamed, then the manifest is written last (atomically). A re-run skips
-shards with a manifest, removes stale ``*.tmp`` files and re-does only the uncommitted shards, so a killed run
-followed by a re-run labels every image exactly once; re-running a finished job starts no Ray work.
+are written atomically (:func:`rayseg.storage.write_bytes`: a temporary name renamed on a local path, one upload on
+an object store), then the manifest is written last, the same way. A re-run skips shards with a manifest, removes
+stale temporary files (local output only: an object store has none) and re-does only the uncommitted shards, so a
+killed run followed by a re-run labels every image exactly once; re-running a finished job starts no Ray work.
+The output (``LabelingJob.output``) is a :mod:`rayseg.storage` location: a path or a URI such as ``s3://...``.
 
 Images are explained at ``input_size x input_size`` (resized with bilinear filtering, aspect ratio not kept):
 the decile maps have that size. Noise of SmoothGrad is drawn from a generator seeded by ``seed`` and the ids of
@@ -40,6 +42,7 @@ not an id -> shard map) and drops the rows of shards already committed. Ids must
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import hashlib
 import json
 import math
@@ -54,6 +57,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rayseg import storage
 from rayseg.labeling import shards
 from rayseg.labeling.stages import decode_and_resize, decode_parquet_rows, encode_and_score
 from rayseg.labeling.explainers import SmoothGradConfig, prepare_for_explanation
@@ -66,7 +70,8 @@ __all__ = ["ExplainActor", "LabelingJob", "decode_and_resize", "decode_parquet_r
 @dataclass
 class LabelingJob:
     """One labelling run. ``images``: ImageFolder root ``root/<class>/<file>`` (class index = sorted class folder
-    order). ``output``: labels root; shards go to ``output/<label_version>/``. Images are resized to
+    order). ``output``: labels root, a path or an object-store URI (:mod:`rayseg.storage`); shards go to
+    ``output/<label_version>/``. Images are resized to
     ``input_size x input_size`` for explanation (the decile maps have that size). ``true_masks``: optional
     ``<root>_masks`` tree (same relative paths, 0/255 PNG) to score the top-decile masks (mean IoU).
     ``num_actors``: explainer actors; 0 = as many as the cluster holds (:func:`sized_for_cluster`).
@@ -176,11 +181,37 @@ def _version(job: LabelingJob) -> str:
     return label_version(job.members, job.explainer, job.input_size, {"num_classes": int(job.num_classes)})
 
 
-def _clean_tmp(version_dir: Path) -> None:
-    for folder in (version_dir, version_dir / shards.MANIFEST_DIR):
+def _version_dir(output: str, version: str) -> str:
+    """``<output>/<version>``. A local folder is created now (an unwritable output fails before any Ray work)
+    and named as a ``Path`` names it; on an object store the prefix appears with its first object."""
+    location = storage.join(output, version)
+    if storage.is_uri(location):
+        return location
+    path = Path(location)
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+def _shard_bytes(version_dir: str) -> int:
+    """Total size of the ``shard-*.parquet`` files (labels and errors) in ``version_dir``."""
+    sizes = storage.file_sizes(version_dir)
+    return sum(size for name, size in sizes.items() if fnmatch.fnmatchcase(name, "shard-*.parquet"))
+
+
+# Leftovers of a killed local run: ``*.tmp`` (earlier rayseg versions) and storage.write_bytes' ``.<name>.tmp-<pid>``.
+_TMP_PATTERNS = ("*.tmp", ".*.tmp-*")
+
+
+def _clean_tmp(version_dir: str) -> None:
+    """Remove the temporary files a killed run left in a local version folder. On an object store there are
+    none: an object appears only when its upload completes."""
+    if storage.is_uri(version_dir):
+        return
+    for folder in (Path(version_dir), Path(version_dir) / shards.MANIFEST_DIR):
         if folder.is_dir():
-            for tmp in folder.glob("*.tmp"):
-                tmp.unlink(missing_ok=True)
+            for tmp in folder.iterdir():
+                if any(fnmatch.fnmatchcase(tmp.name, p) for p in _TMP_PATTERNS) and tmp.is_file():
+                    tmp.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------------- stages
@@ -238,16 +269,17 @@ class ExplainActor:
 # --------------------------------------------------------------------------------------------------- commit
 
 
-def _write_table(table: pa.Table, path: Path) -> int:
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-    return path.stat().st_size
+def _write_table(table: pa.Table, location: str) -> int:
+    """Write ``table`` as one Parquet file at ``location``, atomically; returns its size in bytes."""
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer)
+    return storage.write_bytes(location, memoryview(buffer.getvalue()))
 
 
-def _commit_shard(version_dir: Path, index: int, planned: list[str], rows: list[dict], version: str,
+def _commit_shard(version_dir: str, index: int, planned: list[str], rows: list[dict], version: str,
                   names: list[str], score: bool) -> dict:
-    """Write one shard's Parquet files, then its manifest. Returns the manifest (plus ``bytes`` written)."""
+    """Write one shard's Parquet files, then its manifest (the commit) into ``version_dir`` (a location).
+    Returns the manifest (plus ``bytes`` written)."""
     rows = sorted(rows, key=lambda r: r["id"])
     good = [r for r in rows if r["status"] == "ok"]
     bad = [r for r in rows if r["status"] != "ok"]
@@ -261,13 +293,13 @@ def _commit_shard(version_dir: Path, index: int, planned: list[str], rows: list[
         "deciles_png": [bytes(r["deciles_png"]) for r in good],
         "label_version": [version] * len(good),
     }, schema=shards.SCHEMA)
-    written = _write_table(labels, version_dir / f"{name}.parquet")
+    written = _write_table(labels, storage.join(version_dir, f"{name}.parquet"))
     errors_file = None
     if bad:
         errors_file = f"{name}.errors.parquet"
         errors = pa.Table.from_pydict({"id": [r["id"] for r in bad], "reason": [r["status"] for r in bad],
                                        "label_version": [version] * len(bad)}, schema=shards.ERRORS_SCHEMA)
-        written += _write_table(errors, version_dir / errors_file)
+        written += _write_table(errors, storage.join(version_dir, errors_file))
     manifest = {"shard": index, "labels_file": f"{name}.parquet", "errors_file": errors_file, "rows": len(good),
                 "errors": len(bad), "ids": planned, "label_version": version}
     if score:
@@ -291,7 +323,7 @@ def explainer_pool(num_actors: int):
     return ActorPoolStrategy(size=num_actors, max_concurrent_calls_per_actor=1, enable_true_multi_threading=True)
 
 
-def _run_pipeline(job: LabelingJob, version_dir: Path, version: str, plan: list[list[str]], todo: list[int],
+def _run_pipeline(job: LabelingJob, version_dir: str, version: str, plan: list[list[str]], todo: list[int],
                   class_of: dict[str, int]) -> tuple[list[dict], int]:
     """Label the shards ``todo`` in one Ray Data pipeline; commit each shard as soon as all its rows are in.
     Returns (manifests of the newly committed shards, bytes written)."""
@@ -430,8 +462,7 @@ def run_labeling(job: LabelingJob) -> dict:
         raise ValueError(f"labeling job: class index {max(class_of.values())} >= num_classes {job.num_classes}")
     plan = plan_shards(ids, job.shard_size)
     version = _version(job)
-    version_dir = Path(job.output) / version
-    version_dir.mkdir(parents=True, exist_ok=True)
+    version_dir = _version_dir(job.output, version)
     _clean_tmp(version_dir)
     done = {m["shard"] for m in shards.committed_shards(version_dir)}
     todo = [i for i in range(len(plan)) if i not in done]
@@ -450,7 +481,7 @@ def run_labeling(job: LabelingJob) -> dict:
     new_images = sum(m["rows"] + m["errors"] for m in new)
     summary = {
         "label_version": version,
-        "version_dir": str(version_dir),
+        "version_dir": version_dir,
         "images": len(ids),
         "new_images": new_images,
         "labelled": sum(m["rows"] for m in new),
@@ -463,7 +494,7 @@ def run_labeling(job: LabelingJob) -> dict:
         "seconds": round(seconds, 3),
         "images_per_s": round(new_images / seconds, 3) if new_images and seconds > 0 else 0.0,
         "output_bytes": written,
-        "total_bytes": sum(p.stat().st_size for p in version_dir.glob("shard-*.parquet")),
+        "total_bytes": _shard_bytes(version_dir),
         "images_root": str(Path(job.images).resolve()) if job.images else "",
         "images_parquet": str(Path(job.images_parquet).resolve()) if job.images_parquet else "",
     }
@@ -475,9 +506,7 @@ def run_labeling(job: LabelingJob) -> dict:
         summary["iou_ensemble"] = sum(s["ensemble_sum"] for s in scored) / count if count else float("nan")
         summary["iou_members"] = {n: (sum(s["members_sum"].get(n, 0.0) for s in scored) / count if count
                                       else float("nan")) for n in names}
-    tmp = version_dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, version_dir / "summary.json")
+    storage.write_text(storage.join(version_dir, "summary.json"), json.dumps(summary, indent=1))
     line = (f"labelled {summary['labelled']} images, {summary['errors']} errors, {summary['images_per_s']:.1f} "
             f"images/s, {written} bytes written; shards {summary['shards_done']} done, "
             f"{summary['shards_skipped']} skipped of {summary['shards']} -> {version_dir}")

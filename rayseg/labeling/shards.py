@@ -10,19 +10,29 @@ A shard counts only once its manifest exists; the manifest names the shard's fil
 was planned with, so a re-run skips committed shards and a crash mid-run leaves no half shard visible.
 ``label_version`` hashes everything that changes the labels (models, explainer settings, code version), so runs
 with different settings never mix.
+
+``<root>`` is a location of :mod:`rayseg.storage`: a local path or an object-store URI (``s3://...``). Every file
+is written in one atomic step (:func:`rayseg.storage.write_bytes`), so a reader sees a manifest or a shard file
+whole or not at all. Readers fetch the files of many shards concurrently (object stores answer each request in
+tens of milliseconds; a label version holds thousands of shards).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import io
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable, Iterable, TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
+
+from rayseg import storage
 
 SCHEMA = pa.schema([
     ("id", pa.string()),              # stable image id: path relative to the dataset root
@@ -58,37 +68,66 @@ def decode_deciles(data: bytes) -> np.ndarray:
     return np.array(Image.open(io.BytesIO(data)))
 
 
+def manifest_location(version_dir: str | os.PathLike, index: int) -> str:
+    """Location of shard ``index``'s manifest (``<version_dir>/_manifests/shard-XXXXX.json``)."""
+    return storage.join(version_dir, MANIFEST_DIR, f"{shard_name(index)}.json")
+
+
 def manifest_path(version_dir: str | os.PathLike, index: int) -> Path:
-    return Path(version_dir) / MANIFEST_DIR / f"{shard_name(index)}.json"
+    """:func:`manifest_location` as a ``Path``, for a local version folder only."""
+    if storage.is_uri(version_dir):
+        raise ValueError(f"{version_dir}: not a local folder; use manifest_location")
+    return Path(manifest_location(version_dir, index))
+
+
+_T = TypeVar("_T")
+_READERS = 16  # concurrent reads of one listing (object-store requests are latency-bound)
+
+
+def _read_all(read: Callable[[str], _T], locations: Iterable[str]) -> list[_T]:
+    """``[read(location) ...]`` in order, up to ``_READERS`` at a time."""
+    locations = list(locations)
+    if len(locations) <= 1:
+        return [read(location) for location in locations]
+    with ThreadPoolExecutor(max_workers=min(_READERS, len(locations))) as pool:
+        return list(pool.map(read, locations))
 
 
 def committed_shards(version_dir: str | os.PathLike) -> list[dict]:
     """The manifests of committed shards, in shard order."""
-    folder = Path(version_dir) / MANIFEST_DIR
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("shard-*.json"))]
+    folder = storage.join(version_dir, MANIFEST_DIR)
+    names = [n for n in storage.list_dir(folder) if fnmatch.fnmatchcase(n, "shard-*.json")]
+    return _read_all(lambda location: json.loads(storage.read_text(location)),
+                     (storage.join(folder, n) for n in names))
 
 
 def write_manifest(version_dir: str | os.PathLike, index: int, manifest: dict) -> None:
     """Commit a shard: atomically write its manifest (after its Parquet files are complete)."""
-    path = manifest_path(version_dir, index)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, path)
+    storage.write_text(manifest_location(version_dir, index), json.dumps(manifest, indent=1))
+
+
+def _read_tables(version_dir: str | os.PathLike, names: list[str], schema: pa.Schema,
+                 columns: list[str] | None = None) -> pa.Table:
+    """The Parquet files ``names`` of ``version_dir`` as one table (an empty one with ``schema`` when none);
+    only ``columns`` are fetched."""
+    empty = schema.empty_table()
+    if not names:
+        return empty if columns is None else empty.select(columns)
+
+    def read(location: str) -> pa.Table:
+        fs, path = storage.resolve(location)
+        return pq.read_table(path, filesystem=fs, columns=columns, schema=schema)
+
+    return pa.concat_tables(_read_all(read, (storage.join(version_dir, n) for n in names)))
 
 
 def read_labels(version_dir: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
     """All rows of the committed shards of one label version (an empty table with SCHEMA when none)."""
-    version_dir = Path(version_dir)
-    files = [version_dir / m["labels_file"] for m in committed_shards(version_dir)]
-    if not files:
-        return SCHEMA.empty_table() if columns is None else SCHEMA.empty_table().select(columns)
-    return pa.concat_tables([pq.read_table(f, columns=columns, schema=SCHEMA) for f in files])
+    names = [m["labels_file"] for m in committed_shards(version_dir)]
+    return _read_tables(version_dir, names, SCHEMA, columns)
 
 
 def read_errors(version_dir: str | os.PathLike) -> pa.Table:
-    version_dir = Path(version_dir)
-    files = [version_dir / m["errors_file"] for m in committed_shards(version_dir) if m.get("errors_file")]
-    if not files:
-        return ERRORS_SCHEMA.empty_table()
-    return pa.concat_tables([pq.read_table(f, schema=ERRORS_SCHEMA) for f in files])
+    """The error rows (id, reason) of the committed shards of one label version."""
+    names = [m["errors_file"] for m in committed_shards(version_dir) if m.get("errors_file")]
+    return _read_tables(version_dir, names, ERRORS_SCHEMA)

@@ -4,7 +4,8 @@ Rendered with matplotlib's Agg canvas on a standalone ``Figure`` (no pyplot, so 
 touched and it works headless). Reads committed shards only (:func:`rayseg.labeling.shards.read_labels`); images
 come from the ImageFolder root (``images_root/<id>``) or from the Parquet image table (``id``/``image``
 columns) the labels were made from. When neither is given, the source recorded in the version's
-``summary.json`` is used.
+``summary.json`` is used. The version folder may be an object-store URI (:mod:`rayseg.storage`); the images and
+the PNG written are local.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from rayseg import storage
 from rayseg.labeling import shards
 
 __all__ = ["show_labels"]
@@ -34,11 +36,11 @@ def _is_parquet(path: Path) -> bool:
     return path.is_dir() and any(path.glob("*.parquet")) and not any(p.is_dir() for p in path.iterdir())
 
 
-def _source(version_dir: Path, images_root, parquet) -> tuple[Path | None, Path | None]:
+def _source(version_dir: str, images_root, parquet) -> tuple[Path | None, Path | None]:
     """(ImageFolder root, Parquet table): exactly one is set."""
     if images_root is None and parquet is None:
-        summary = version_dir / "summary.json"
-        recorded = json.loads(summary.read_text()) if summary.is_file() else {}
+        summary = storage.join(version_dir, "summary.json")
+        recorded = json.loads(storage.read_text(summary)) if storage.is_file(summary) else {}
         images_root = recorded.get("images_root") or None
         parquet = recorded.get("images_parquet") or None
         if images_root is None and parquet is None:
@@ -83,7 +85,8 @@ def _class_names(images_root: Path | None) -> list[str]:
 def show_labels(version_dir: str | os.PathLike, images_root: str | os.PathLike | None, out_png: str | os.PathLike,
                 count: int = 8, threshold: int = 9, seed: int | None = None, *,
                 parquet: str | os.PathLike | None = None) -> Path:
-    """Render ``count`` labelled images of ``version_dir`` (a ``<labels root>/<label_version>`` folder) as a PNG
+    """Render ``count`` labelled images of ``version_dir`` (a ``<labels root>/<label_version>`` folder: a path or
+    a URI) as a PNG
     grid at ``out_png``: one row per image, columns = the image (resized to the decile map size), the decile heat
     map (0..9, fixed colour scale with a colorbar), the pseudo-mask (deciles >= ``threshold``, red over the
     image). Rows: the first ``count`` ids in sorted order, or a sample seeded by ``seed`` when given. Titles: id
@@ -95,12 +98,12 @@ def show_labels(version_dir: str | os.PathLike, images_root: str | os.PathLike |
     from matplotlib.figure import Figure
     from PIL import Image
 
-    version_dir = Path(version_dir)
+    version_dir = str(version_dir)
     if count < 1:
         raise ValueError(f"show_labels: count must be >= 1, got {count}")
     if not 0 <= int(threshold) <= 9:
         raise ValueError(f"show_labels: threshold must be a decile 0..9, got {threshold}")
-    if not version_dir.is_dir():
+    if not storage.is_dir(version_dir):
         raise FileNotFoundError(f"{version_dir}: label version folder not found")
     root, table_path = _source(version_dir, images_root, parquet)
     all_ids = sorted(shards.read_labels(version_dir, columns=["id"]).column("id").to_pylist())

@@ -23,6 +23,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from rayseg import storage
 from rayseg.config import Config, ConfigError
 from rayseg.data import IGNORE_INDEX
 from rayseg.data.errors import BadSampleError
@@ -90,6 +91,9 @@ def _folder_class_names(images_root: Path, num_classes: int) -> list[str]:
 class PSSLDataset(_SkipBadMixin, Dataset):
     """Images of an ImageFolder tree with their PSSL pseudo-masks from committed label shards.
 
+    ``labels_dir``: the label-version folder, a path or an object-store URI (:mod:`rayseg.storage`); its shards
+    are read once, here. ``images_root``: a local folder (or one every node mounts).
+
     Item ``i``: ``{"image": float 3xHxW, "mask": int64 HxW, "id": str}``. The mask is built from the decile map
     (nearest-resized to the image size, methods.md §3.1 item 7) by :func:`rayseg.labeling.ensemble.pseudo_label`:
     ``D >= threshold`` -> the image's class, ``D = threshold-1`` -> 255 when ``ignore_d8``, the rest -> K
@@ -113,7 +117,7 @@ class PSSLDataset(_SkipBadMixin, Dataset):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if not 1 <= threshold <= 9:
             raise ValueError(f"threshold must be in 1..9, got {threshold}")
-        self.labels_dir, self.images_root = Path(labels_dir), Path(images_root)
+        self.labels_dir, self.images_root = str(labels_dir), Path(images_root)
         table = shards.read_labels(self.labels_dir, columns=["id", "class_index", "deciles_png"])
         if table.num_rows == 0:
             raise ValueError(f"no committed label shards in {self.labels_dir}: run `rayseg label` first")
@@ -139,13 +143,17 @@ class PSSLDataset(_SkipBadMixin, Dataset):
         try:
             deciles = torch.from_numpy(shards.decode_deciles(self.deciles_png[i]))
         except Exception as exc:  # noqa: BLE001 - PIL raises many kinds on a corrupt PNG
-            raise BadSampleError(self.labels_dir / self.ids[i], f"cannot decode the decile map ({exc})") from None
+            raise BadSampleError(self._label_of(i), f"cannot decode the decile map ({exc})") from None
         if deciles.ndim != 2:
-            raise BadSampleError(self.labels_dir / self.ids[i], f"decile map of shape {tuple(deciles.shape)}, not HxW")
+            raise BadSampleError(self._label_of(i), f"decile map of shape {tuple(deciles.shape)}, not HxW")
         if tuple(deciles.shape) != tuple(size):
             deciles = TF.resize(deciles[None], list(size), interpolation=InterpolationMode.NEAREST)[0]
         return pseudo_label(deciles, self.class_index[i], background_index=self.num_image_classes,
                             threshold=self.threshold, ignore_d8=self.ignore_d8, ignore_index=IGNORE_INDEX)
+
+    def _label_of(self, i: int) -> str:
+        """The name of item ``i``'s label in error messages: ``<labels_dir>/<id>``."""
+        return storage.join(self.labels_dir, self.ids[i])
 
     def __getitem__(self, i: int) -> dict:
         return self._load_or_mark(self.ids[i], lambda: self._load(i))
@@ -163,12 +171,15 @@ class PSSLDataset(_SkipBadMixin, Dataset):
 
 
 def _check_pssl_config(cfg: Config) -> None:
+    """One-line ``ConfigError`` for a pssl section that cannot work. ``pssl.labels`` may be an object-store URI
+    (a prefix with objects under it counts as a folder); ``pssl.images`` is a local folder."""
     p = cfg.pssl
-    for key, value, what in (("pssl.labels", p.labels, "the label-version folder written by `rayseg label`"),
-                             ("pssl.images", p.images, "the image root the label ids are relative to")):
+    for key, value, what, is_dir in (
+            ("pssl.labels", p.labels, "the label-version folder written by `rayseg label`", storage.is_dir),
+            ("pssl.images", p.images, "the image root the label ids are relative to", os.path.isdir)):
         if not value:
             raise ConfigError(f"{key}: required when method is pssl ({what})")
-        if not Path(value).is_dir():
+        if not is_dir(value):
             raise ConfigError(f"{key}: folder not found: {value}")
     if p.num_classes < 1:
         raise ConfigError(f"pssl.num_classes: required (>= 1) when method is pssl, got {p.num_classes}")

@@ -12,6 +12,7 @@ into the backbone, its classification head dropped) and a dict wrapping one of t
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any
 
 import torch
 
+from rayseg import storage
 from rayseg.models.segmentation import SegmentationModel
 
 FORMAT = "rayseg-weights-v1"
@@ -90,11 +92,12 @@ def read_weights(path: str | os.PathLike) -> dict[str, Any]:
     ``part`` inferred for raw state dicts; torchvision classifier keys are renamed to ``backbone.*`` and their
     classification head is listed in ``dropped``.
     """
-    path = Path(path)
-    if not path.is_file():
+    path = str(path)  # a path or an object-store URI (rayseg.storage)
+    if not storage.is_file(path):
         raise WeightsError(f"weights file not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        source = io.BytesIO(storage.read_bytes(path)) if storage.is_uri(path) else path
+        obj = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure to read is one line for the user
         raise WeightsError(f"cannot read weights file {path}: {_why_unreadable(err)}") from None
     return _normalise(obj, path)
@@ -186,7 +189,7 @@ def load_weights(model: SegmentationModel, path: str | os.PathLike, strict_backb
 # ----------------------------------------------------------------------------------------------- helpers
 
 
-def _normalise(obj: Any, path: Path) -> dict[str, Any]:
+def _normalise(obj: Any, path: str) -> dict[str, Any]:
     """Turn whatever the file holds into the rayseg layout (see ``read_weights``)."""
     if not isinstance(obj, dict):
         raise WeightsError(f"weights file {path} holds a {type(obj).__name__}, not a dict of tensors")

@@ -40,6 +40,7 @@ from __future__ import annotations
 import copy
 import csv
 import hashlib
+import io
 import itertools
 import json
 import math
@@ -47,6 +48,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rayseg import storage
 from rayseg.config import Config, ConfigError, _set_dotted, config_from_dict, load_config, save_config
 from rayseg.tune.space import SearchSpace
 
@@ -173,11 +175,12 @@ def _results_rows(results, space: SearchSpace) -> list[dict[str, Any]]:
     return rows
 
 
-def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["trial_id"])
-        writer.writeheader()
-        writer.writerows(rows)
+def _write_csv(rows: list[dict[str, Any]], location: str) -> None:
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["trial_id"])
+    writer.writeheader()
+    writer.writerows(rows)
+    storage.write_text(location, text.getvalue())
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -210,17 +213,19 @@ def run_sweep(cfg: Config, space: SearchSpace, address: str | None = None) -> di
 
     concurrency = max_concurrent_trials(cfg, ray.cluster_resources(), space)
     name = sweep_name(cfg, space)
-    storage = str(Path(cfg.run.storage).resolve())
-    sweep_dir = Path(storage) / name
+    root = storage.absolute(cfg.run.storage)
+    sweep_dir = storage.join(root, name)
+    ray_storage = storage.ray_storage(sweep_dir)
+    restore_args = {"path": ray_storage["storage_path"], "storage_filesystem": ray_storage.get("storage_filesystem")}
     reaper = start_reaper()  # removes the Train placement groups of trials Tune stops (see rayseg.tune.reaper)
     trainable = tune.with_resources(tune.with_parameters(run_trial, reaper=reaper), driver_resources)
     param_space = {"base": cfg.to_dict(), "sweep": name, "objective": space.objective,
                    "finetune_config": str(Path(space.finetune_config).resolve()) if space.finetune_config else "",
                    "finetune_overrides": list(space.finetune_overrides), **space.param_space()}
     start = time.perf_counter()
-    if tune.Tuner.can_restore(str(sweep_dir)):
+    if tune.Tuner.can_restore(**restore_args):
         print(f"[rayseg] resuming sweep {sweep_dir}", flush=True)
-        tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, param_space=param_space,
+        tuner = tune.Tuner.restore(**restore_args, trainable=trainable, param_space=param_space,
                                    resume_unfinished=True, resume_errored=True)
     else:
         scheduler = None
@@ -236,7 +241,7 @@ def run_sweep(cfg: Config, space: SearchSpace, address: str | None = None) -> di
             param_space=param_space,
             tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode, num_samples=space.num_samples,
                                         max_concurrent_trials=concurrency, scheduler=scheduler),
-            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1,
+            run_config=tune.RunConfig(name=name, **storage.ray_storage(root), verbose=1,
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
     try:
@@ -248,9 +253,9 @@ def run_sweep(cfg: Config, space: SearchSpace, address: str | None = None) -> di
         print(f"[rayseg] warning: {len(reaped['left'])} Train placement group(s) of stopped trials are still "
               f"reserved", flush=True)
     rows = _results_rows(results, space)
-    _write_csv(rows, sweep_dir / "results.csv")
+    _write_csv(rows, storage.join(sweep_dir, "results.csv"))
     print(format_table(rows), flush=True)
-    out: dict[str, Any] = {"sweep_dir": str(sweep_dir), "rows": rows, "seconds": seconds, "concurrency": concurrency,
+    out: dict[str, Any] = {"sweep_dir": sweep_dir, "rows": rows, "seconds": seconds, "concurrency": concurrency,
                            "reaped_placement_groups": len(reaped["removed"])}
     scored = [r for r in rows if isinstance(r[space.metric], (int, float)) and math.isfinite(r[space.metric])]
     if not scored:
@@ -260,10 +265,10 @@ def run_sweep(cfg: Config, space: SearchSpace, address: str | None = None) -> di
     best_params = dict(best.config["params"])
     best_cfg = trial_config(cfg.to_dict(), best_params)
     best_cfg.run.name = ""
-    save_config(best_cfg, sweep_dir / "best_config.yaml")
-    out.update(best_params=best_params, best_metric=best.metrics[space.metric],
-               best_config=str(sweep_dir / "best_config.yaml"))
+    best_file = storage.join(sweep_dir, "best_config.yaml")
+    save_config(best_cfg, best_file)
+    out.update(best_params=best_params, best_metric=best.metrics[space.metric], best_config=best_file)
     values = ", ".join(f"{k}={v}" for k, v in best_params.items())
     print(f"[rayseg] best {space.metric} {best.metrics[space.metric]:.4g} with {values} -> "
-          f"{sweep_dir / 'best_config.yaml'}", flush=True)
+          f"{best_file}", flush=True)
     return out
