@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("label", help="pseudo-label an ImageFolder with an explanation ensemble (Ray Data)")
     _add_config_args(p)
     p = sub.add_parser("show-labels", help="render a PNG grid: image, decile heat map, pseudo-mask")
-    p.add_argument("--labels", required=True, help="label-version folder written by `rayseg label` (a path or an object-store URI)")
+    p.add_argument("--labels", required=True,
+                   help="label-version folder written by `rayseg label` (a path or an object-store URI)")
     p.add_argument("--images", default="", help="the labelled ImageFolder root")
     p.add_argument("--parquet", default="", help="or the labelled Parquet table of image bytes")
     p.add_argument("--out", default="labels.png", help="PNG file to write")
