@@ -161,6 +161,26 @@ def test_show_labels_of_a_uri_version_dir(local_labels, s3_labels, tmp_path, s3_
 # ------------------------------------------------------------------------------------------------ Ray
 
 
+def test_member_weights_on_s3_load_and_version_like_local_ones(tmp_path, s3_uri):
+    from rayseg.labeling.members import check_weights, label_version, load_members
+    from rayseg.models import build_classifier
+
+    torch.manual_seed(0)
+    local = tmp_path / "resnet18.pt"
+    torch.save(build_classifier("resnet18", 5).state_dict(), local)
+    remote = storage.join(s3_uri, "members", "resnet18.pt")
+    storage.upload(local, remote)
+    on_s3, on_disk = [MemberSpec("resnet18", remote)], [MemberSpec("resnet18", str(local))]
+    check_weights(on_s3)
+    (a,), (b,) = load_members(on_s3, 5), load_members(on_disk, 5)
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
+    cfg = SmoothGradConfig(samples=2)
+    assert label_version(on_s3, cfg, 32) == label_version(on_disk, cfg, 32)  # the same bytes, the same labels
+    with pytest.raises(FileNotFoundError, match="resnet18: weights file not found: s3://"):
+        check_weights([MemberSpec("resnet18", storage.join(s3_uri, "members", "nope.pt"))])
+
+
 @pytest.mark.ray
 def test_labeling_into_s3_resumes_and_reruns_without_work(ray_cluster, tmp_path, s3_uri, monkeypatch):
     images = tmp_path / "images"

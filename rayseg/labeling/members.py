@@ -1,8 +1,9 @@
 """PSSL ensemble members: torchvision classifiers with local weight files (no Ray).
 
 A member is an architecture name (any torchvision classification model, see
-:func:`rayseg.models.build_classifier`) plus a local weights file: a raw state dict or a dict with a
-``"state_dict"`` key, read with ``torch.load(weights_only=True)``. A missing file is an error unless
+:func:`rayseg.models.build_classifier`) plus a weights file (a path, or an object-store URI read through
+:mod:`rayseg.storage`): a raw state dict or a dict with a ``"state_dict"`` key, read with
+``torch.load(weights_only=True)``. A missing file is an error unless
 ``allow_random_weights`` (tests only): then the member is randomly initialised, seeded from its index.
 
 :func:`label_version` hashes everything that changes the labels, so label runs with different members, weights,
@@ -13,16 +14,17 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
 import rayseg
+from rayseg import storage
 from rayseg.labeling.explainers import SmoothGradConfig
 
 __all__ = ["MemberSpec", "label_version", "load_members", "member_names"]
@@ -50,7 +52,7 @@ def _as_spec(spec) -> MemberSpec:
 
 
 def _has_weights(spec: MemberSpec) -> bool:
-    return bool(spec.weights) and Path(spec.weights).is_file()
+    return bool(spec.weights) and storage.is_file(spec.weights)
 
 
 def check_weights(specs: Sequence[MemberSpec], allow_random_weights: bool = False) -> None:
@@ -62,7 +64,8 @@ def check_weights(specs: Sequence[MemberSpec], allow_random_weights: bool = Fals
 
 def _read_state_dict(path: str) -> dict:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        source = io.BytesIO(storage.read_bytes(path)) if storage.is_uri(path) else path
+        obj = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle / zip errors: one line naming the file
         raise ValueError(f"{path}: cannot read weights file ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
@@ -127,7 +130,8 @@ def load_members(
 
 def _file_sha256(path: str) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    filesystem, fs_path = storage.resolve(path)
+    with filesystem.open_input_stream(fs_path) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
