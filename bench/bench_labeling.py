@@ -44,8 +44,9 @@ CPUs (``--ray-cpus``): the explainer actor reserves 2 CPUs and the decode and en
 (``--repeats`` rounds) because the speed of a shared machine drifts within minutes; the mean rates are compared.
 Nothing here asserts a time. Record the full run in ``bench/RESULTS.md`` with the date and machine.
 
-Run: ``python bench/bench_labeling.py [--quick] [--images N] [--json PATH] [--repeats R]`` (``--quick``: N=16, S=4;
-``--images``: another N, e.g. 512 to see how the fixed start-up of a job is amortised).
+Run: ``python bench/bench_labeling.py [--quick] [--images N] [--layouts 1x2 2x1] [--json PATH] [--repeats R]``
+(``--quick``: N=16, S=4; ``--images``: another N, e.g. 512 to see how the fixed start-up of a job is amortised;
+``--layouts``: only these actor layouts).
 """
 
 from __future__ import annotations
@@ -315,6 +316,8 @@ def main() -> None:
     parser.add_argument("--json", help="also write the numbers as JSON to this path")
     parser.add_argument("--images", type=int, default=0,
                         help="N, the images of the measured jobs (default: 128, --quick: 16); the 2N job doubles it")
+    parser.add_argument("--layouts", nargs="+", choices=sorted(LAYOUTS), default=list(LAYOUTS),
+                        help="actor layouts to run (default: all)")
     parser.add_argument("--repeats", type=int, default=1, help="rounds of naive / pure / end-to-end (N and 2N) runs")
     parser.add_argument("--ray-cpus", type=int, default=max(os.cpu_count() or 1, THREADS + 2),
                         help="logical CPUs of the local Ray cluster (>= 2 + 2: the actor's and one per CPU stage)")
@@ -360,8 +363,8 @@ def main() -> None:
         import ray
 
         naive, pure = [], []
-        e2e_n: dict[str, list[dict]] = {k: [] for k in LAYOUTS}
-        e2e_2n: dict[str, list[dict]] = {k: [] for k in LAYOUTS}
+        e2e_n: dict[str, list[dict]] = {k: [] for k in args.layouts}
+        e2e_2n: dict[str, list[dict]] = {k: [] for k in args.layouts}
         try:
             # The first job after ray.init also starts Ray's worker processes (and their imports): a cold cost
             # that would fall on whichever measured job runs first. A one-batch job takes it; reported apart.
@@ -374,7 +377,7 @@ def main() -> None:
                 log(f"  {naive[-1]['images_per_s']:.2f} img/s; pure explain_ensemble on {2 * n} images")
                 pure.append(pure_ensemble(prepared, x2, labels2, cfg))
                 log(f"  {sum(pure[-1]):.1f} s")
-                for layout in LAYOUTS:
+                for layout in args.layouts:
                     log(f"  rayseg label, layout {layout}, on {n} images")
                     e2e_n[layout].append(end_to_end(specs, images_n, num_classes, cfg, tmp, True, layout))
                     log(f"    wall {e2e_n[layout][-1]['wall_s']:.1f} s; on {2 * n} images")
@@ -403,7 +406,7 @@ def main() -> None:
         f"({n / pure_n:.2f} img/s, {n / pure_n / naive_rate:.2f}x the naive loop); cold first job after ray.init "
         f"({BATCH} images, not measured): {warm['wall_s']:.1f} s",
     ]
-    for layout in LAYOUTS:
+    for layout in args.layouts:
         runs_n, runs_2n = e2e_n[layout], e2e_2n[layout]
         e2e_rate = mean([r["images_per_s"] for r in runs_n])
         wall_n, wall_2n = mean([r["wall_s"] for r in runs_n]), mean([r["wall_s"] for r in runs_2n])
@@ -440,7 +443,7 @@ def main() -> None:
                          f"{mean(actor_2n):.0f} MB on {2 * n} images")
         else:
             lines.append(f"  explainer actor peak RSS: not measured ({last.get('actor_rss_error', 'no pid')})")
-    last = e2e_n["1x2"][-1]
+    last = e2e_n[args.layouts[0]][-1]
     result.update({"bytes_per_label": last["bytes_per_label"], "png_bytes_per_label": last["png_bytes_per_label"]})
     lines += [
         f"explainer memory: {m_lo:.0f} MB after {mem_batches[0]} batches, {m_hi:.0f} MB after "
