@@ -252,10 +252,9 @@ def _train(cfg: Config, run: RunFolder) -> None:
             skipped.update(part)
     if rank == 0:
         _write_outputs(run, cfg, core, meta, metrics, skipped, last_losses, rates, global_step)
-        log.close()
+    log.close()  # flushes TensorBoard before the upload
+    if rank == 0:
         run.push("tensorboard", "export", "metrics.json", "bad_samples.txt", "summary.json")  # summary last
-    else:
-        log.close()
 
 
 def _write_outputs(run: RunFolder, cfg: Config, core, meta: dict, metrics: dict, skipped: dict[str, str],
