@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", help="shortcut for the override method=NAME")
     _add_config_args(p)
     p = sub.add_parser("report", help="transfer table and chart of fine-tune mIoU over starts, heads and seeds")
-    p.add_argument("--storage", default="rayseg_runs/demo/full", help="folder (or object-store URI) of tagged fine-tune runs")
+    p.add_argument("--storage", default="rayseg_runs/demo/full",
+                   help="folder (or object-store URI) of tagged fine-tune runs")
     p.add_argument("--out", default="", help="where report.csv and report.png go (default: --storage)")
     p = sub.add_parser("demo", help="the whole pipeline on the embedded synthetic benchmark")
     p.add_argument("--quick", action="store_true", help="smaller budget (a smoke test of every step)")

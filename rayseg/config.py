@@ -16,7 +16,6 @@ import difflib
 import hashlib
 import json
 import os
-
 import types
 import typing
 from dataclasses import dataclass, field

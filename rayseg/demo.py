@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rayseg.config import Config, config_from_dict
+from rayseg.engine.checkpoint import LocalCheckpointStore
 from rayseg.engine.runner import ensure_ray, train
 
 
@@ -200,7 +201,7 @@ def run_demo(storage: str = "rayseg_runs/demo", quick: bool = False, address: st
                 print(f"\n[demo] fine-tune on domain C from {start}, {head} head, seed {seed}", flush=True)
                 train(cfg, "finetune")
                 # 28 fine-tunes x ~175 MB: keep the export and metrics, not the resume checkpoint
-                shutil.rmtree(run_dir / "local_checkpoints", ignore_errors=True)
+                shutil.rmtree(run_dir / LocalCheckpointStore.FOLDER, ignore_errors=True)
 
     report = write_report(storage, start_order=STARTS,
                           title=f"fine-tune on synthetic domain C ({budget.target_images} images, "

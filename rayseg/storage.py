@@ -14,11 +14,11 @@ at all, which is what rayseg's "written last" markers (``summary.json``, label m
 
 from __future__ import annotations
 
+import io
 import os
 import posixpath
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -96,10 +96,6 @@ def exists(location: str | os.PathLike) -> bool:
     return _info(location).type != pafs.FileType.NotFound
 
 
-def size(location: str | os.PathLike) -> int:
-    return int(_info(location).size or 0)
-
-
 def list_dir(location: str | os.PathLike) -> list[str]:
     """Names of the entries directly under ``location``, sorted; ``[]`` when it does not exist."""
     fs, path = resolve(location)
@@ -113,6 +109,12 @@ def read_bytes(location: str | os.PathLike) -> bytes:
     fs, path = resolve(location)
     with fs.open_input_stream(path) as f:
         return f.read()
+
+
+def readable(location: str | os.PathLike) -> str | io.BytesIO:
+    """What to hand a reader that takes a path or a file object (``torch.load``, PIL): a path as it is, an
+    object's bytes in memory."""
+    return io.BytesIO(read_bytes(location)) if is_uri(location) else str(location)
 
 
 def read_text(location: str | os.PathLike) -> str:
@@ -144,23 +146,21 @@ def write_text(location: str | os.PathLike, text: str) -> int:
     return write_bytes(location, text.encode("utf-8"))
 
 
-def delete_dir(location: str | os.PathLike) -> None:
-    """Remove a folder (a prefix) and everything under it; nothing happens when it does not exist."""
+def delete(location: str | os.PathLike) -> None:
+    """Remove a file, or a folder (a prefix) and everything under it; nothing happens when neither is there."""
     if not is_uri(location):
-        shutil.rmtree(location, ignore_errors=True)
+        path = Path(location)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
         return
     fs, path = resolve(location)
-    if exists(location) or is_dir(location):
-        fs.delete_dir(path)
-
-
-def delete(location: str | os.PathLike) -> None:
-    """Remove a file, or a folder and everything under it; nothing happens when neither is there."""
-    if is_file(location):
-        fs, path = resolve(location)
+    kind = fs.get_file_info(path).type
+    if kind == pafs.FileType.File:
         fs.delete_file(path)
-    else:
-        delete_dir(location)
+    elif kind == pafs.FileType.Directory or is_dir(location):
+        fs.delete_dir(path)
 
 
 def upload(local: str | os.PathLike, location: str | os.PathLike) -> None:
@@ -189,28 +189,6 @@ def download(location: str | os.PathLike, local: str | os.PathLike) -> bool:
         local.mkdir(parents=True, exist_ok=True)
     pafs.copy_files(path, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
     return True
-
-
-class LocalCopy:
-    """A local file to read a location through: the path itself, or a download to a temporary folder that is
-    removed on exit (``with LocalCopy(uri) as path: torch.load(path)``)."""
-
-    def __init__(self, location: str | os.PathLike):
-        self.location = str(location)
-        self._tmp: str | None = None
-
-    def __enter__(self) -> str:
-        if not is_uri(self.location):
-            return self.location
-        self._tmp = tempfile.mkdtemp(prefix="rayseg-get-")
-        target = os.path.join(self._tmp, basename(self.location) or "file")
-        if not download(self.location, target):
-            raise FileNotFoundError(f"{self.location}: not found")
-        return target
-
-    def __exit__(self, *exc) -> None:
-        if self._tmp:
-            shutil.rmtree(self._tmp, ignore_errors=True)
 
 
 def file_sizes(location: str | os.PathLike) -> dict[str, int]:

@@ -37,7 +37,7 @@ def test_write_read_list_and_delete(root):
     assert not storage.exists(target) and not storage.is_dir(storage.join(root, "run"))
     assert storage.write_text(target, '{"miou": 0.5}') == 13
     assert storage.read_text(target) == '{"miou": 0.5}'
-    assert storage.is_file(target) and storage.size(target) == 13
+    assert storage.is_file(target) and storage.file_sizes(storage.join(root, "run")) == {"metrics.json": 13}
     assert storage.is_dir(storage.join(root, "run")) and not storage.is_file(storage.join(root, "run"))
     storage.write_bytes(storage.join(root, "run", "b.bin"), b"\x00\x01")
     assert storage.list_dir(storage.join(root, "run")) == ["b.bin", "metrics.json"]
@@ -48,7 +48,7 @@ def test_write_read_list_and_delete(root):
     assert storage.list_dir(storage.join(root, "run")) == ["metrics.json"]
     storage.delete(storage.join(root, "run"))
     assert not storage.exists(target) and storage.list_dir(storage.join(root, "run")) == []
-    storage.delete_dir(storage.join(root, "run"))  # again: nothing there, no error
+    storage.delete(storage.join(root, "run"))  # again: nothing there, no error
 
 
 def test_upload_download_round_trip(root, tmp_path):
@@ -63,9 +63,5 @@ def test_upload_download_round_trip(root, tmp_path):
     assert storage.download(storage.join(root, "tree"), out)
     assert (out / "a.txt").read_text() == "a" and (out / "deep" / "b.txt").read_text() == "bb"
     assert not storage.download(storage.join(root, "nothing"), tmp_path / "none")
-    with storage.LocalCopy(storage.join(root, "tree", "a.txt")) as path:
-        assert open(path).read() == "a"
-    if storage.is_uri(root):
-        assert not os.path.exists(path)  # the temporary copy is gone
-        with pytest.raises(FileNotFoundError, match="not found"), storage.LocalCopy(storage.join(root, "x.pt")):
-            pass
+    readable = storage.readable(storage.join(root, "tree", "a.txt"))
+    assert (readable.read() if storage.is_uri(root) else open(readable, "rb").read()) == b"a"

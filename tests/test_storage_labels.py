@@ -78,7 +78,7 @@ def test_commit_then_read_labels_and_errors(root, monkeypatch):
     assert names == ["_manifests", "shard-00000.parquet", "shard-00001.errors.parquet", "shard-00001.parquet",
                      "shard-00002.parquet"]
     assert storage.list_dir(storage.join(version_dir, "_manifests")) == ["shard-00000.json", "shard-00001.json"]
-    assert pipeline._shard_bytes(version_dir) == sum(storage.size(storage.join(version_dir, n)) for n in names[1:])
+    assert pipeline._shard_bytes(version_dir) == sum(len(storage.read_bytes(storage.join(version_dir, n))) for n in names[1:])
 
 
 def test_readers_of_a_missing_version_are_empty(root):

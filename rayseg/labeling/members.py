@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import warnings
 from collections.abc import Sequence
@@ -64,8 +63,7 @@ def check_weights(specs: Sequence[MemberSpec], allow_random_weights: bool = Fals
 
 def _read_state_dict(path: str) -> dict:
     try:
-        source = io.BytesIO(storage.read_bytes(path)) if storage.is_uri(path) else path
-        obj = torch.load(source, map_location="cpu", weights_only=True)
+        obj = torch.load(storage.readable(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle / zip errors: one line naming the file
         raise ValueError(f"{path}: cannot read weights file ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from None

@@ -12,7 +12,6 @@ into the backbone, its classification head dropped) and a dict wrapping one of t
 
 from __future__ import annotations
 
-import io
 import os
 import re
 from dataclasses import dataclass, field
@@ -96,8 +95,7 @@ def read_weights(path: str | os.PathLike) -> dict[str, Any]:
     if not storage.is_file(path):
         raise WeightsError(f"weights file not found: {path}")
     try:
-        source = io.BytesIO(storage.read_bytes(path)) if storage.is_uri(path) else path
-        obj = torch.load(source, map_location="cpu", weights_only=True)
+        obj = torch.load(storage.readable(path), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure to read is one line for the user
         raise WeightsError(f"cannot read weights file {path}: {_why_unreadable(err)}") from None
     return _normalise(obj, path)

@@ -52,7 +52,8 @@ from rayseg import storage
 from rayseg.config import Config, ConfigError, _set_dotted, config_from_dict, load_config, save_config
 from rayseg.tune.space import SearchSpace
 
-__all__ = ["EPOCHS", "driver_resources", "largest_trial", "max_concurrent_trials", "run_sweep", "run_trial", "sweep_name", "trial_config"]
+__all__ = ["EPOCHS", "driver_resources", "largest_trial", "max_concurrent_trials", "run_sweep", "run_trial",
+           "sweep_name", "trial_config"]
 
 #: the per-epoch report field ASHA counts in: epochs finished by the trial's Train run
 EPOCHS = "epochs_done"
