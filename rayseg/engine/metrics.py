@@ -13,6 +13,8 @@ import math
 import torch
 import torch.distributed as dist
 
+from rayseg.tables import format_table
+
 
 class ConfusionMatrix:
     def __init__(self, num_classes: int, ignore_index: int = 255, device: torch.device | str = "cpu"):
@@ -56,11 +58,6 @@ class ConfusionMatrix:
 
 def format_metrics_table(metrics: dict) -> str:
     """Plain-text table of per-class IoU, mIoU and pixel accuracy."""
-    rows = [("class", "IoU")]
-    rows += [(name, "-" if v is None else f"{100 * v:.2f}") for name, v in metrics["per_class_iou"].items()]
-    rows += [("mIoU", f"{100 * metrics['miou']:.2f}"), ("pixel acc", f"{100 * metrics['pixel_accuracy']:.2f}")]
-    width = max(len(r[0]) for r in rows)
-    lines = [f"{a:<{width}}  {b:>7}" for a, b in rows]
-    lines.insert(1, "-" * (width + 9))
-    lines.insert(len(lines) - 2, "-" * (width + 9))
-    return "\n".join(lines)
+    rows = [(name, "-" if v is None else f"{100 * v:.2f}") for name, v in metrics["per_class_iou"].items()]
+    rows += [None, ("mIoU", f"{100 * metrics['miou']:.2f}"), ("pixel acc", f"{100 * metrics['pixel_accuracy']:.2f}")]
+    return format_table(("class", "IoU"), rows, "<>")
