@@ -108,7 +108,7 @@ def collate_skip_bad(batch: Sequence[dict | None]) -> dict:
     return out
 
 
-class _SkipBadMixin:
+class SkipBadMixin:
     """Shared ``skip_bad`` handling: turn a ``BadSampleError`` into a marker and remember it."""
 
     skip_bad: bool
@@ -124,7 +124,7 @@ class _SkipBadMixin:
             return {"bad": True, "id": sample_id, "reason": str(exc)}
 
 
-class VOCSegmentationFolder(_SkipBadMixin, Dataset):
+class VOCSegmentationFolder(SkipBadMixin, Dataset):
     """Segmentation dataset in PASCAL VOC layout.
 
     ``root/JPEGImages/<id>.(jpg|jpeg|png)``, ``root/SegmentationClass/<id>.png`` ("P" or "L" PNG whose pixel
@@ -228,7 +228,7 @@ class VOCSegmentationFolder(_SkipBadMixin, Dataset):
         return self._load_or_mark(self.ids[i], lambda: self._sample(i))
 
 
-class ImageFolderClassification(_SkipBadMixin, Dataset):
+class ImageFolderClassification(SkipBadMixin, Dataset):
     """Classification tree ``root/<class_name>/*.(png|jpg|jpeg)`` with torchvision ImageFolder semantics.
 
     Classes are the sorted sub-folder names. Samples: ``{"image": float 3xHxW, "label": int, "id": relative

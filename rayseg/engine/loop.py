@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import tempfile
 import time
+from typing import TYPE_CHECKING
 
 import ray.train
 import ray.train.torch
@@ -23,14 +23,21 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from rayseg.config import Config, config_from_dict
+from rayseg import storage
+from rayseg.config import Config
 from rayseg.data import IGNORE_INDEX, build_segmentation_dataset, collate_skip_bad
-from rayseg.engine.checkpoint import LocalCheckpointStore, load_checkpoint, save_checkpoint
+from rayseg.engine.checkpoint import (
+    LocalCheckpointStore,
+    load_checkpoint,
+    save_checkpoint,
+)
 from rayseg.engine.metrics import ConfusionMatrix
 from rayseg.engine.optim import build_optimizer, build_scheduler, parameter_groups
 from rayseg.engine.progress import RankZeroLogger, StepMeter, format_duration
 from rayseg.engine.run_folder import RunFolder
-from rayseg.methods import get_method
+
+if TYPE_CHECKING:  # the engine is handed its method; it imports no method module
+    from rayseg.methods.base import Method
 
 
 def _distributed() -> bool:
@@ -100,15 +107,15 @@ def evaluate(model: torch.nn.Module, cfg: Config, device: torch.device, rank: in
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
-    cfg: Config = config_from_dict(loop_config["config"])
+    """``loop_config``: ``{"config": Config (checked on the driver), "method": Method class, "run_dir": location}``."""
     run = RunFolder(loop_config["run_dir"])
     try:
-        _train(cfg, run)
+        _train(loop_config["config"], loop_config["method"], run)
     finally:
         run.close()
 
 
-def _train(cfg: Config, run: RunFolder) -> None:
+def _train(cfg: Config, method_cls: type[Method], run: RunFolder) -> None:
     local_mode = cfg.train.num_workers == 0
     # Ray Train logs an INFO line per report ("Reported metrics" / "Reporting training result"); keep the
     # console to rayseg's own progress lines. In a worker process that includes the root logger Ray configures.
@@ -123,7 +130,6 @@ def _train(cfg: Config, run: RunFolder) -> None:
     log = RankZeroLogger(rank == 0, str(run.local / "tensorboard"))
     torch.manual_seed(cfg.run.seed)  # identical initialisation on every rank
 
-    method_cls = get_method(cfg.method)
     train_set = method_cls.train_dataset(cfg)
     method = method_cls.from_config(cfg, train_set).to(device)
     if cfg.train.channels_last:
@@ -275,6 +281,4 @@ def _write_outputs(run: RunFolder, cfg: Config, core, meta: dict, metrics: dict,
         "skipped_bad_samples": len(skipped), "miou": metrics.get("miou"),
         "export": exported,
     }
-    tmp = run_dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, run_dir / "summary.json")
+    storage.write_text(run_dir / "summary.json", json.dumps(summary, indent=2))

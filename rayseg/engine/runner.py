@@ -13,9 +13,13 @@ import json
 import logging
 import os
 import time
+from typing import TYPE_CHECKING
 
 from rayseg import storage
 from rayseg.config import Config, save_config
+
+if TYPE_CHECKING:  # the engine is handed its method; it imports no method module
+    from rayseg.methods.base import Method
 
 
 def ensure_ray(address: str | None = None) -> None:
@@ -43,10 +47,12 @@ def ensure_ray(address: str | None = None) -> None:
         ray.init(address=address, logging_level=logging.WARNING)
 
 
-def train(cfg: Config, command: str, address: str | None = None, callbacks: list | None = None) -> dict:
-    """Run (or resume) the training described by ``cfg``; returns the run's summary.json contents, to which
-    ``fit_seconds`` (wall time of this call's ``TorchTrainer.fit``) is added. ``callbacks``: Ray Train run
-    callbacks (a Tune trial passes ``TuneReportCallback``)."""
+def train(cfg: Config, command: str, method: type[Method], address: str | None = None,
+          callbacks: list | None = None) -> dict:
+    """Run (or resume) the training described by ``cfg`` with the objective ``method`` (the class the caller
+    chose for ``cfg.method``); returns the run's summary.json contents, to which ``fit_seconds`` (wall time of
+    this call's ``TorchTrainer.fit``) is added. ``callbacks``: Ray Train run callbacks (a Tune trial passes
+    ``TuneReportCallback``)."""
     if cfg.train.num_workers > 0:
         ensure_ray(address)
     import ray.train
@@ -59,7 +65,7 @@ def train(cfg: Config, command: str, address: str | None = None, callbacks: list
     t = cfg.train
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "run_dir": run_dir},
+        train_loop_config={"config": cfg, "method": method, "run_dir": run_dir},
         scaling_config=ray.train.ScalingConfig(
             num_workers=t.num_workers, use_gpu=t.use_gpu,
             resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}),

@@ -16,7 +16,6 @@ _EXPORTS = {
     "minmax_normalize": "ensemble",
     "pseudo_label": "ensemble",
     "top_decile_mask": "ensemble",
-    "SmoothGradConfig": "explainers",
     "default_gradcam_layer": "explainers",
     "explain": "explainers",
     "explain_ensemble": "explainers",

@@ -18,18 +18,17 @@ and its parameters stop requiring gradients; both are restored afterwards.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from rayseg.config import ExplainerSection
 from rayseg.labeling.ensemble import deciles, ensemble_mean
 
 __all__ = [
     "METHODS",
-    "SmoothGradConfig",
+    "ExplainerSection",
     "default_gradcam_layer",
     "explain",
     "explain_ensemble",
@@ -40,58 +39,7 @@ __all__ = [
     "targets_for",
 ]
 
-METHODS = ("smoothgrad", "integrated_gradients", "gradcam")
-TARGETS = ("probability", "logit")
-TARGET_FROM = ("label", "prediction")
-
-
-@dataclass
-class SmoothGradConfig:
-    """Explainer settings. Defaults are the paper's (InterpretDL SmoothGrad defaults, target = true label).
-
-    * ``samples``: noisy copies per image (S).
-    * ``noise_level``: noise std = ``noise_level · (max x − min x)`` of each image's own normalised input.
-    * ``target``: ``"probability"`` (gradient of the softmax probability of the target class) or ``"logit"``.
-    * ``target_from``: ``"label"`` (the image's class) or ``"prediction"`` (each model's own argmax).
-    * ``batch_cap``: at most this many samples (noisy copies, IG steps or images) in one forward/backward.
-    * ``method``: ``"smoothgrad"``, ``"integrated_gradients"`` or ``"gradcam"``.
-    * ``amp``: bf16 autocast for the forward pass, on CUDA only (ignored on CPU, where results are exact).
-    * ``channels_last``: channels-last memory format for model and inputs (CPU and CUDA; the same function,
-      summed in another order: maps agree to float tolerance). Faster for convolutions on both.
-    * ``fold_batchnorm``: :func:`prepare_for_explanation` folds every eval-mode BatchNorm into the convolution
-      before it (the same function, fewer operations forward and backward; SmoothGrad and IG only: GradCAM
-      reads a layer's activations, which folding would change).
-    * ``polyphase_stem``: :func:`prepare_for_explanation` computes the input gradient of strided convolutions
-      on the image (the stem) as one stride-1 convolution per layer (:mod:`rayseg.labeling.input_grad`; the
-      same gradient, faster than oneDNN's backward-data convolution with 3 output channels). SmoothGrad and IG.
-    * ``ig_steps``: integration steps of IntegratedGradients (baseline: the all-zero image).
-    """
-
-    samples: int = 50
-    noise_level: float = 0.1
-    target: str = "probability"
-    target_from: str = "label"
-    batch_cap: int = 256
-    method: str = "smoothgrad"
-    amp: bool = True
-    channels_last: bool = True
-    fold_batchnorm: bool = True
-    polyphase_stem: bool = True
-    ig_steps: int = 32
-
-    def __post_init__(self) -> None:
-        for name, allowed in (("target", TARGETS), ("target_from", TARGET_FROM), ("method", METHODS)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"SmoothGradConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("samples", "batch_cap", "ig_steps"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"SmoothGradConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if not self.noise_level >= 0:
-            raise ValueError(f"SmoothGradConfig.noise_level must be >= 0, got {self.noise_level}")
-
-    def replace(self, **changes) -> SmoothGradConfig:
-        """A copy with some fields changed (validated)."""
-        return dataclasses.replace(self, **changes)
+METHODS = ("smoothgrad", "integrated_gradients", "gradcam")  # the choices of label.explainer.method
 
 
 # --------------------------------------------------------------------------------------------------- helpers
@@ -114,7 +62,7 @@ def _explaining(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _fast_path(model: nn.Module, images: Tensor, cfg: SmoothGradConfig) -> tuple[contextlib.AbstractContextManager, bool]:
+def _fast_path(model: nn.Module, images: Tensor, cfg: ExplainerSection) -> tuple[contextlib.AbstractContextManager, bool]:
     """(autocast context, use channels_last) for this device: autocast only on CUDA."""
     on_cuda = images.is_cuda
     use_cl = bool(cfg.channels_last and images.ndim == 4)
@@ -148,7 +96,7 @@ def _check_inputs(images: Tensor, targets: Tensor) -> Tensor:
     return targets
 
 
-def prepare_for_explanation(model: nn.Module, cfg: SmoothGradConfig) -> nn.Module:
+def prepare_for_explanation(model: nn.Module, cfg: ExplainerSection) -> nn.Module:
     """The model to explain with, prepared once (an actor calls this after loading each member): eval mode, no
     parameter gradients, BatchNorm folded into the preceding convolution (``cfg.fold_batchnorm``, SmoothGrad and
     IG; ``W' = W·γ/√(σ²+ε)``, ``b' = (b − μ)·γ/√(σ²+ε) + β``, the same function in eval mode, done by
@@ -182,7 +130,7 @@ def prepare_for_explanation(model: nn.Module, cfg: SmoothGradConfig) -> nn.Modul
 # --------------------------------------------------------------------------------------------------- targets
 
 
-def targets_for(model: nn.Module, images: Tensor, labels: Tensor | None, cfg: SmoothGradConfig) -> Tensor:
+def targets_for(model: nn.Module, images: Tensor, labels: Tensor | None, cfg: ExplainerSection) -> Tensor:
     """Target class of each image: ``labels`` (``target_from="label"``) or ``argmax_k f_k(x)`` of this model
     on the clean images (``target_from="prediction"``, eval mode, ``batch_cap`` images per forward). int64 ``[B]``."""
     if cfg.target_from == "label":
@@ -203,7 +151,7 @@ def smoothgrad(
     model: nn.Module,
     images: Tensor,
     targets: Tensor,
-    cfg: SmoothGradConfig | None = None,
+    cfg: ExplainerSection | None = None,
     noise: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
@@ -225,7 +173,7 @@ def smoothgrad(
     several images share a chunk), one forward and one ``torch.autograd.grad`` per chunk, gradients w.r.t. the
     inputs only; only one image's noise block and one chunk are in memory at a time.
     """
-    cfg = cfg or SmoothGradConfig()
+    cfg = cfg or ExplainerSection()
     targets = _check_inputs(images, targets)
     x = images.detach()
     if not x.is_floating_point():
@@ -286,7 +234,7 @@ def integrated_gradients(
     targets: Tensor,
     steps: int = 32,
     baseline: float = 0.0,
-    cfg: SmoothGradConfig | None = None,
+    cfg: ExplainerSection | None = None,
 ) -> Tensor:
     """IntegratedGradients maps ``[B, H, W]`` via captum: ``E = Σ_c |IG_c(x)|`` with
     ``IG(x) = (x − x') ⊙ ∫_0^1 ∂ f_t(x' + α (x − x')) / ∂x dα`` (Gauss-Legendre, ``steps`` points), baseline
@@ -295,7 +243,7 @@ def integrated_gradients(
     ``internal_batch_size = batch_cap`` (captum needs at least 2 steps per internal batch)."""
     from captum.attr import IntegratedGradients
 
-    cfg = cfg or SmoothGradConfig()
+    cfg = cfg or ExplainerSection()
     targets = _check_inputs(images, targets)
     cap = int(cfg.batch_cap)
     maps = []
@@ -339,7 +287,7 @@ def gradcam(
     layer: nn.Module | None,
     images: Tensor,
     targets: Tensor,
-    cfg: SmoothGradConfig | None = None,
+    cfg: ExplainerSection | None = None,
 ) -> Tensor:
     """GradCAM maps ``[B, H, W]`` via captum ``LayerGradCam`` on ``layer`` (default :func:`default_gradcam_layer`):
 
@@ -349,7 +297,7 @@ def gradcam(
     """
     from captum.attr import LayerAttribution, LayerGradCam
 
-    cfg = cfg or SmoothGradConfig()
+    cfg = cfg or ExplainerSection()
     targets = _check_inputs(images, targets)
     layer = layer if layer is not None else default_gradcam_layer(model)
     size = tuple(images.shape[-2:])
@@ -370,11 +318,11 @@ def explain(
     model: nn.Module,
     images: Tensor,
     labels: Tensor | None,
-    cfg: SmoothGradConfig | None = None,
+    cfg: ExplainerSection | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Saliency maps ``[B, H, W]`` of one model with ``cfg.method``, for the targets of :func:`targets_for`."""
-    cfg = cfg or SmoothGradConfig()
+    cfg = cfg or ExplainerSection()
     targets = targets_for(model, images, labels, cfg)
     if cfg.method == "smoothgrad":
         return smoothgrad(model, images, targets, cfg, generator=generator)
@@ -387,7 +335,7 @@ def explain_ensemble(
     models: Sequence[nn.Module],
     images: Tensor,
     labels: Tensor | None,
-    cfg: SmoothGradConfig | None = None,
+    cfg: ExplainerSection | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Explain ``images`` with each of the ``M`` models and combine (PSSL Eqs. 1-2).

@@ -1,11 +1,13 @@
-"""PSSL ensemble members: torchvision classifiers with local weight files (no Ray).
+"""PSSL ensemble members: torchvision classifiers with weight files (no Ray).
 
 A member is an architecture name (any torchvision classification model, see
 :func:`rayseg.models.build_classifier`) plus a weights file (a path, or an object-store URI read through
-:mod:`rayseg.storage`): a raw state dict or a dict with a ``"state_dict"`` key, read with
-``torch.load(weights_only=True)``. A missing file is an error unless
-``allow_random_weights`` (tests only): then the member is randomly initialised, seeded from its index.
+:mod:`rayseg.storage`): a raw state dict or a dict with a ``"state_dict"`` key, read by
+:func:`rayseg.models.weights.read_weight_file` (``weights_only=True``). With ``label.allow_random_weights`` (tests
+only) a member without a file is randomly initialised, seeded from its index.
 
+The driver calls :func:`check_members` once: it reads each file once, checks that it fits its architecture with
+the job's class count and hashes its bytes. Each explainer actor then calls :func:`load_members` once.
 :func:`label_version` hashes everything that changes the labels, so label runs with different members, weights,
 explainer settings, input size or code version write to different folders and never mix.
 """
@@ -24,131 +26,117 @@ from torch import nn
 
 import rayseg
 from rayseg import storage
-from rayseg.labeling.explainers import SmoothGradConfig
+from rayseg.config import ExplainerSection
+from rayseg.models.weights import WeightsError, read_weight_file
 
-__all__ = ["MemberSpec", "label_version", "load_members", "member_names"]
+__all__ = ["Member", "check_members", "label_version", "load_members", "member_names"]
+
+RANDOM = "random"  # the sha256 of a member without a weights file
 
 
-@dataclass
-class MemberSpec:
-    """One ensemble member: torchvision architecture name and local weights file."""
+@dataclass(frozen=True)
+class Member:
+    """One checked ensemble member: architecture, weights file (``""``: random weights) and the sha256 of its
+    bytes (``"random"`` without a file)."""
 
     arch: str
     weights: str = ""
+    sha256: str = RANDOM
 
 
-def member_names(specs: Sequence[MemberSpec]) -> list[str]:
+def member_names(members: Sequence[Member]) -> list[str]:
     """Unique display names ``<arch>#<index>`` (the same architecture may appear twice)."""
-    return [f"{s.arch}#{i}" for i, s in enumerate(specs)]
+    return [f"{m.arch}#{i}" for i, m in enumerate(members)]
 
 
-def _as_spec(spec) -> MemberSpec:
-    if isinstance(spec, MemberSpec):
-        return spec
-    if isinstance(spec, dict):
-        return MemberSpec(arch=spec["arch"], weights=spec.get("weights", "") or "")
-    raise TypeError(f"ensemble member must be a MemberSpec or a dict, got {type(spec).__name__}")
-
-
-def _has_weights(spec: MemberSpec) -> bool:
-    return bool(spec.weights) and storage.is_file(spec.weights)
-
-
-def check_weights(specs: Sequence[MemberSpec], allow_random_weights: bool = False) -> None:
-    """Raise ``FileNotFoundError`` for the first member whose weights file is missing (unless allowed)."""
-    for spec in map(_as_spec, specs):
-        if not allow_random_weights and not _has_weights(spec):
-            raise FileNotFoundError(f"ensemble member {spec.arch}: weights file not found: {spec.weights}")
-
-
-def _read_state_dict(path: str) -> dict:
-    try:
-        obj = torch.load(storage.readable(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle / zip errors: one line naming the file
-        raise ValueError(f"{path}: cannot read weights file ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+def _state_dict(obj, path: str) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: not a state dict (expected a dict of tensors or {{'state_dict': ...}})")
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path}: not a state dict (expected a dict of tensors or {{'state_dict': ...}})")
     return obj
 
 
-def load_members(
-    specs: Sequence[MemberSpec],
-    num_classes: int,
-    allow_random_weights: bool = False,
-    device: str | torch.device = "cpu",
-) -> list[nn.Module]:
-    """Build every member with ``build_classifier(arch, num_classes)``, load its weights, eval mode, on ``device``.
-
-    * Missing weights file: ``FileNotFoundError`` naming the member and the file, unless ``allow_random_weights``;
-      then random initialisation seeded with the member index (deterministic) and a warning.
-    * Weights that do not fit the architecture (missing / unexpected keys, wrong shapes): ``ValueError``, one line
-      naming the file.
-    """
+def _build(arch: str, num_classes: int) -> nn.Module:
     from rayseg.models import build_classifier  # torchvision: imported only where models are built
 
-    specs = [_as_spec(s) for s in specs]
-    if not specs:
-        raise ValueError("the ensemble needs at least one member")
-    check_weights(specs, allow_random_weights)
-    models = []
-    for index, spec in enumerate(specs):
-        if _has_weights(spec):
-            # built on the meta device (no random initialisation: the file's tensors are assigned instead)
+    try:
+        return build_classifier(arch, num_classes)
+    except ValueError as exc:
+        raise WeightsError(f"ensemble member {arch}: {exc}") from None
+
+
+def _fit(model: nn.Module, state: dict[str, torch.Tensor], member: Member, num_classes: int) -> None:
+    """Raise one WeightsError line when ``state`` does not fit ``model`` (keys or shapes)."""
+    target = model.state_dict()
+    missing, unexpected = sorted(set(target) - set(state)), sorted(set(state) - set(target))
+    wrong = [k for k in state if k in target and tuple(state[k].shape) != tuple(target[k].shape)]
+    if missing or unexpected or wrong:
+        detail = (f"{len(missing)} missing keys e.g. {missing[:2]}, {len(unexpected)} unexpected e.g. "
+                  f"{unexpected[:2]}" if missing or unexpected else
+                  f"{wrong[0]}: {tuple(state[wrong[0]].shape)} in the file, {tuple(target[wrong[0]].shape)} in the "
+                  f"model")
+        raise WeightsError(f"{member.weights}: weights do not fit {member.arch} with {num_classes} classes "
+                           f"({detail}); is label.num_classes the member's class count?")
+
+
+def check_members(specs: Sequence[tuple[str, str]], num_classes: int) -> list[Member]:
+    """Driver side, before Ray starts: each ``(arch, weights)`` of ``label.members`` as a checked :class:`Member`.
+    Each file is read once: it must hold a state dict that fits ``arch`` with ``num_classes`` outputs (checked on
+    the meta device: nothing is allocated) and its bytes are hashed. A member without a file (allowed by the
+    label section) stays random. Raises one-line ``WeightsError``."""
+    members = []
+    for arch, weights in specs:
+        if not weights:
             with torch.device("meta"):
-                model = build_classifier(spec.arch, num_classes)
-            state = _read_state_dict(spec.weights)
-            expected, got = set(model.state_dict()), set(state)
-            if expected != got:
-                missing, unexpected = sorted(expected - got), sorted(got - expected)
-                raise ValueError(
-                    f"{spec.weights}: weights do not fit {spec.arch} with {num_classes} classes "
-                    f"({len(missing)} missing keys e.g. {missing[:2]}, {len(unexpected)} unexpected e.g. {unexpected[:2]})"
-                )
-            try:
-                model.load_state_dict(state, strict=True, assign=True)
-            except RuntimeError as exc:  # shape mismatch
-                first = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), str(exc))
-                raise ValueError(f"{spec.weights}: weights do not fit {spec.arch} with {num_classes} classes "
-                                 f"({first})") from None
+                _build(arch, num_classes)
+            members.append(Member(arch))
+            continue
+        if not storage.is_file(weights):
+            raise WeightsError(f"ensemble member {arch}: weights file not found: {weights}")
+        data = storage.read_bytes(weights)
+        member = Member(arch, weights, hashlib.sha256(data).hexdigest())
+        with torch.device("meta"):
+            _fit(_build(arch, num_classes), _state_dict(read_weight_file(weights, data), weights), member,
+                 num_classes)
+        members.append(member)
+    if not members:
+        raise WeightsError("the ensemble needs at least one member")
+    return members
+
+
+def load_members(members: Sequence[Member], num_classes: int, device: str | torch.device = "cpu") -> list[nn.Module]:
+    """Actor side: build every member with ``build_classifier(arch, num_classes)`` and load its (checked) weights,
+    eval mode, on ``device``; a member without a file gets random weights seeded with its index (and a warning)."""
+    models = []
+    for index, member in enumerate(members):
+        if member.weights:
+            with torch.device("meta"):  # no random initialisation: the file's tensors are assigned instead
+                model = _build(member.arch, num_classes)
+            state = _state_dict(read_weight_file(member.weights), member.weights)
+            _fit(model, state, member, num_classes)
+            model.load_state_dict(state, strict=True, assign=True)
         else:
-            warnings.warn(f"ensemble member {spec.arch}#{index}: no weights file ({spec.weights or 'none given'}), "
-                          f"using random weights (seed {index})", stacklevel=2)
+            warnings.warn(f"ensemble member {member.arch}#{index}: no weights file, using random weights "
+                          f"(seed {index})", stacklevel=2)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(index)
-                model = build_classifier(spec.arch, num_classes)
+                model = _build(member.arch, num_classes)
         on_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
         if on_meta:  # a non-persistent buffer the file cannot hold
-            raise ValueError(f"{spec.arch}: tensors {on_meta[:3]} are not in the weights file")
+            raise WeightsError(f"{member.arch}: tensors {on_meta[:3]} are not in the weights file")
         models.append(model.eval().to(device))
     return models
 
 
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    filesystem, fs_path = storage.resolve(path)
-    with filesystem.open_input_stream(fs_path) as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def label_version(
-    specs: Sequence[MemberSpec],
-    explainer_cfg: SmoothGradConfig,
-    input_size: int,
-    extra: dict | None = None,
-) -> str:
-    """12 hex digits of a sha256 over: member architectures, the sha256 of each weights file (``"random"`` when
-    there is none), the explainer settings, the input size, ``extra`` (JSON, sorted keys) and ``rayseg.__version__``."""
-    specs = [_as_spec(s) for s in specs]
+def label_version(members: Sequence[Member], explainer: ExplainerSection, input_size: int, num_classes: int) -> str:
+    """12 hex digits of a sha256 over: member architectures and the sha256 of each weights file (``"random"``
+    when there is none), the explainer settings, the input size, the class count and ``rayseg.__version__``."""
     payload = {
-        "members": [[s.arch, _file_sha256(s.weights) if _has_weights(s) else "random"] for s in specs],
-        "explainer": dataclasses.asdict(explainer_cfg),
+        "members": [[m.arch, m.sha256] for m in members],
+        "explainer": dataclasses.asdict(explainer),
         "input_size": int(input_size),
-        "extra": extra or {},
+        "extra": {"num_classes": int(num_classes)},
         "code": rayseg.__version__,
     }
     blob = json.dumps(payload, sort_keys=True, default=str).encode()

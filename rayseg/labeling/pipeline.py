@@ -24,7 +24,7 @@ are written atomically (:func:`rayseg.storage.write_bytes`: a temporary name ren
 an object store), then the manifest is written last, the same way. A re-run skips shards with a manifest, removes
 stale temporary files (local output only: an object store has none) and re-does only the uncommitted shards, so a
 killed run followed by a re-run labels every image exactly once; re-running a finished job starts no Ray work.
-The output (``LabelingJob.output``) is a :mod:`rayseg.storage` location: a path or a URI such as ``s3://...``.
+The output (``label.output``) is a :mod:`rayseg.storage` location: a path or a URI such as ``s3://...``.
 
 Images are explained at ``input_size x input_size`` (resized with bilinear filtering, aspect ratio not kept):
 the decile maps have that size. Noise of SmoothGrad is drawn from a generator seeded by ``seed`` and the ids of
@@ -41,7 +41,6 @@ not an id -> shard map) and drops the rows of shards already committed. Ids must
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import hashlib
 import json
@@ -50,7 +49,7 @@ import os
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -58,47 +57,32 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rayseg import storage
+from rayseg.config import ConfigError, ExplainerSection, LabelSection
 from rayseg.labeling import shards
 from rayseg.labeling.stages import decode_and_resize, decode_parquet_rows, encode_and_score
-from rayseg.labeling.explainers import SmoothGradConfig, prepare_for_explanation
-from rayseg.labeling.members import MemberSpec, check_weights, label_version, load_members, member_names
+from rayseg.labeling.explainers import prepare_for_explanation
+from rayseg.labeling.members import Member, check_members, label_version, load_members, member_names
+from rayseg.models.weights import WeightsError
 
-__all__ = ["ExplainActor", "LabelingJob", "decode_and_resize", "decode_parquet_rows", "encode_and_score",
-           "list_images", "list_parquet_images", "plan_shards", "run_labeling"]
+__all__ = ["ExplainActor", "LabelingPlan", "actors_for_cluster", "check_cpu_budget", "clean_tmp", "commit_shard",
+           "decode_and_resize", "decode_parquet_rows", "encode_and_score", "list_images", "list_parquet_images",
+           "plan_labeling", "plan_shards", "run_labeling", "shard_bytes"]
 
 
 @dataclass
-class LabelingJob:
-    """One labelling run. ``images``: ImageFolder root ``root/<class>/<file>`` (class index = sorted class folder
-    order). ``output``: labels root, a path or an object-store URI (:mod:`rayseg.storage`); shards go to
-    ``output/<label_version>/``. Images are resized to
-    ``input_size x input_size`` for explanation (the decile maps have that size). ``true_masks``: optional
-    ``<root>_masks`` tree (same relative paths, 0/255 PNG) to score the top-decile masks (mean IoU).
-    ``num_actors``: explainer actors; 0 = as many as the cluster holds (:func:`sized_for_cluster`).
-    ``num_cpus_per_actor``: CPUs reserved per explainer actor (also its torch thread count, rounded up).
-    ``cpu_tasks``: at most this many concurrent tasks per CPU stage (decode, encode); 0 lets Ray Data decide.
-    ``num_cpus_per_task``: CPUs reserved per decode/encode task (light: about 1 ms per image; a fraction lets a
-    small machine give the explainer actors all but a fraction of a core).
-    ``images_parquet``: a Parquet file or folder (columns ``id``, ``image`` bytes, ``label``) used instead of
-    ``images`` (exactly one of the two is set); ids are the table's ``id`` values."""
+class LabelingPlan:
+    """What the driver resolves from the ``label`` section before Ray starts (:func:`plan_labeling`): the image
+    ids and their classes, the class count (``label.num_classes``, or the number of class folders), the checked
+    members, the label version and its folder, the shard plan and the shards not yet committed."""
 
-    images: str
-    output: str
-    members: list[MemberSpec]
+    ids: list[str]
+    class_of: dict[str, int]
     num_classes: int
-    explainer: SmoothGradConfig = field(default_factory=SmoothGradConfig)
-    input_size: int = 64
-    shard_size: int = 64
-    batch_size: int = 8
-    num_actors: int = 1
-    num_gpus_per_actor: float = 0.0
-    allow_random_weights: bool = False
-    seed: int = 0
-    true_masks: str = ""
-    num_cpus_per_actor: float = 1.0
-    cpu_tasks: int = 0
-    num_cpus_per_task: float = 1.0
-    images_parquet: str = ""
+    members: list[Member]
+    version: str
+    version_dir: str
+    shards: list[list[str]]
+    todo: list[int]
 
 
 # --------------------------------------------------------------------------------------------------- planning
@@ -173,12 +157,36 @@ def plan_shards(ids: list[str], shard_size: int) -> list[list[str]]:
     return [ids[i:i + shard_size] for i in range(0, len(ids), shard_size)]
 
 
-def _list_job_images(job: LabelingJob) -> tuple[list[str], dict[str, int]]:
-    return list_parquet_images(job.images_parquet) if job.images_parquet else list_images(job.images)
-
-
-def _version(job: LabelingJob) -> str:
-    return label_version(job.members, job.explainer, job.input_size, {"num_classes": int(job.num_classes)})
+def plan_labeling(label: LabelSection) -> LabelingPlan:
+    """Every check of a labelling job that needs no Ray, on the driver: the label section's inputs, the image list,
+    the class count, each member's weights file (read once: fits its architecture, hashed) and the output folder
+    (created now, so an unwritable output fails here). One-line ``ConfigError`` naming the key."""
+    label.check_inputs()
+    key = "label.images_parquet" if label.images_parquet else "label.images"
+    try:
+        ids, class_of = (list_parquet_images(label.images_parquet) if label.images_parquet
+                         else list_images(label.images))
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise ConfigError(str(e), key) from None
+    largest = max(class_of.values())
+    num_classes = label.num_classes or largest + 1
+    if largest >= num_classes:
+        raise ConfigError(f"{num_classes} but {key} has class index {largest}", "label.num_classes")
+    try:
+        members = check_members(label.member_specs(), num_classes)
+    except WeightsError as e:
+        raise ConfigError(str(e), "label.members") from None
+    version = label_version(members, label.explainer, label.input_size, num_classes)
+    try:
+        version_dir = _version_dir(label.output, version)
+    except OSError as e:
+        raise ConfigError(f"cannot create {storage.join(label.output, version)} ({e.strerror or e})",
+                          "label.output") from None
+    clean_tmp(version_dir)
+    plan = plan_shards(ids, label.shard_size)
+    done = {m["shard"] for m in shards.committed_shards(version_dir)}
+    return LabelingPlan(ids, class_of, num_classes, members, version, version_dir, plan,
+                        [i for i in range(len(plan)) if i not in done])
 
 
 def _version_dir(output: str, version: str) -> str:
@@ -192,7 +200,7 @@ def _version_dir(output: str, version: str) -> str:
     return str(path)
 
 
-def _shard_bytes(version_dir: str) -> int:
+def shard_bytes(version_dir: str) -> int:
     """Total size of the ``shard-*.parquet`` files (labels and errors) in ``version_dir``."""
     sizes = storage.file_sizes(version_dir)
     return sum(size for name, size in sizes.items() if fnmatch.fnmatchcase(name, "shard-*.parquet"))
@@ -202,7 +210,7 @@ def _shard_bytes(version_dir: str) -> int:
 _TMP_PATTERNS = ("*.tmp", ".*.tmp-*")
 
 
-def _clean_tmp(version_dir: str) -> None:
+def clean_tmp(version_dir: str) -> None:
     """Remove the temporary files a killed run left in a local version folder. On an object store there are
     none: an object appears only when its upload completes."""
     if storage.is_uri(version_dir):
@@ -223,18 +231,16 @@ class ExplainActor:
     Output per row: ``deciles`` uint8 HxW (zeros for error rows) and ``member_top`` uint8 MxHxW, the top-decile
     mask of each member alone (for the ensemble-vs-member IoU check). The ``image`` column is dropped."""
 
-    def __init__(self, members: list[dict], num_classes: int, explainer: dict, allow_random_weights: bool,
-                 use_gpu: bool, seed: int, num_threads: int = 0, score_members: bool = True):
+    def __init__(self, members: list[Member], num_classes: int, explainer: ExplainerSection, use_gpu: bool,
+                 seed: int, num_threads: int = 0, score_members: bool = True):
         import torch
 
         self.score_members = score_members  # per-member top-decile masks are only needed to score against true masks
         if num_threads > 0:
             torch.set_num_threads(num_threads)
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        specs = [MemberSpec(**m) for m in members]
-        self.cfg = SmoothGradConfig(**explainer)
-        self.models = [prepare_for_explanation(m, self.cfg)
-                       for m in load_members(specs, num_classes, allow_random_weights, device=self.device)]
+        self.cfg = explainer
+        self.models = [prepare_for_explanation(m, explainer) for m in load_members(members, num_classes, self.device)]
         self.seed = int(seed)
 
     def __call__(self, batch: dict) -> dict:
@@ -276,7 +282,7 @@ def _write_table(table: pa.Table, location: str) -> int:
     return storage.write_bytes(location, memoryview(buffer.getvalue()))
 
 
-def _commit_shard(version_dir: str, index: int, planned: list[str], rows: list[dict], version: str,
+def commit_shard(version_dir: str, index: int, planned: list[str], rows: list[dict], version: str,
                   names: list[str], score: bool) -> dict:
     """Write one shard's Parquet files, then its manifest (the commit) into ``version_dir`` (a location).
     Returns the manifest (plus ``bytes`` written)."""
@@ -323,62 +329,58 @@ def explainer_pool(num_actors: int):
     return ActorPoolStrategy(size=num_actors, max_concurrent_calls_per_actor=1, enable_true_multi_threading=True)
 
 
-def _run_pipeline(job: LabelingJob, version_dir: str, version: str, plan: list[list[str]], todo: list[int],
-                  class_of: dict[str, int]) -> tuple[list[dict], int]:
-    """Label the shards ``todo`` in one Ray Data pipeline; commit each shard as soon as all its rows are in.
+def _run_pipeline(label: LabelSection, plan: LabelingPlan, num_actors: int, seed: int) -> tuple[list[dict], int]:
+    """Label the shards ``plan.todo`` in one Ray Data pipeline; commit each shard as soon as all its rows are in.
     Returns (manifests of the newly committed shards, bytes written)."""
     import ray
-    from ray.data import DataContext, TaskPoolStrategy
-
-    job = sized_for_cluster(job, ray.cluster_resources())
-    print(f"[rayseg] {job.num_actors} explainer actor(s) x {job.num_cpus_per_actor:g} CPUs"
-          + (f", {job.num_gpus_per_actor:g} GPUs" if job.num_gpus_per_actor > 0 else ""), flush=True)
+    from ray.data import DataContext
 
     from rayseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
+    print(f"[rayseg] {num_actors} explainer actor(s) x {label.cpus_per_actor:g} CPUs"
+          + (f", {label.gpus_per_actor:g} GPUs" if label.gpus_per_actor > 0 else ""), flush=True)
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = sys.stdout.isatty()
-    names = member_names(job.members)
     explain_kwargs = {}
-    if job.num_gpus_per_actor > 0:
-        explain_kwargs["num_gpus"] = float(job.num_gpus_per_actor)
+    if label.gpus_per_actor > 0:
+        explain_kwargs["num_gpus"] = float(label.gpus_per_actor)
     # CPU task stages pass max_calls=0 (Ray's default for CPU tasks: unlimited, so no change in behaviour) so that
     # their remote args differ from the actor stage's: otherwise Ray Data fuses decoding into the explainer
     # actors, and on GPU actors the decoding would no longer overlap with the explanation.
-    cpu_args: dict = {"max_calls": 0, "num_cpus": float(job.num_cpus_per_task)}
-    if job.cpu_tasks > 0:
-        cpu_args["compute"] = TaskPoolStrategy(size=int(job.cpu_tasks))
-    norm = {"input_size": int(job.input_size), "mean": tuple(IMAGENET_MEAN), "std": tuple(IMAGENET_STD)}
-    if job.images_parquet:
-        ds = ray.data.read_parquet(str(job.images_parquet)).select_columns(list(PARQUET_COLUMNS))
-        ds = ds.map_batches(decode_parquet_rows, batch_size=job.batch_size, batch_format="numpy", **cpu_args,
-                            fn_kwargs={"shard_starts": [chunk[0] for chunk in plan], "todo": list(todo), **norm})
+    cpu_args: dict = {"max_calls": 0, "num_cpus": float(label.cpus_per_task)}
+    norm = {"input_size": int(label.input_size), "mean": tuple(IMAGENET_MEAN), "std": tuple(IMAGENET_STD)}
+    if label.images_parquet:
+        ds = ray.data.read_parquet(str(label.images_parquet)).select_columns(list(PARQUET_COLUMNS))
+        ds = ds.map_batches(decode_parquet_rows, batch_size=label.batch_size, batch_format="numpy", **cpu_args,
+                            fn_kwargs={"shard_starts": [chunk[0] for chunk in plan.shards], "todo": list(plan.todo),
+                                       **norm})
     else:
-        items = [{"id": rel, "shard": i, "class_index": class_of[rel]} for i in todo for rel in plan[i]]
-        ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // max(1, job.batch_size), 64)))
-        ds = ds.map_batches(decode_and_resize, batch_size=job.batch_size, batch_format="numpy", **cpu_args,
-                            fn_kwargs={"images_root": str(job.images), **norm})
+        items = [{"id": rel, "shard": i, "class_index": plan.class_of[rel]} for i in plan.todo
+                 for rel in plan.shards[i]]
+        ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // label.batch_size, 64)))
+        ds = ds.map_batches(decode_and_resize, batch_size=label.batch_size, batch_format="numpy", **cpu_args,
+                            fn_kwargs={"images_root": str(label.images), **norm})
     ds = ds.map_batches(
         ExplainActor,
-        batch_size=job.batch_size,
+        batch_size=label.batch_size,
         batch_format="numpy",
-        compute=explainer_pool(int(job.num_actors)),
-        num_cpus=float(job.num_cpus_per_actor),
+        compute=explainer_pool(num_actors),
+        num_cpus=float(label.cpus_per_actor),
         fn_constructor_kwargs={
-            "members": [dataclasses.asdict(m) for m in job.members],
-            "num_classes": int(job.num_classes),
-            "explainer": dataclasses.asdict(job.explainer),
-            "allow_random_weights": bool(job.allow_random_weights),
-            "use_gpu": job.num_gpus_per_actor > 0,
-            "seed": int(job.seed),
-            "num_threads": max(1, int(math.ceil(job.num_cpus_per_actor))),
-            "score_members": bool(job.true_masks),
+            "members": list(plan.members),
+            "num_classes": plan.num_classes,
+            "explainer": label.explainer,
+            "use_gpu": label.gpus_per_actor > 0,
+            "seed": int(seed),
+            "num_threads": max(1, int(math.ceil(label.cpus_per_actor))),
+            "score_members": bool(label.true_masks),
         },
         **explain_kwargs,
     )
-    ds = ds.map_batches(encode_and_score, batch_size=job.batch_size, batch_format="numpy", **cpu_args,
-                        fn_kwargs={"true_masks": str(job.true_masks or "")})
+    ds = ds.map_batches(encode_and_score, batch_size=label.batch_size, batch_format="numpy", **cpu_args,
+                        fn_kwargs={"true_masks": str(label.true_masks or "")})
 
+    names = member_names(plan.members)
     pending: dict[int, list[dict]] = defaultdict(list)
     committed, written = [], 0
     for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
@@ -387,9 +389,9 @@ def _run_pipeline(job: LabelingJob, version_dir: str, version: str, plan: list[l
             row = {c: batch[c][j] for c in columns}
             index = int(row["shard"])
             pending[index].append(row)
-            if len(pending[index]) == len(plan[index]):
-                manifest = _commit_shard(version_dir, index, plan[index], pending.pop(index), version, names,
-                                         bool(job.true_masks))
+            if len(pending[index]) == len(plan.shards[index]):
+                manifest = commit_shard(plan.version_dir, index, plan.shards[index], pending.pop(index),
+                                        plan.version, names, bool(label.true_masks))
                 written += manifest.pop("bytes")
                 committed.append(manifest)
     if pending:
@@ -398,119 +400,79 @@ def _run_pipeline(job: LabelingJob, version_dir: str, version: str, plan: list[l
     return committed, written
 
 
-def sized_for_cluster(job: LabelingJob, cluster: dict[str, float]) -> LabelingJob:
-    """``job`` with ``num_actors: 0`` resolved to as many actors as this cluster holds now: with GPUs per
-    actor, ``GPUs // gpus_per_actor`` (also bounded by the CPUs); on CPU, ``(CPUs − cpus_per_task) //
-    cpus_per_actor``. Other counts are kept, and checked by :func:`check_cpu_budget`. An autoscaling
-    cluster's future nodes are not counted: give the count there. One-line ``ValueError`` if nothing fits."""
+def actors_for_cluster(label: LabelSection, cluster: dict[str, float]) -> int:
+    """The explainer actor count for this cluster: ``label.num_actors``, or with ``label.num_actors: 0`` as many as
+    the cluster holds now: with GPUs per actor, ``GPUs // gpus_per_actor`` (also bounded by the CPUs); on CPU,
+    ``(CPUs − cpus_per_task) // cpus_per_actor``. A given count is checked by :func:`check_cpu_budget`. An
+    autoscaling cluster's future nodes are not counted: give the count there. One-line ``ConfigError`` if
+    nothing fits."""
     cpus, gpus = float(cluster.get("CPU", 0.0)), float(cluster.get("GPU", 0.0))
-    if job.num_actors > 0:
-        check_cpu_budget(job, cpus)
-        return job
-    fit = math.floor((cpus - job.num_cpus_per_task) / job.num_cpus_per_actor + 1e-9)
-    if job.num_gpus_per_actor > 0:
-        fit = min(fit, math.floor(gpus / job.num_gpus_per_actor + 1e-9))
+    if label.num_actors > 0:
+        check_cpu_budget(label, label.num_actors, cpus)
+        return label.num_actors
+    fit = math.floor((cpus - label.cpus_per_task) / label.cpus_per_actor + 1e-9)
+    if label.gpus_per_actor > 0:
+        fit = min(fit, math.floor(gpus / label.gpus_per_actor + 1e-9))
     if fit < 1:
-        raise ValueError(f"label.num_actors: 0 (as many as fit) but this cluster ({cpus:g} CPUs, {gpus:g} GPUs) "
-                         f"holds no explainer actor of {job.num_cpus_per_actor:g} CPUs and "
-                         f"{job.num_gpus_per_actor:g} GPUs next to a {job.num_cpus_per_task:g}-CPU task")
-    return dataclasses.replace(job, num_actors=fit)
+        raise ConfigError(f"0 (as many as fit) but this cluster ({cpus:g} CPUs, {gpus:g} GPUs) holds no explainer "
+                          f"actor of {label.cpus_per_actor:g} CPUs and {label.gpus_per_actor:g} GPUs next to a "
+                          f"{label.cpus_per_task:g}-CPU task", "label.num_actors")
+    return fit
 
 
-def check_cpu_budget(job: LabelingJob, cluster_cpus: float) -> None:
-    """The explainer actors reserve ``num_actors x num_cpus_per_actor`` CPUs and the decode/encode tasks need
-    ``num_cpus_per_task`` more; otherwise Ray Data waits forever for a CPU (no error, no progress). Fail with
+def check_cpu_budget(label: LabelSection, num_actors: int, cluster_cpus: float) -> None:
+    """The explainer actors reserve ``num_actors x cpus_per_actor`` CPUs and the decode/encode tasks need
+    ``cpus_per_task`` more; otherwise Ray Data waits forever for a CPU (no error, no progress). Fail with
     one line."""
-    reserved, task = job.num_actors * job.num_cpus_per_actor, job.num_cpus_per_task
+    reserved, task = num_actors * label.cpus_per_actor, label.cpus_per_task
     if reserved + task > cluster_cpus + 1e-9:
-        raise ValueError(f"label.cpus_per_actor x label.num_actors = {reserved:g} CPUs leaves none of this "
-                         f"cluster's {cluster_cpus:g} CPUs for decoding; use at most {max(cluster_cpus - task, 0):g} "
-                         f"CPUs for the explainer actors (or lower label.cpus_per_task, now {task:g})")
+        raise ConfigError(f"x label.num_actors = {reserved:g} CPUs leaves none of this cluster's {cluster_cpus:g} "
+                          f"CPUs for decoding; use at most {max(cluster_cpus - task, 0):g} CPUs for the explainer "
+                          f"actors (or lower label.cpus_per_task, now {task:g})", "label.cpus_per_actor")
 
 
-def _check_job(job: LabelingJob) -> None:
-    if not job.members:
-        raise ValueError("labeling job: members is empty (give at least one ensemble member)")
-    for name in ("input_size", "shard_size", "batch_size", "num_classes"):
-        if int(getattr(job, name)) < 1:
-            raise ValueError(f"labeling job: {name} must be >= 1, got {getattr(job, name)}")
-    if int(job.num_actors) < 0:
-        raise ValueError(f"labeling job: num_actors must be >= 0 (0: as many as fit), got {job.num_actors}")
-    if job.num_gpus_per_actor < 0:
-        raise ValueError(f"labeling job: num_gpus_per_actor must be >= 0, got {job.num_gpus_per_actor}")
-    for name in ("num_cpus_per_actor", "num_cpus_per_task"):
-        if not float(getattr(job, name)) > 0:
-            raise ValueError(f"labeling job: {name} must be > 0, got {getattr(job, name)}")
-    if bool(job.images) == bool(job.images_parquet):
-        raise ValueError("labeling job: give exactly one of images (ImageFolder root) and images_parquet "
-                         f"(Parquet table), got images={job.images!r}, images_parquet={job.images_parquet!r}")
-    if job.true_masks and not Path(job.true_masks).is_dir():
-        raise FileNotFoundError(f"{job.true_masks}: true mask folder not found")
-
-
-def run_labeling(job: LabelingJob) -> dict:
-    """Run (or resume) the labelling job; returns the summary (also written to ``<version_dir>/summary.json``).
-
-    Validation happens on the driver before any Ray work: job fields, the image folder, every member's weights
-    file (missing -> ``FileNotFoundError``) and that it loads into its architecture (``ValueError``)."""
+def run_labeling(label: LabelSection, plan: LabelingPlan, num_actors: int, seed: int) -> dict:
+    """Label the shards of ``plan`` not yet committed (no Ray work when there are none) with ``num_actors``
+    explainer actors on the Ray cluster this process is connected to; returns the summary (also written to
+    ``<version_dir>/summary.json``). Noise of SmoothGrad is seeded by ``seed`` (``run.seed``)."""
     start = time.perf_counter()
-    job.members = [m if isinstance(m, MemberSpec) else MemberSpec(**m) for m in job.members]
-    _check_job(job)
-    check_weights(job.members, job.allow_random_weights)
-    ids, class_of = _list_job_images(job)
-    if max(class_of.values()) >= int(job.num_classes):
-        raise ValueError(f"labeling job: class index {max(class_of.values())} >= num_classes {job.num_classes}")
-    plan = plan_shards(ids, job.shard_size)
-    version = _version(job)
-    version_dir = _version_dir(job.output, version)
-    _clean_tmp(version_dir)
-    done = {m["shard"] for m in shards.committed_shards(version_dir)}
-    todo = [i for i in range(len(plan)) if i not in done]
-
-    new, written = [], 0
-    if todo:
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the random-weights warning is shown once by the actors
-            load_members(job.members, job.num_classes, job.allow_random_weights)  # wrong keys: fail here
-        new, written = _run_pipeline(job, version_dir, version, plan, todo, class_of)
+    new, written = _run_pipeline(label, plan, num_actors, seed) if plan.todo else ([], 0)
     seconds = time.perf_counter() - start
 
-    manifests = shards.committed_shards(version_dir)
+    manifests = shards.committed_shards(plan.version_dir)
     new_images = sum(m["rows"] + m["errors"] for m in new)
     summary = {
-        "label_version": version,
-        "version_dir": version_dir,
-        "images": len(ids),
+        "label_version": plan.version,
+        "version_dir": plan.version_dir,
+        "images": len(plan.ids),
         "new_images": new_images,
         "labelled": sum(m["rows"] for m in new),
         "errors": sum(m["errors"] for m in new),
         "total_rows": sum(m["rows"] for m in manifests),
         "total_errors": sum(m["errors"] for m in manifests),
-        "shards": len(plan),
+        "shards": len(plan.shards),
         "shards_done": len(new),
-        "shards_skipped": len(plan) - len(todo),
+        "shards_skipped": len(plan.shards) - len(plan.todo),
         "seconds": round(seconds, 3),
         "images_per_s": round(new_images / seconds, 3) if new_images and seconds > 0 else 0.0,
         "output_bytes": written,
-        "total_bytes": _shard_bytes(version_dir),
-        "images_root": str(Path(job.images).resolve()) if job.images else "",
-        "images_parquet": str(Path(job.images_parquet).resolve()) if job.images_parquet else "",
+        "total_bytes": shard_bytes(plan.version_dir),
+        "images_root": str(Path(label.images).resolve()) if label.images else "",
+        "images_parquet": str(Path(label.images_parquet).resolve()) if label.images_parquet else "",
     }
-    if job.true_masks:
-        names = member_names(job.members)
+    if label.true_masks:
+        names = member_names(plan.members)
         scored = [m["iou"] for m in manifests if m.get("iou")]
         count = sum(s["count"] for s in scored)
         summary["iou_images"] = count
         summary["iou_ensemble"] = sum(s["ensemble_sum"] for s in scored) / count if count else float("nan")
         summary["iou_members"] = {n: (sum(s["members_sum"].get(n, 0.0) for s in scored) / count if count
                                       else float("nan")) for n in names}
-    storage.write_text(storage.join(version_dir, "summary.json"), json.dumps(summary, indent=1))
+    storage.write_text(storage.join(plan.version_dir, "summary.json"), json.dumps(summary, indent=1))
     line = (f"labelled {summary['labelled']} images, {summary['errors']} errors, {summary['images_per_s']:.1f} "
             f"images/s, {written} bytes written; shards {summary['shards_done']} done, "
-            f"{summary['shards_skipped']} skipped of {summary['shards']} -> {version_dir}")
-    if job.true_masks:
+            f"{summary['shards_skipped']} skipped of {summary['shards']} -> {plan.version_dir}")
+    if label.true_masks:
         members = ", ".join(f"{n} {v:.3f}" for n, v in summary["iou_members"].items())
         line += f"; top-decile IoU ensemble {summary['iou_ensemble']:.3f} ({members})"
     print(line, flush=True)

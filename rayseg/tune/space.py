@@ -109,12 +109,12 @@ def _check_values(where: str, base: dict[str, Any], param: Param) -> None:
     """Apply each candidate value to the base config: the config's own validation speaks for the key."""
     import copy
 
-    from rayseg.config import _set_dotted
+    from rayseg.config import set_dotted
 
     for value in param.candidates():
         tree = copy.deepcopy(base)
         try:
-            _set_dotted(tree, param.key, value)
+            set_dotted(tree, param.key, value)
             cfg = config_from_dict(tree)
         except ConfigError as exc:
             raise ConfigError(f"{where}: params.{param.key} = {value!r}: {exc}") from None

@@ -1,0 +1,96 @@
+"""The building blocks of the config schema: :class:`ConfigError`, :func:`setting` and :class:`Section`.
+
+A section is a dataclass deriving from :class:`Section`. Each field is declared with :func:`setting`, whose
+metadata carries the key's one-line ``doc`` (``rayseg config --explain``), its allowed ``choices`` and its
+bounds (``ge``, ``gt``, ``le``, ``lt``). Constructing a section checks every declared rule and then the
+section's own :meth:`Section.check` (rules that span fields), so a section cannot exist with a bad value,
+whether it comes from YAML or from library code. Errors name the field; the loader prefixes the dotted
+path of the section (``label.explainer.samples: must be >= 1, got 0``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported to the user as one line ``<key>: <detail>`` (or just the detail)."""
+
+    def __init__(self, detail: str, key: str = ""):
+        super().__init__(f"{key}: {detail}" if key else detail)
+        self.key, self.detail = key, detail
+
+    def under(self, prefix: str) -> "ConfigError":
+        """The same error with its key inside the section ``prefix`` (``"label."``)."""
+        return ConfigError(self.detail, prefix + self.key) if self.key else self
+
+
+Choices = tuple | Callable[[], tuple]
+_BOUNDS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
+           "le": ("<=", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}
+
+
+def setting(default: Any, doc: str = "", choices: Choices | None = None, *, ge: float | None = None,
+            gt: float | None = None, le: float | None = None, lt: float | None = None) -> Any:
+    """A config field: its default, one line of doc, and the rules its value must follow. ``choices`` may be a
+    function returning them (read when checked, e.g. the method registry)."""
+    meta: dict[str, Any] = {"doc": doc}
+    if choices is not None:
+        meta["choices"] = choices
+    meta.update({name: bound for name, bound in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt))
+                 if bound is not None})
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def choices_of(f: dataclasses.Field) -> tuple | None:
+    choices = f.metadata.get("choices")
+    return choices() if callable(choices) else choices
+
+
+def rules_of(f: dataclasses.Field) -> str:
+    """The declared rules of a field as text (``one of a, b``, ``>= 1``) for ``--explain``."""
+    parts = [f"{_BOUNDS[name][0]} {f.metadata[name]}" for name in _BOUNDS if name in f.metadata]
+    choices = choices_of(f)
+    if choices:
+        parts.insert(0, f"one of {', '.join(map(str, choices))}")
+    return ", ".join(parts)
+
+
+def check_field(f: dataclasses.Field, value: Any) -> None:
+    """Raise ``ConfigError(key=f.name)`` when ``value`` breaks the field's declared choices or bounds."""
+    choices = choices_of(f)
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{value!r} is not one of {', '.join(map(str, choices))}", f.name)
+    for name, (symbol, holds) in _BOUNDS.items():
+        bound = f.metadata.get(name)
+        if bound is None or isinstance(value, (list, dict, str)):
+            continue
+        if isinstance(value, float) and math.isnan(value) or not holds(value, bound):
+            raise ConfigError(f"must be {symbol} {bound}, got {value}", f.name)
+
+
+class Section:
+    """Base of every config section (a dataclass): checks declared rules, then :meth:`check`, on creation."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Section):
+                continue  # checked when it was created
+            check_field(f, value)
+        self.check()
+
+    def check(self) -> None:
+        """Rules that span several fields of this section; raise ``ConfigError(detail, key)``."""
+
+
+def require(ok: bool, key: str, detail: str) -> None:
+    """Raise ``ConfigError(detail, key)`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(detail, key)
