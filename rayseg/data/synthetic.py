@@ -29,6 +29,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from rayseg import storage
 from rayseg.data.folders import voc_palette
 from rayseg.data.transforms import to_float_image, to_float_pair
 
@@ -517,10 +518,7 @@ def _write_if_changed(path: Path, data: bytes) -> bool:
     """Write ``data`` to ``path`` unless an identical file is already there; return whether it wrote."""
     if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)  # atomic: a reader never sees half a file
+    storage.write_bytes(path, data)  # atomic, parent folders created
     return True
 
 

@@ -15,6 +15,7 @@ normalised with the ImageNet mean/std. Training adds RandomResizedCrop(scale 0.5
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from rayseg import storage
 from rayseg.config import Config, ConfigError
 from rayseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from rayseg.methods.base import Method
@@ -170,12 +172,11 @@ class ImageClassifier(Method):
 
     def export(self, directory: str | os.PathLike, meta: dict[str, Any]) -> dict[str, str]:
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
         payload = {"state_dict": state, "arch": self.arch, "num_classes": self.num_classes,
                    "class_names": list(self.class_names), "image_size": self.image_size, "meta": dict(meta)}
         path = directory / "classifier.pt"
-        tmp = directory / "classifier.pt.tmp"
-        torch.save(payload, tmp)
-        os.replace(tmp, path)  # a reader never sees a half-written file
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        storage.write_bytes(path, buf.getbuffer())  # atomic: a reader never sees a half-written file
         return {"classifier": str(path)}

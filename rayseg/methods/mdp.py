@@ -21,6 +21,7 @@ every denominator, and pixels of such a class are not counted (the very first st
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from rayseg import storage
 from rayseg.config import Config, ConfigError
 from rayseg.data import IGNORE_INDEX
 from rayseg.data.mixing import CrossDatasetMix
@@ -363,9 +365,10 @@ class MDP(Method):
                        "prototypes": self.memory.prototypes.detach().cpu().clone(),
                        "seen": self.memory.seen.detach().cpu().clone(),
                        "label_space": self.label_space.to_dict(), "meta": dict(meta)}
-            path, tmp = directory / "projection_head.pt", directory / "projection_head.pt.tmp"
-            torch.save(payload, tmp)
-            os.replace(tmp, path)
+            path = directory / "projection_head.pt"
+            buf = io.BytesIO()
+            torch.save(payload, buf)
+            storage.write_bytes(path, buf.getbuffer())
             out["projection_head"] = str(path)
         return out
 

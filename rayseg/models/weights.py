@@ -12,6 +12,7 @@ into the backbone, its classification head dropped) and a dict wrapping one of t
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from dataclasses import dataclass, field
@@ -74,13 +75,9 @@ def export_weights(
     }
     payload = {"format": FORMAT, "part": part, "arch": dict(model.arch), "state_dict": state, "meta": meta}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    storage.write_bytes(path, buf.getbuffer())  # creates the parent folders
     return path
 
 
@@ -92,13 +89,21 @@ def read_weights(path: str | os.PathLike) -> dict[str, Any]:
     classification head is listed in ``dropped``.
     """
     path = str(path)  # a path or an object-store URI (rayseg.storage)
-    if not storage.is_file(path):
+    return _normalise(read_weight_file(path), path)
+
+
+def read_weight_file(path: str | os.PathLike, data: bytes | None = None) -> Any:
+    """What a weights file holds, read safely (``torch.load(weights_only=True)``, tensors and plain values only):
+    the one reader of every weight file rayseg opens. ``path`` is a path or an object-store URI; ``data``, when
+    given, is its bytes already read. Missing, unreadable or unsafe files raise one-line ``WeightsError``."""
+    path = str(path)
+    if data is None and not storage.is_file(path):
         raise WeightsError(f"weights file not found: {path}")
     try:
-        obj = torch.load(storage.readable(path), map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(data) if data is not None else storage.readable(path), map_location="cpu",
+                          weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure to read is one line for the user
         raise WeightsError(f"cannot read weights file {path}: {_why_unreadable(err)}") from None
-    return _normalise(obj, path)
 
 
 def load_weights(model: SegmentationModel, path: str | os.PathLike, strict_backbone: bool = True) -> LoadReport:
