@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass
 
 from rayseg import storage
+from rayseg.tables import format_table
 
 __all__ = ["ReportRow", "collect_runs", "render_chart", "summarise", "format_report", "write_report"]
 
@@ -85,22 +86,20 @@ def summarise(rows: list[ReportRow], start_order: tuple[str, ...] = ()) -> list[
 def format_report(summary: list[dict]) -> str:
     heads = _ordered([s["head"] for s in summary], HEAD_ORDER)
     starts = _ordered([s["start"] for s in summary])
-    width = max([len("pre-training")] + [len(s) for s in starts])
-    header = f"{'pre-training':<{width}}" + "".join(f"  {h + ' head (mIoU %)':>22}" for h in heads)
-    lines = [header, "-" * len(header)]
+    rows = []
     for start in starts:
-        cells = []
+        cells = [start]
         for head in heads:
             s = next((s for s in summary if s["start"] == start and s["head"] == head), None)
             if s is None or not s["seeds"]:
-                cells.append(f"  {'-':>22}")
+                cells.append("-")
                 continue
             text = f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f} (n={s['seeds']})"
             if s["missing"]:
                 text += f" +{s['missing']} missing"
-            cells.append(f"  {text:>22}")
-        lines.append(f"{start:<{width}}" + "".join(cells))
-    return "\n".join(lines)
+            cells.append(text)
+        rows.append(cells)
+    return format_table(["pre-training", *(f"{h} head (mIoU %)" for h in heads)], rows, "<" + ">" * len(heads))
 
 
 def render_chart(summary: list[dict], path: str | os.PathLike, title: str = "") -> str:

@@ -48,8 +48,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rayseg import storage
-from rayseg.config import Config, ConfigError, _set_dotted, config_from_dict, load_config, save_config
+from rayseg import storage, tables
+from rayseg.config import Config, ConfigError, config_from_dict, set_dotted, load_config, save_config
 from rayseg.tune.space import SearchSpace
 
 __all__ = ["EPOCHS", "driver_resources", "largest_trial", "max_concurrent_trials", "run_sweep", "run_trial",
@@ -68,7 +68,7 @@ def trial_config(base: dict[str, Any], params: dict[str, Any]) -> Config:
     """The base config (plain dict) with the trial's sampled ``{dotted key: value}`` applied, validated."""
     tree = copy.deepcopy(base)
     for key, value in params.items():
-        _set_dotted(tree, key, value)
+        set_dotted(tree, key, value)
     return config_from_dict(tree)
 
 
@@ -188,11 +188,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "(no trials)"
     columns = list(rows[0])
-    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
+    return tables.format_table(columns, [[_fmt(r.get(c)) for c in columns] for r in rows])
 
 
 def _fmt(value: Any) -> str:
