@@ -82,13 +82,57 @@ def test_saved_config_round_trips(tmp_path):
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["train"]["epochs"] == 7
 
 
+def _leaf_keys(section) -> int:
+    return sum(_leaf_keys(getattr(section, f.name)) if dataclasses.is_dataclass(getattr(section, f.name)) else 1
+               for f in dataclasses.fields(section))
+
+
 def test_explain_lists_every_key():
     lines = explain()
-    assert any(line.startswith("train.epochs (int, default 10)") for line in lines)
-    assert any(line.startswith("optim.name (str, default 'sgd' one of sgd, adamw)") for line in lines)
+    assert "train.epochs (int, default 10; >= 1): training epochs" in lines
+    assert any(line.startswith("optim.name (str, default 'sgd'; one of sgd, adamw)") for line in lines)
+    assert any(line.startswith("label.explainer.samples (int, default 50; >= 1)") for line in lines)
     sections = [f.name for f in dataclasses.fields(Config) if dataclasses.is_dataclass(getattr(Config(), f.name))]
     assert {"run", "data", "model", "optim", "train", "pssl", "label", "mdp", "pixcon", "densecl", "ssa"} <= set(sections)
-    assert len(lines) == sum(len(dataclasses.fields(getattr(Config(), s))) for s in sections) + 1  # + method
+    assert len(lines) == _leaf_keys(Config())
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["label.explainer.samples=0"], "label.explainer.samples: must be >= 1, got 0"),
+    (["label.batch_size=0"], "label.batch_size: must be >= 1, got 0"),
+    (["label.input_size=0"], "label.input_size: must be >= 1, got 0"),
+    (["label.explainer.noise_level=-1"], "label.explainer.noise_level: must be >= 0, got -1.0"),
+    (["optim.lr=.nan"], "optim.lr: must be > 0, got nan"),
+    (["train.cpus_per_worker=0"], "train.cpus_per_worker: must be > 0, got 0.0"),
+    (["mdp.lambda_min=0.8", "mdp.lambda_max=0.5"], "mdp.lambda_min/lambda_max: need lambda_min <= lambda_max"),
+    (["views.blur_kernel=4"], "views.blur_kernel: must be odd, got 4"),
+    (["label.samples=5"], "unknown key 'label.samples': it moved to 'label.explainer.samples'"),
+    (["label.members=[resnet18]"], "label.members[0]: 'resnet18' has no weights file"),
+    (["classifier.archs=[resnet18, resnet18]"], "classifier.archs: 'resnet18' listed twice"),
+])
+def test_section_rules_name_the_dotted_key(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    assert message in str(e.value)
+
+
+def test_library_construction_checks_the_same_rules():
+    """A section built in code (not from YAML) cannot hold a bad value either; the key is the field's name."""
+    from rayseg.config import ExplainerSection
+
+    with pytest.raises(ConfigError, match=r"^samples: must be >= 1, got 0$"):
+        ExplainerSection(samples=0)
+    with pytest.raises(ConfigError, match=r"^method: 'occlusion' is not one of smoothgrad"):
+        ExplainerSection(method="occlusion")
+
+
+def test_method_choices_are_the_registry(monkeypatch):
+    from rayseg.methods import METHODS
+
+    with pytest.raises(ConfigError, match="method: 'mine' is not one of supervised"):
+        load_config(None, ["method=mine"])
+    monkeypatch.setitem(METHODS, "mine", METHODS["supervised"])
+    assert load_config(None, ["method=mine"]).method == "mine"
 
 
 @pytest.mark.parametrize("args, message", [

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
+from rayseg.commands.label import label_images
+from rayseg.config import ConfigError, ExplainerSection, LabelSection, load_config
 from rayseg.data.synthetic import SyntheticClassification, write_image_folder
 from rayseg.labeling import pipeline as pipeline_mod
 from rayseg.labeling import shards
-from rayseg.labeling.explainers import SmoothGradConfig
-from rayseg.labeling.members import MemberSpec, label_version, load_members
-from rayseg.labeling.pipeline import LabelingJob, run_labeling
+from rayseg.labeling.members import Member, check_members, label_version, load_members
 from rayseg.models import build_classifier
+from rayseg.models.weights import WeightsError
 
 ARCHS = ("resnet18", "mobilenet_v3_small")
 NUM_CLASSES = 3
@@ -42,10 +42,11 @@ def tiny(tmp_path_factory):
     return root, weights
 
 
-def make_job(root: Path, weights: list[str], output: Path, images: Path | None = None, **kw) -> LabelingJob:
-    return LabelingJob(images=str(images or root / "images"), output=str(output),
-                       members=[MemberSpec(a, w) for a, w in zip(ARCHS, weights)], num_classes=NUM_CLASSES,
-                       explainer=SmoothGradConfig(samples=4), input_size=32, shard_size=8, batch_size=8, **kw)
+def make_job(root: Path, weights: list[str], output: Path, images: Path | None = None, **kw) -> LabelSection:
+    """The label section of a tiny job: both members, 4 SmoothGrad samples, 32 px, shards of 8."""
+    return LabelSection(images=str(images or root / "images"), output=str(output),
+                        members=[f"{a}:{w}" for a, w in zip(ARCHS, weights)], num_classes=NUM_CLASSES,
+                        explainer=ExplainerSection(samples=4), input_size=32, shard_size=8, batch_size=8, **kw)
 
 
 def all_ids(images: Path) -> set[str]:
@@ -56,7 +57,7 @@ def all_ids(images: Path) -> set[str]:
 def labelled(ray_cluster, tiny):
     root, weights = tiny
     job = make_job(root, weights, root / "labels", true_masks=str(root / "images_masks"))
-    summary = run_labeling(job)
+    summary = label_images(job)
     return job, summary
 
 
@@ -103,10 +104,11 @@ def test_rerun_of_finished_job_does_no_ray_work(labelled, tiny, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("the pipeline must not run for a finished job")
 
+    import rayseg.engine.runner
+
     monkeypatch.setattr(pipeline_mod, "_run_pipeline", boom)
-    t0 = time.perf_counter()
-    summary = run_labeling(job)
-    assert time.perf_counter() - t0 < 5
+    monkeypatch.setattr(rayseg.engine.runner, "ensure_ray", boom)  # not even a cluster is joined
+    summary = label_images(job)
     assert summary["new_images"] == 0 and summary["shards_skipped"] == 3 and summary["shards_done"] == 0
     assert summary["total_rows"] == 24 and summary["label_version"] == first["label_version"]
     assert summary["iou_ensemble"] == pytest.approx(first["iou_ensemble"])
@@ -125,7 +127,7 @@ def test_resume_redoes_only_the_uncommitted_shard(labelled, tiny, tmp_path):
     (version_dir / "shard-00001.parquet.tmp").write_bytes(b"half written")
     before = pq.read_table(version_dir / "shard-00000.parquet")
 
-    summary = run_labeling(make_job(root, weights, out))
+    summary = label_images(make_job(root, weights, out))
     assert summary["new_images"] == 8 and summary["shards_done"] == 1 and summary["shards_skipped"] == 2
     assert not list(version_dir.glob("*.tmp"))
     ids = shards.read_labels(version_dir).column("id").to_pylist()
@@ -143,7 +145,7 @@ def test_corrupt_files_become_error_rows(ray_cluster, tiny, tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:60])
     not_image.write_text("this is not a PNG\n")
 
-    summary = run_labeling(make_job(root, weights, tmp_path / "labels", images=images))
+    summary = label_images(make_job(root, weights, tmp_path / "labels", images=images))
     version_dir = Path(summary["version_dir"])
     assert summary["labelled"] == 22 and summary["errors"] == 2 and summary["new_images"] == 24
     assert summary["total_errors"] == 2
@@ -167,42 +169,72 @@ def test_missing_weights_fail_on_the_driver_before_ray_work(tiny, tmp_path, monk
     missing = str(tmp_path / "nope.pt")
     job = make_job(root, [weights[0], missing], tmp_path / "labels")
     monkeypatch.setattr(pipeline_mod, "_run_pipeline", lambda *a, **k: pytest.fail("Ray work started"))
-    with pytest.raises(FileNotFoundError, match=r"ensemble member mobilenet_v3_small: weights file not found: .*nope\.pt"):
-        run_labeling(job)
+    with pytest.raises(ConfigError, match=r"^label.members: ensemble member mobilenet_v3_small: weights file not "
+                                          r"found: .*nope\.pt$"):
+        label_images(job)
     assert not (tmp_path / "labels").exists()
 
 
-def test_load_members_weights_random_and_wrong_keys(tiny, tmp_path):
+def test_unfit_or_unsafe_member_files_fail_on_the_driver_with_one_line(tiny, tmp_path):
+    """Wrong architecture, wrong class count, a pickle with code, a non-tensor file, an unknown architecture:
+    each is one ConfigError line naming the file before any Ray work."""
+    root, weights = tiny
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "hook": Path("/etc/passwd")}, evil)
+    notes = tmp_path / "notes.pt"
+    torch.save({"lr": 0.1}, notes)
+    for members, message in [
+        ([f"resnet18:{weights[1]}"], r"mobilenet_v3_small\.pt: weights do not fit resnet18 with 3 classes"),
+        ([f"resnet18:{weights[0]}"], r"resnet18\.pt: weights do not fit resnet18 with 5 classes.*fc\.weight"),
+        ([f"resnet18:{evil}"], r"evil\.pt: it holds a python object .* that a safe load"),
+        ([f"resnet18:{notes}"], r"notes\.pt: not a state dict"),
+        ([f"resnet_9000:{weights[0]}"], r"ensemble member resnet_9000: unknown classifier"),
+    ]:
+        job = make_job(root, weights, tmp_path / "labels")
+        job.members, job.num_classes = members, 5 if "5 classes" in message else NUM_CLASSES
+        with pytest.raises(ConfigError, match=message) as info:
+            pipeline_mod.plan_labeling(job)
+        assert str(info.value).startswith("label.members: ") and "\n" not in str(info.value)
+
+
+def test_check_then_load_members_weights_random_and_wrong_keys(tiny, tmp_path):
     _, weights = tiny
-    a, b = load_members([MemberSpec(ARCHS[0], weights[0]), MemberSpec(ARCHS[1], weights[1])], NUM_CLASSES)
+    members = check_members(list(zip(ARCHS, weights)), NUM_CLASSES)
+    assert [m.sha256 for m in members] == [hashlib.sha256(Path(w).read_bytes()).hexdigest() for w in weights]
+    a, b = load_members(members, NUM_CLASSES)
     assert not a.training and not b.training
     torch.testing.assert_close(a.state_dict()["fc.weight"], torch.load(weights[0], weights_only=True)["fc.weight"])
+    (random_member,) = check_members([("resnet18", "")], NUM_CLASSES)
+    assert random_member == Member("resnet18", "", "random")
     with pytest.warns(UserWarning, match="random weights"):
-        r1 = load_members([MemberSpec("resnet18", "")], NUM_CLASSES, allow_random_weights=True)[0]
+        r1 = load_members([random_member], NUM_CLASSES)[0]
     with pytest.warns(UserWarning):
-        r2 = load_members([MemberSpec("resnet18", "")], NUM_CLASSES, allow_random_weights=True)[0]
+        r2 = load_members([random_member], NUM_CLASSES)[0]
     torch.testing.assert_close(r1.state_dict()["fc.weight"], r2.state_dict()["fc.weight"])  # seeded by index
-    with pytest.raises(ValueError, match=r"mobilenet_v3_small\.pt.*do not fit resnet18"):
-        load_members([MemberSpec("resnet18", weights[1])], NUM_CLASSES)
-    with pytest.raises(ValueError, match=r"resnet18\.pt.*do not fit resnet18 with 5 classes"):
-        load_members([MemberSpec("resnet18", weights[0])], 5)
+    with pytest.raises(WeightsError, match=r"mobilenet_v3_small\.pt.*do not fit resnet18"):
+        check_members([("resnet18", weights[1])], NUM_CLASSES)
+    with pytest.raises(WeightsError, match=r"resnet18\.pt.*do not fit resnet18 with 5 classes"):
+        check_members([("resnet18", weights[0])], 5)
 
 
 def test_label_version_changes_with_samples_and_weights(tiny, tmp_path):
     _, weights = tiny
-    specs = [MemberSpec(a, w) for a, w in zip(ARCHS, weights)]
-    cfg = SmoothGradConfig(samples=4)
-    v = label_version(specs, cfg, 32, {})
-    assert len(v) == 12 and int(v, 16) >= 0
-    assert label_version(specs, SmoothGradConfig(samples=4), 32, {}) == v
-    assert label_version(specs, cfg.replace(samples=5), 32, {}) != v
-    assert label_version(specs, cfg, 64, {}) != v
+    members = check_members(list(zip(ARCHS, weights)), NUM_CLASSES)
+    cfg = ExplainerSection(samples=4)
+    v = label_version(members, cfg, 32, NUM_CLASSES)
+    assert len(v) == 12 and set(v) <= set("0123456789abcdef")
+    assert label_version(check_members(list(zip(ARCHS, weights)), NUM_CLASSES), ExplainerSection(samples=4), 32,
+                         NUM_CLASSES) == v  # the same bytes and settings: the same version
+    assert label_version(members, dataclasses.replace(cfg, samples=5), 32, NUM_CLASSES) != v
+    assert label_version(members, cfg, 64, NUM_CLASSES) != v
+    assert label_version(members, cfg, 32, NUM_CLASSES + 1) != v
     changed = tmp_path / "changed.pt"
     state = torch.load(weights[1], weights_only=True)
     state["state_dict"]["classifier.3.bias"] += 1
     torch.save(state, changed)
-    assert label_version([specs[0], MemberSpec(ARCHS[1], str(changed))], cfg, 32, {}) != v
-    assert label_version([specs[0], MemberSpec(ARCHS[1], "")], cfg, 32, {}) != v  # "random"
+    (other,) = check_members([(ARCHS[1], str(changed))], NUM_CLASSES)
+    assert label_version([members[0], other], cfg, 32, NUM_CLASSES) != v
+    assert label_version([members[0], Member(ARCHS[1])], cfg, 32, NUM_CLASSES) != v  # "random"
 
 
 def test_stages_without_ray_decode_errors_and_iou_numbers(tiny, tmp_path):
@@ -269,7 +301,7 @@ def test_parquet_input_labels_rows_errors_and_resumes(ray_cluster, tiny, tmp_pat
     ids = write_image_table(root / "images", table_path)
     job = make_job(root, weights, tmp_path / "labels", images_parquet=str(table_path))
     job.images = ""
-    summary = run_labeling(job)
+    summary = label_images(job)
     version_dir = Path(summary["version_dir"])
     assert summary["images"] == 17 and summary["labelled"] == 16 and summary["errors"] == 1
     assert summary["shards"] == 3 and "iou_ensemble" not in summary  # no true masks: no IoU
@@ -291,7 +323,7 @@ def test_parquet_input_labels_rows_errors_and_resumes(ray_cluster, tiny, tmp_pat
     # resume: shard 1 lost before its commit -> only its 8 rows are decoded and labelled again
     shards.manifest_path(version_dir, 1).unlink()
     (version_dir / "shard-00001.parquet").unlink()
-    again = run_labeling(job)
+    again = label_images(job)
     assert again["new_images"] == 8 and again["shards_done"] == 1 and again["shards_skipped"] == 2
     ids_after = shards.read_labels(version_dir).column("id").to_pylist()
     assert len(ids_after) == len(set(ids_after)) == 16
@@ -315,9 +347,6 @@ def test_decode_parquet_rows_shard_lookup_drops_committed_and_reports_bad_bytes(
 
 
 def test_list_parquet_images_and_config_checks(tiny, tmp_path):
-    from rayseg.config import ConfigError, load_config
-    from rayseg.labeling.job import labeling_job
-
     root, weights = tiny
     path = tmp_path / "t.parquet"
     ids = write_image_table(root / "images", path, count=4, corrupt=False)
@@ -333,54 +362,53 @@ def test_list_parquet_images_and_config_checks(tiny, tmp_path):
     with pytest.raises(ValueError, match="lacks column.*image, label"):
         pipeline_mod.list_parquet_images(tmp_path / "cols.parquet")
 
-    members = f"label.members=[resnet18:{weights[0]}]"
-    cfg = load_config(None, [f"label.images_parquet={path}", members])
-    job = labeling_job(cfg)
-    assert job.images_parquet == str(path) and job.images == "" and job.num_classes == max(class_of.values()) + 1
+    members = "label.members=[resnet18]"  # random weights: any class count fits
+    random = "label.allow_random_weights=true"
+    cfg = load_config(None, [f"label.images_parquet={path}", members, random,
+                             f"label.output={tmp_path / 'labels'}"])
+    plan = pipeline_mod.plan_labeling(cfg.label)
+    assert plan.ids == ids and plan.num_classes == max(class_of.values()) + 1 and plan.todo == [0]
     for overrides, message in [
-        ([members], "label.images, label.images_parquet: give exactly one"),
-        ([f"label.images={root / 'images'}", f"label.images_parquet={path}", members], "give exactly one"),
-        ([f"label.images_parquet={tmp_path / 'nope.parquet'}", members], "label.images_parquet: not found"),
-        ([f"label.images_parquet={tmp_path / 'dup.parquet'}", members], "label.images_parquet: .*unique"),
+        ([members, random], "label.images, label.images_parquet: give exactly one"),
+        ([f"label.images={root / 'images'}", f"label.images_parquet={path}", members, random], "give exactly one"),
+        ([f"label.images_parquet={tmp_path / 'nope.parquet'}", members, random], "label.images_parquet: not found"),
+        ([f"label.images_parquet={tmp_path / 'dup.parquet'}", members, random], "label.images_parquet: .*unique"),
+        ([f"label.images_parquet={path}", "label.members=[]"], "label.members: at least one ensemble member"),
     ]:
         with pytest.raises(ConfigError, match=message) as info:
-            labeling_job(load_config(None, overrides))
+            pipeline_mod.plan_labeling(load_config(None, overrides).label)
         assert "\n" not in str(info.value)
-    with pytest.raises(ValueError, match="exactly one of images"):
-        run_labeling(make_job(root, weights, tmp_path / "labels", images_parquet=str(path)))
 
 
 def test_actors_that_leave_no_cpu_for_decoding_are_refused():
-    from rayseg.labeling.pipeline import LabelingJob, check_cpu_budget
-    from rayseg.labeling.members import MemberSpec
+    from rayseg.labeling.pipeline import check_cpu_budget
 
-    job = LabelingJob(images="x", output="y", members=[MemberSpec("resnet18")], num_classes=2,
-                      num_actors=1, num_cpus_per_actor=2.0)
-    with pytest.raises(ValueError, match="leaves none of this cluster's 2 CPUs for decoding; use at most 1"):
-        check_cpu_budget(job, 2.0)
-    check_cpu_budget(job, 3.0)  # one CPU left for the CPU stages: fine
-    light = dataclasses.replace(job, num_cpus_per_actor=1.5, num_cpus_per_task=0.5)
-    check_cpu_budget(light, 2.0)  # half a CPU for the light stages, the rest (2 threads) for the explainer
-    with pytest.raises(ValueError, match=r"use at most 1.5 CPUs .*label.cpus_per_task, now 0.5"):
-        check_cpu_budget(dataclasses.replace(light, num_cpus_per_actor=2.0), 2.0)
+    label = LabelSection(num_actors=1, cpus_per_actor=2.0)
+    with pytest.raises(ConfigError, match="leaves none of this cluster's 2 CPUs for decoding; use at most 1"):
+        check_cpu_budget(label, 1, 2.0)
+    check_cpu_budget(label, 1, 3.0)  # one CPU left for the CPU stages: fine
+    light = LabelSection(cpus_per_actor=1.5, cpus_per_task=0.5)
+    check_cpu_budget(light, 1, 2.0)  # half a CPU for the light stages, the rest (2 threads) for the explainer
+    with pytest.raises(ConfigError, match=r"^label.cpus_per_actor: .*use at most 1.5 CPUs .*label.cpus_per_task, "
+                                          r"now 0.5"):
+        check_cpu_budget(LabelSection(cpus_per_actor=2.0, cpus_per_task=0.5), 1, 2.0)
 
 
 def test_num_actors_zero_fills_the_cluster():
-    from rayseg.labeling.members import MemberSpec
-    from rayseg.labeling.pipeline import LabelingJob, sized_for_cluster
+    from rayseg.labeling.pipeline import actors_for_cluster
 
-    job = LabelingJob(images="x", output="y", members=[MemberSpec("resnet18")], num_classes=2, num_actors=0,
-                      num_cpus_per_actor=1.0, num_cpus_per_task=0.5)
-    assert sized_for_cluster(job, {"CPU": 16.0}).num_actors == 15       # one core per actor, half a core left
-    assert sized_for_cluster(job, {"CPU": 2.0}).num_actors == 1
-    gpu = dataclasses.replace(job, num_gpus_per_actor=0.5, num_cpus_per_actor=2.0)
-    assert sized_for_cluster(gpu, {"CPU": 64.0, "GPU": 4.0}).num_actors == 8   # two actors per GPU
-    assert sized_for_cluster(gpu, {"CPU": 9.0, "GPU": 4.0}).num_actors == 4    # CPUs bind first
-    assert sized_for_cluster(dataclasses.replace(job, num_actors=3), {"CPU": 4.0}).num_actors == 3  # kept
-    with pytest.raises(ValueError, match="leaves none of this cluster's 2 CPUs for decoding"):  # and checked
-        sized_for_cluster(dataclasses.replace(job, num_actors=3), {"CPU": 2.0})
-    with pytest.raises(ValueError, match=r"label.num_actors: 0 .* holds no explainer actor"):
-        sized_for_cluster(gpu, {"CPU": 64.0})
+    label = LabelSection(num_actors=0, cpus_per_actor=1.0, cpus_per_task=0.5)
+    assert actors_for_cluster(label, {"CPU": 16.0}) == 15       # one core per actor, half a core left
+    assert actors_for_cluster(label, {"CPU": 2.0}) == 1
+    gpu = LabelSection(num_actors=0, gpus_per_actor=0.5, cpus_per_actor=2.0, cpus_per_task=0.5)
+    assert actors_for_cluster(gpu, {"CPU": 64.0, "GPU": 4.0}) == 8   # two actors per GPU
+    assert actors_for_cluster(gpu, {"CPU": 9.0, "GPU": 4.0}) == 4    # CPUs bind first
+    three = dataclasses.replace(label, num_actors=3)
+    assert actors_for_cluster(three, {"CPU": 4.0}) == 3  # kept
+    with pytest.raises(ConfigError, match="leaves none of this cluster's 2 CPUs for decoding"):  # and checked
+        actors_for_cluster(three, {"CPU": 2.0})
+    with pytest.raises(ConfigError, match=r"label.num_actors: 0 .* holds no explainer actor"):
+        actors_for_cluster(gpu, {"CPU": 64.0})
 
 
 class _WhichThread:

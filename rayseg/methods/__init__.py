@@ -18,11 +18,4 @@ METHODS: dict[str, type[Method]] = {
 }
 
 
-def get_method(name: str) -> type[Method]:
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise ValueError(f"method: unknown method {name!r} (known: {', '.join(METHODS)})") from None
-
-
-__all__ = ["MDP", "METHODS", "PSSL", "DenseCL", "PixCon", "ImageClassifier", "Method", "Supervised", "get_method"]
+__all__ = ["MDP", "METHODS", "PSSL", "DenseCL", "PixCon", "ImageClassifier", "Method", "Supervised"]

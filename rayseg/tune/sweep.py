@@ -137,9 +137,11 @@ def run_trial(config: dict[str, Any], reaper=None) -> None:
     import ray.tune
 
     from rayseg.engine.runner import train
+    from rayseg.methods import METHODS
     from rayseg.tune.reaper import train_callback
 
     cfg = trial_config(config["base"], config["params"])
+    method = METHODS[cfg.method]
     trial_id = ray.tune.get_context().get_trial_id()
     cfg.run.name = f"{config['sweep']}-{trial_id}"  # deterministic: a restored trial resumes its Train run
     cleanup = []  # the Train controller registers its placement group with the reaper
@@ -147,20 +149,18 @@ def run_trial(config: dict[str, Any], reaper=None) -> None:
         cleanup.append(callback)
     report = [_epoch_report_callback(), *cleanup]
     if config["objective"] == "loss":
-        train(cfg, "pretrain", callbacks=report)
+        train(cfg, "pretrain", method, callbacks=report)
         return
     if not config["finetune_config"]:
         cfg.train.eval_every = 1  # the method's own mIoU after every epoch
-        train(cfg, "pretrain", callbacks=report)
+        train(cfg, "pretrain", method, callbacks=report)
         return
-    from rayseg.methods import get_method
-
-    summary = train(cfg, "pretrain", callbacks=cleanup)
-    weights = summary["export"][get_method(cfg.method).export_part]
+    summary = train(cfg, "pretrain", method, callbacks=cleanup)
+    weights = summary["export"][method.export_part]
     ft = load_config(config["finetune_config"], [*config["finetune_overrides"], f"model.init_weights={weights}",
                                                  "train.eval_every=1"])
     ft.run.storage, ft.run.name = cfg.run.storage, f"{cfg.run.name}-finetune"
-    train(ft, "finetune", callbacks=report)
+    train(ft, "finetune", METHODS[ft.method], callbacks=report)
 
 
 def _results_rows(results, space: SearchSpace) -> list[dict[str, Any]]:

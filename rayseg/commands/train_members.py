@@ -7,8 +7,8 @@ unfinished members and does no work for finished ones. The member config is the 
 list does not change the folder, hence the weights, of the others). The run folder is
 ``<command>-<arch>-<fingerprint of the member config>``, or ``<run.name>-<arch>`` when ``run.name`` is set.
 
-Accuracy is measured here in plain PyTorch (eval mode, no Ray) on the exported ``classifier.pt`` loaded with
-:func:`rayseg.labeling.members.load_members` (exactly what ``rayseg label`` will do), with the labeling
+Accuracy is measured here in plain PyTorch (eval mode, no Ray) on the exported ``classifier.pt`` checked and
+loaded by :mod:`rayseg.labeling.members` (exactly what ``rayseg label`` will do), with the labeling
 preprocessing: on the synthetic set's held-out ``val`` split (``classifier.num_val`` images); with
 ``classifier.images`` (an ImageFolder, no held-out split) on the training images themselves — the row's
 ``split`` is then ``"train"`` and the table says so.
@@ -16,14 +16,18 @@ preprocessing: on the synthetic set's held-out ``val`` split (``classifier.num_v
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Sequence
 
 import torch
 
-from rayseg.config import Config, ConfigError, config_from_dict
+from rayseg.commands.args import resolve
+from rayseg.commands.train import preflight
+from rayseg.config import Config, config_from_dict
+from rayseg.tables import format_table
 
-__all__ = ["evaluate_accuracy", "format_members_table", "member_config", "train_members"]
+__all__ = ["evaluate_accuracy", "format_members_table", "member_config", "run", "train_members"]
 
 
 def member_config(cfg: Config, arch: str, command: str = "train-classifiers") -> Config:
@@ -36,20 +40,6 @@ def member_config(cfg: Config, arch: str, command: str = "train-classifiers") ->
     member = config_from_dict(data)
     member.run.name = f"{cfg.run.name}-{arch}" if cfg.run.name else f"{command}-{arch}-{member.fingerprint()}"
     return member
-
-
-def _check_archs(archs: Sequence[str]) -> None:
-    from rayseg.models.segmentation import CLASSIFIERS
-
-    if not archs:
-        raise ConfigError("classifier.archs: empty (list the torchvision architectures of the ensemble members)")
-    for i, arch in enumerate(archs):
-        if arch not in CLASSIFIERS:
-            raise ConfigError(f"classifier.archs[{i}]: unknown torchvision classifier {arch!r} "
-                              f"(e.g. resnet18, mobilenet_v3_small, shufflenet_v2_x1_0)")
-    duplicates = sorted({a for a in archs if list(archs).count(a) > 1})
-    if duplicates:
-        raise ConfigError(f"classifier.archs: {duplicates[0]!r} listed twice (one run folder per architecture)")
 
 
 @torch.no_grad()
@@ -78,19 +68,20 @@ def train_members(cfg: Config, command: str = "train-classifiers", address: str 
     """Train (or resume, or skip when finished) every member of ``cfg.classifier.archs``; one row per member:
     ``{"arch", "weights", "accuracy", "split", "images", "skipped", "run_dir"}``."""
     from rayseg.engine.runner import train
-    from rayseg.labeling.members import MemberSpec, load_members
+    from rayseg.labeling.members import check_members, load_members
+    from rayseg.methods import METHODS
     from rayseg.methods.classifier import build_classification_dataset
+    from rayseg.models.weights import read_weight_file
 
-    _check_archs(cfg.classifier.archs)
     members = [member_config(cfg, arch, command) for arch in cfg.classifier.archs]  # all validated up front
     held_out = not cfg.classifier.images
     eval_set = None
     rows = []
     for member in members:
-        summary = train(member, command, address=address)
+        summary = train(member, command, METHODS["classifier"], address=address)
         weights = summary["export"]["classifier"]
-        num_classes = int(torch.load(weights, map_location="cpu", weights_only=True)["num_classes"])
-        (model,) = load_members([MemberSpec(member.classifier.arch, weights)], num_classes)
+        num_classes = int(read_weight_file(weights)["num_classes"])
+        (model,) = load_members(check_members([(member.classifier.arch, weights)], num_classes), num_classes)
         if eval_set is None:
             eval_set = build_classification_dataset(member, train=False, split="val" if held_out else "train",
                                                     num_images=member.classifier.num_val if held_out else None)
@@ -103,17 +94,24 @@ def train_members(cfg: Config, command: str = "train-classifiers", address: str 
 
 def format_members_table(rows: Sequence[dict]) -> str:
     """A plain-text table: architecture, top-1 accuracy (and on which images), weights file."""
-    header = ("member", "top-1 acc", "measured on", "weights")
     lines = []
     for r in rows:
         split = r.get("split", "val")
         where = f"{r.get('images', '?')} {'held-out val' if split == 'val' else 'TRAINING'} images"
         acc = r["accuracy"]
         lines.append((r["arch"], "n/a" if acc != acc else f"{100 * acc:.1f}%", where, r["weights"]))
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    out = [fmt.format(*header).rstrip(), fmt.format(*("-" * w for w in widths))]
-    out += [fmt.format(*line).rstrip() for line in lines]
+    out = format_table(("member", "top-1 acc", "measured on", "weights"), lines)
     if any(r.get("split") == "train" for r in rows):
-        out.append("(classifier.images has no held-out split: accuracy is on the training images)")
-    return "\n".join(out)
+        out += "\n(classifier.images has no held-out split: accuracy is on the training images)"
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = resolve(args)
+    for arch in cfg.classifier.archs:
+        preflight(member_config(cfg, arch))
+    rows = train_members(cfg, address=args.address)
+    print(format_members_table(rows))
+    members = ", ".join(f"{r['arch']}:{r['weights']}" for r in rows)
+    print(f"[rayseg] label with: label.members=[{members}]")
+    return 0

@@ -15,7 +15,7 @@ fine-tuning budget? Starts:
 Each start is fine-tuned on C with the plain 1x1 classifier and with the SSA head, for every seed of the
 budget (the fine-tune seed changes initialisation of the new layers, data order and augmentation; each start is
 pre-trained once). Every fine-tune run folder gets a ``tags.json`` and the closing report
-(:mod:`rayseg.report`) tabulates mean ± std over seeds and draws ``report.png``.
+(:mod:`rayseg.commands.report`) tabulates mean ± std over seeds and draws ``report.png``.
 
 All pre-training runs use the same model (resnet18 + FCN head, output stride 16, 64x64 images), the same
 number of source images and epochs; all fine-tunes the same data, schedule and epochs. Training runs in Ray
@@ -28,6 +28,7 @@ their export and metrics; their resume checkpoints are removed once they finish 
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import time
@@ -37,6 +38,7 @@ from pathlib import Path
 from rayseg.config import Config, config_from_dict
 from rayseg.engine.checkpoint import LocalCheckpointStore
 from rayseg.engine.runner import ensure_ray, train
+from rayseg.methods import METHODS
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ def label_config(storage: str, b: DemoBudget, images: str, members: list[str]) -
         "run": {"storage": storage, "seed": 0},
         "label": {"images": images, "true_masks": f"{images}_masks", "output": str(Path(storage) / "labels"),
                   "members": members, "num_classes": 12,  # the members' classes, even if a tiny set lacks one
-                  "input_size": 64, "samples": b.smoothgrad_samples, "shard_size": 128,
+                  "input_size": 64, "explainer": {"samples": b.smoothgrad_samples}, "shard_size": 128,
                   "batch_size": 16, "cpus_per_actor": 1.5, "cpus_per_task": 0.5},  # 2 torch threads on 2 cores
     })
 
@@ -146,18 +148,19 @@ def pssl_config(storage: str, b: DemoBudget, labels: str, images: str) -> Config
                      pssl={"labels": labels, "images": images, "num_classes": 12, "bg_weight": 0.1})
 
 
-def _export(summary: dict, cfg: Config) -> str:
-    from rayseg.methods import get_method
+def _train(cfg: Config, command: str) -> dict:
+    return train(cfg, command, METHODS[cfg.method])
 
-    return summary["export"][get_method(cfg.method).export_part]
+
+def _export(summary: dict, cfg: Config) -> str:
+    return summary["export"][METHODS[cfg.method].export_part]
 
 
 def run_pssl(storage: str, b: DemoBudget) -> tuple[str, dict]:
     """Train the ensemble, label the classification set, pre-train on the labels; (export, labeling summary)."""
     from rayseg.data.synthetic import SyntheticClassification, write_image_folder
-    from rayseg.labeling.job import labeling_job
-    from rayseg.labeling.pipeline import run_labeling
-    from rayseg.labeling.train_members import format_members_table, train_members
+    from rayseg.commands.label import label_images
+    from rayseg.commands.train_members import format_members_table, train_members
 
     print("\n[demo] PSSL: train the explanation ensemble on the synthetic classification set", flush=True)
     members = train_members(classifier_config(storage, b))
@@ -166,15 +169,14 @@ def run_pssl(storage: str, b: DemoBudget) -> tuple[str, dict]:
     write_image_folder(SyntheticClassification(num_images=b.classification_images, image_size=64, seed=0,
                                                split="train"), images)
     print("\n[demo] PSSL: label them with the ensemble (SmoothGrad, Ray Data)", flush=True)
-    labels = run_labeling(labeling_job(label_config(storage, b, images,
-                                                    [f"{m['arch']}:{m['weights']}" for m in members])))
+    labels = label_images(label_config(storage, b, images, [f"{m['arch']}:{m['weights']}" for m in members]).label)
     print("\n[demo] PSSL: pre-train on the pseudo labels", flush=True)
     cfg = pssl_config(storage, b, labels["version_dir"], images)
-    return _export(train(cfg, "pretrain"), cfg), labels
+    return _export(_train(cfg, "pretrain"), cfg), labels
 
 
 def run_demo(storage: str = "rayseg_runs/demo", quick: bool = False, address: str | None = None) -> dict:
-    from rayseg.report import write_report
+    from rayseg.commands.report import write_report
 
     budget = QUICK if quick else FULL
     storage = str(Path(storage) / ("quick" if quick else "full"))
@@ -189,7 +191,7 @@ def run_demo(storage: str = "rayseg_runs/demo", quick: bool = False, address: st
             continue
         cfg = configs[start]
         print(f"\n[demo] pre-train {start} ({cfg.method})", flush=True)
-        inits[start] = _export(train(cfg, "pretrain"), cfg)
+        inits[start] = _export(_train(cfg, "pretrain"), cfg)
 
     for start in STARTS:
         for head in HEADS:
@@ -199,7 +201,7 @@ def run_demo(storage: str = "rayseg_runs/demo", quick: bool = False, address: st
                 run_dir.mkdir(parents=True, exist_ok=True)
                 (run_dir / "tags.json").write_text(json.dumps({"start": start, "head": head, "seed": seed}))
                 print(f"\n[demo] fine-tune on domain C from {start}, {head} head, seed {seed}", flush=True)
-                train(cfg, "finetune")
+                _train(cfg, "finetune")
                 # 28 fine-tunes x ~175 MB: keep the export and metrics, not the resume checkpoint
                 shutil.rmtree(run_dir / LocalCheckpointStore.FOLDER, ignore_errors=True)
 
@@ -219,3 +221,14 @@ def run_demo(storage: str = "rayseg_runs/demo", quick: bool = False, address: st
                "minutes": minutes}
     (Path(storage) / "demo_results.json").write_text(json.dumps(results, indent=2))
     return results
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="smaller budget (a smoke test of every step)")
+    p.add_argument("--storage", default="rayseg_runs/demo", help="where the demo's runs go")
+    p.add_argument("--address", help="Ray cluster to join (default: a local cluster)")
+
+
+def run(args: argparse.Namespace) -> int:
+    run_demo(storage=args.storage, quick=args.quick, address=args.address)
+    return 0

@@ -13,6 +13,8 @@ grouped bar chart (one group per start, one bar per head, error bars = standard 
 
 from __future__ import annotations
 
+import argparse
+
 import csv
 import io
 import json
@@ -155,3 +157,16 @@ def write_report(root: str | os.PathLike, out_dir: str | os.PathLike | None = No
     storage.write_text(csv_file, table.getvalue())
     png = render_chart(summary, storage.join(out_dir, "report.png"), title)
     return {"table": format_report(summary), "summary": summary, "csv": csv_file, "png": png}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", default="rayseg_runs/demo/full",
+                   help="folder (or object-store URI) of tagged fine-tune runs")
+    p.add_argument("--out", default="", help="where report.csv and report.png go (default: --storage)")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = write_report(args.storage, args.out or None)
+    print(out["table"])
+    print(f"[rayseg] wrote {out['csv']} and {out['png']}")
+    return 0

@@ -10,6 +10,7 @@ the PNG written are local.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import json
@@ -22,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rayseg import storage
+from rayseg.config import ConfigError
 from rayseg.labeling import shards
 
 __all__ = ["show_labels"]
@@ -156,10 +158,27 @@ def show_labels(version_dir: str | os.PathLike, images_root: str | os.PathLike |
             ax.set_yticks([])
     fig.tight_layout()
 
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(out_png.name + ".tmp")
-    with open(tmp, "wb") as f:
-        fig.savefig(f, format="png", dpi=DPI)
-    os.replace(tmp, out_png)
-    return out_png
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=DPI)
+    storage.write_bytes(out_png, png.getbuffer())
+    return Path(out_png)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--labels", required=True,
+                   help="label-version folder written by `rayseg label` (a path or an object-store URI)")
+    p.add_argument("--images", default="", help="the labelled ImageFolder root")
+    p.add_argument("--parquet", default="", help="or the labelled Parquet table of image bytes")
+    p.add_argument("--out", default="labels.png", help="PNG file to write")
+    p.add_argument("--count", type=int, default=8, help="images to show")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not storage.is_dir(args.labels):
+        raise ConfigError(f"folder not found: {args.labels}", "--labels")
+    if bool(args.images) == bool(args.parquet):
+        raise ConfigError("give exactly one (the labelled images)", "--images, --parquet")
+    path = show_labels(args.labels, args.images or None, args.out, count=args.count,
+                       **({"parquet": args.parquet} if args.parquet else {}))
+    print(f"[rayseg] wrote {path}")
+    return 0

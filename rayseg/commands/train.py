@@ -1,0 +1,76 @@
+"""``rayseg pretrain`` and ``rayseg finetune``: one training run through the shared engine (Ray Train).
+
+Before Ray starts, :func:`preflight` builds the training set and the method (with its init weights) on the
+driver, so that a missing folder, a wrong split file or weights that do not fit the model fail as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rayseg import storage
+from rayseg.commands.args import resolve
+from rayseg.config import Config, ConfigError
+from rayseg.methods import METHODS
+from rayseg.methods.base import Method
+from rayseg.models.weights import WeightsError
+
+
+def preflight(cfg: Config) -> type[Method]:
+    """The method class of ``cfg.method``, after building its training set and model once on the driver (a
+    missing input or unfit weights: one ConfigError line before Ray starts)."""
+    method_cls = METHODS[cfg.method]
+    try:
+        train_set = method_cls.train_dataset(cfg)
+        if len(train_set) == 0:
+            raise ConfigError(f"the training split '{cfg.data.train_split}' is empty", "data.train_split")
+        method = method_cls.from_config(cfg, train_set)
+    except (FileNotFoundError, WeightsError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(str(e).splitlines()[0]) from None
+    for module in method.modules():
+        if getattr(module, "init_report", None) is not None:
+            print(f"[rayseg] {module.init_report.summary()}", flush=True)
+    return method_cls
+
+
+def train_command(cfg: Config, command: str, address: str | None = None) -> dict:
+    """Check, train (or resume) and print the outcome of one run; returns its summary."""
+    from rayseg.engine.runner import train
+
+    method_cls = preflight(cfg)
+    print(f"[rayseg] {command} {cfg.method}: run folder {cfg.run_dir(command)}", flush=True)
+    summary = train(cfg, command, method_cls, address=address)
+    print_summary(command, cfg, summary)
+    return summary
+
+
+def print_summary(command: str, cfg: Config, summary: dict) -> None:
+    from rayseg.engine.metrics import format_metrics_table
+
+    run_dir = cfg.run_dir(command)
+    rate = summary.get("images_per_s")
+    print(f"[rayseg] done: {summary['steps']} steps, {rate:.1f} img/s" if rate else "[rayseg] done", flush=True)
+    if summary.get("skipped_bad_samples"):
+        print(f"[rayseg] skipped {summary['skipped_bad_samples']} bad samples (listed in "
+              f"{storage.join(run_dir, 'bad_samples.txt')})")
+    metrics_file = storage.join(run_dir, "metrics.json")
+    if command == "finetune" and storage.is_file(metrics_file):
+        print(format_metrics_table(json.loads(storage.read_text(metrics_file))))
+    for name, path in summary["export"].items():
+        print(f"[rayseg] exported {name}: {path}")
+
+
+def run_pretrain(args: argparse.Namespace) -> int:
+    train_command(resolve(args), "pretrain", args.address)
+    return 0
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    cfg = resolve(args)
+    if cfg.method != "supervised":
+        raise ConfigError(f"finetune trains with method 'supervised', got '{cfg.method}'", "method")
+    train_command(cfg, "finetune", args.address)
+    return 0
