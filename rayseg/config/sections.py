@@ -26,10 +26,10 @@ def method_names() -> tuple[str, ...]:
     return tuple(METHODS)
 
 
-def _folder(key: str, value: str, what: str) -> None:
-    """``value`` must name an existing local folder (the input ``what``)."""
+def _folder(key: str, value: str, required_when: str) -> None:
+    """``value`` must name an existing local folder; ``required_when`` says when the key is needed."""
     if not value:
-        raise ConfigError(f"required ({what})", key)
+        raise ConfigError(f"required {required_when}", key)
     if not Path(value).is_dir():
         raise ConfigError(f"folder not found: {value}", key)
 
@@ -72,7 +72,7 @@ class DataSection(Section):
 
     def check_inputs(self) -> None:
         if self.kind == "voc":
-            _folder("data.root", self.root, "the dataset folder when data.kind is voc")
+            _folder("data.root", self.root, "when data.kind is voc")
             require(self.num_classes >= 1, "data.num_classes", "required (>= 1) when data.kind is voc")
 
 
@@ -149,7 +149,7 @@ class PSSLSection(Section):
                               "pssl.labels")
         if not storage.is_dir(self.labels):
             raise ConfigError(f"folder not found: {self.labels}", "pssl.labels")
-        _folder("pssl.images", self.images, "the image root the label ids are relative to, when method is pssl")
+        _folder("pssl.images", self.images, "when method is pssl (the image root the label ids are relative to)")
         require(self.num_classes >= 1, "pssl.num_classes", f"required (>= 1) when method is pssl, got "
                 f"{self.num_classes}")
 
@@ -217,11 +217,11 @@ class LabelSection(Section):
             raise ConfigError("give exactly one (an ImageFolder root or a Parquet table), got "
                               f"{'both' if self.images else 'neither'}", "label.images, label.images_parquet")
         if self.images:
-            _folder("label.images", self.images, "the ImageFolder root to label")
+            _folder("label.images", self.images, "")
         if self.images_parquet and not Path(self.images_parquet).exists():
             raise ConfigError(f"not found: {self.images_parquet}", "label.images_parquet")
         if self.true_masks:
-            _folder("label.true_masks", self.true_masks, "the true object masks")
+            _folder("label.true_masks", self.true_masks, "")
         require(bool(self.members), "label.members", "at least one ensemble member (ARCH:WEIGHTS_FILE) is required")
 
 
@@ -250,7 +250,7 @@ class ClassifierSection(Section):
             require(arch in CLASSIFIERS, key, f"unknown torchvision classifier {arch!r} (e.g. resnet18, "
                     "mobilenet_v3_small, shufflenet_v2_x1_0)")
         if self.images:
-            _folder("classifier.images", self.images, "an ImageFolder root")
+            _folder("classifier.images", self.images, "")
 
 
 @dataclass
