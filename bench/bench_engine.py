@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from rayseg.config import Config, load_config  # noqa: E402
 from rayseg.data import IGNORE_INDEX, build_segmentation_dataset, collate_skip_bad  # noqa: E402
 from rayseg.engine.runner import ensure_ray, train  # noqa: E402
+from rayseg.methods import METHODS  # noqa: E402
 from rayseg.models import build_model  # noqa: E402
 
 BATCH, WARMUP = 16, 3
@@ -105,7 +106,7 @@ def engine(sizes: dict, storage: str, workers: int, cpus_per_worker: int) -> dic
     storage = tempfile.mkdtemp(dir=storage)  # a fresh run folder: the same config would otherwise resume
     cfg = make_config(sizes, storage, workers, cpus_per_worker)
     start = time.perf_counter()
-    summary = train(cfg, "bench")
+    summary = train(cfg, "bench", METHODS[cfg.method])
     wall = time.perf_counter() - start
     rate = summary["images_per_s"]
     train_s = summary["steps"] * BATCH * workers / rate  # all steps at the steady rate

@@ -1,4 +1,4 @@
-"""SmoothGrad throughput with and without the polyphase stem input gradient (``label.polyphase_stem``).
+"""SmoothGrad throughput with and without the polyphase stem input gradient (``label.explainer.polyphase_stem``).
 
 Setup: the labeling bench's ensemble (resnet18, mobilenet_v3_small, shufflenet_v2_x1_0; ``--archs`` for
 another, e.g. the demo's resnet18,resnet34), random weights, 10 classes, ``prepare_for_explanation`` with BatchNorm folding and channels-last in both arms, the only
@@ -25,14 +25,16 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from rayseg.labeling.explainers import SmoothGradConfig, explain_ensemble, prepare_for_explanation  # noqa: E402
+from rayseg.config import ExplainerSection  # noqa: E402
+
+from rayseg.labeling.explainers import explain_ensemble, prepare_for_explanation  # noqa: E402
 from rayseg.labeling.members import MemberSpec, load_members  # noqa: E402
 
 ARCHS = ("resnet18", "mobilenet_v3_small", "shufflenet_v2_x1_0")
 BATCH, SAMPLES, SIZE, CALLS = 8, 16, 64, 3
 
 
-def rate(models: list, x: torch.Tensor, y: torch.Tensor, cfg: SmoothGradConfig) -> tuple[float, torch.Tensor]:
+def rate(models: list, x: torch.Tensor, y: torch.Tensor, cfg: ExplainerSection) -> tuple[float, torch.Tensor]:
     generator = torch.Generator(device=x.device).manual_seed(0)
     with torch.enable_grad():
         if x.is_cuda:
@@ -57,7 +59,7 @@ def main() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         raw = load_members([MemberSpec(arch=a) for a in archs], 10, allow_random_weights=True, device=device)
-    on = SmoothGradConfig(samples=SAMPLES)
+    on = ExplainerSection(samples=SAMPLES)
     off = dataclasses.replace(on, polyphase_stem=False)
     arms = {"polyphase": [prepare_for_explanation(m, on) for m in raw],
             "oneDNN": [prepare_for_explanation(m, off) for m in raw]}

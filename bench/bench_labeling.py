@@ -12,10 +12,10 @@ target = the image's class, softmax probability (the explainer's defaults apart 
    stdevs=σ_image, target=label, abs=False)`` (``nt_samples_batch_size`` default: all S copies in one pass),
    ``|·|`` summed over channels, then the ensemble math of :mod:`rayseg.labeling.ensemble` (min-max, mean,
    deciles) and the PNG encode of the decile map. Images/s.
-2. rayseg end to end: ``run_labeling(LabelingJob(num_actors=A, num_cpus_per_actor=C, batch_size=8,
-   batch_cap=256))`` into a fresh output folder, for two layouts of the 2 cores: ``1x2`` (one actor with 2 CPUs
+2. rayseg end to end: ``label_images(LabelSection(num_actors=A, cpus_per_actor=C, batch_size=8,
+   explainer.batch_cap=256))`` into a fresh output folder, for two layouts of the 2 cores: ``1x2`` (one actor with 2 CPUs
    and 2 torch threads) and ``2x1`` (two actors with 1 CPU and 1 thread each) (the same folder would resume and do nothing). Images/s =
-   N / wall time of ``run_labeling`` measured here (driver-side weight check, Ray Data start-up of the actor
+   N / wall time of ``label_images`` measured here (driver-side weight check, Ray Data start-up of the actor
    pool and the Parquet commit included), and the summary's own ``images_per_s``. The time until the driver
    receives the first output batch is recorded by wrapping ``ray.data.Dataset.iter_batches`` in this process:
    an upper bound of the start-up (it contains the first batch's explanation, and Ray Data may hold outputs
@@ -52,6 +52,7 @@ Run: ``python bench/bench_labeling.py [--quick] [--images N] [--layouts 1x2 2x1]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -76,8 +77,9 @@ import torch  # noqa: E402
 from rayseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from rayseg.labeling import shards  # noqa: E402
 from rayseg.labeling.ensemble import deciles, ensemble_mean  # noqa: E402
-from rayseg.labeling.explainers import SmoothGradConfig, explain_ensemble, prepare_for_explanation  # noqa: E402
-from rayseg.labeling.members import MemberSpec, load_members  # noqa: E402
+from rayseg.config import ExplainerSection  # noqa: E402
+from rayseg.labeling.explainers import explain_ensemble, prepare_for_explanation  # noqa: E402
+from rayseg.labeling.members import Member, check_members, load_members  # noqa: E402
 
 ARCHS = ("resnet18", "mobilenet_v3_small", "shufflenet_v2_x1_0")
 SIZE, BATCH, BATCH_CAP, THREADS = 64, 8, 256, 2
@@ -90,7 +92,7 @@ MEMORY_BATCHES = {"full": (4, 16), "quick": (2, 6)}  # explain_ensemble calls be
 # --------------------------------------------------------------------------------------------------- setup
 
 
-def make_members(folder: Path, num_classes: int) -> list[MemberSpec]:
+def make_members(folder: Path, num_classes: int) -> list[Member]:
     from rayseg.models import build_classifier
 
     specs = []
@@ -98,8 +100,8 @@ def make_members(folder: Path, num_classes: int) -> list[MemberSpec]:
         torch.manual_seed(1000 + i)
         path = folder / f"{arch}.pt"
         torch.save(build_classifier(arch, num_classes).state_dict(), path)
-        specs.append(MemberSpec(arch, str(path)))
-    return specs
+        specs.append((arch, str(path)))
+    return check_members(specs, num_classes)
 
 
 def decoded(images: Path) -> tuple[list[str], torch.Tensor, torch.Tensor]:
@@ -116,7 +118,7 @@ def decoded(images: Path) -> tuple[list[str], torch.Tensor, torch.Tensor]:
 # --------------------------------------------------------------------------------------------------- 1. naive
 
 
-def naive_loop(models: list, images: Path, cfg: SmoothGradConfig) -> dict:
+def naive_loop(models: list, images: Path, cfg: ExplainerSection) -> dict:
     """Images/s of the per-image, per-model captum loop (decode and PNG encode included)."""
     from captum.attr import NoiseTunnel, Saliency
 
@@ -147,7 +149,7 @@ def naive_loop(models: list, images: Path, cfg: SmoothGradConfig) -> dict:
 # --------------------------------------------------------------------------------------------------- 3. pure
 
 
-def pure_ensemble(models: list, x: torch.Tensor, labels: torch.Tensor, cfg: SmoothGradConfig) -> list[float]:
+def pure_ensemble(models: list, x: torch.Tensor, labels: torch.Tensor, cfg: ExplainerSection) -> list[float]:
     """Seconds of ``explain_ensemble`` per batch of BATCH already decoded images (this process, THREADS threads)."""
     torch.set_num_threads(THREADS)
     times = []
@@ -216,14 +218,15 @@ class ActorPeakRSS(threading.Thread):
             self.stop.wait(0.25)
 
 
-def end_to_end(specs: list[MemberSpec], images: Path, num_classes: int, cfg: SmoothGradConfig, out_root: Path,
+def end_to_end(specs: list[Member], images: Path, num_classes: int, cfg: ExplainerSection, out_root: Path,
                measure_actor: bool, layout: str = "1x2") -> dict:
-    from rayseg.labeling.pipeline import LabelingJob, run_labeling
+    from rayseg.commands.label import label_images
+    from rayseg.config import LabelSection
 
     output = Path(tempfile.mkdtemp(prefix="labels-", dir=out_root))  # fresh: the same folder would resume
-    job = LabelingJob(images=str(images), output=str(output), members=list(specs), num_classes=num_classes,
-                      explainer=cfg, input_size=SIZE, batch_size=BATCH, num_actors=LAYOUTS[layout][0],
-                      num_cpus_per_actor=LAYOUTS[layout][1])
+    job = LabelSection(images=str(images), output=str(output), members=[f"{m.arch}:{m.weights}" for m in specs],
+                       num_classes=num_classes, explainer=cfg, input_size=SIZE, batch_size=BATCH,
+                       num_actors=LAYOUTS[layout][0], cpus_per_actor=LAYOUTS[layout][1])
 
     probe = FirstOutput()
     watcher = ActorPeakRSS() if measure_actor else None
@@ -231,7 +234,7 @@ def end_to_end(specs: list[MemberSpec], images: Path, num_classes: int, cfg: Smo
         watcher.start()
     start = time.perf_counter()
     try:
-        summary = run_labeling(job)
+        summary = label_images(job)
     finally:
         wall = time.perf_counter() - start
         probe.close()
@@ -261,8 +264,8 @@ def end_to_end(specs: list[MemberSpec], images: Path, num_classes: int, cfg: Smo
 def memory_probe(specs_json: str, num_classes: int, samples: int, batches: tuple[int, ...]) -> None:
     """Subprocess body: peak RSS (MB) after each count in ``batches`` of explain_ensemble calls; prints JSON."""
     torch.set_num_threads(THREADS)
-    specs = [MemberSpec(**s) for s in json.loads(specs_json)]
-    cfg = SmoothGradConfig(samples=samples, batch_cap=BATCH_CAP)
+    specs = [Member(**s) for s in json.loads(specs_json)]
+    cfg = ExplainerSection(samples=samples, batch_cap=BATCH_CAP)
     models = [prepare_for_explanation(m, cfg) for m in load_members(specs, num_classes)]
     gen = torch.Generator().manual_seed(0)
     peaks, done = {}, 0
@@ -276,9 +279,9 @@ def memory_probe(specs_json: str, num_classes: int, samples: int, batches: tuple
     print(json.dumps(peaks))
 
 
-def explainer_memory(specs: list[MemberSpec], num_classes: int, samples: int, batches: tuple[int, ...]
+def explainer_memory(specs: list[Member], num_classes: int, samples: int, batches: tuple[int, ...]
                       ) -> dict[int, float]:
-    specs_json = json.dumps([{"arch": s.arch, "weights": s.weights} for s in specs])
+    specs_json = json.dumps([dataclasses.asdict(s) for s in specs])
     out = subprocess.run([sys.executable, __file__, "--memory-probe", specs_json, str(num_classes), str(samples),
                           ",".join(map(str, batches))], capture_output=True, text=True, check=True, cwd=str(ROOT))
     return {int(k): v for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}
@@ -333,7 +336,7 @@ def main() -> None:
         sizes["num_images"] = args.images
     n, samples = sizes["num_images"], sizes["samples"]
     mem_batches = MEMORY_BATCHES["quick" if args.quick else "full"]
-    cfg = SmoothGradConfig(samples=samples, batch_cap=BATCH_CAP)
+    cfg = ExplainerSection(samples=samples, batch_cap=BATCH_CAP)
     torch.set_num_threads(THREADS)
 
     from rayseg.data.synthetic import SyntheticClassification, write_image_folder

@@ -13,9 +13,9 @@ from PIL import Image
 from rayseg.config import ConfigError, load_config
 from rayseg.data import collate_skip_bad
 from rayseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from rayseg.labeling.members import MemberSpec, load_members
-from rayseg.labeling.train_members import format_members_table, member_config, train_members
-from rayseg.methods import get_method
+from rayseg.labeling.members import check_members, load_members
+from rayseg.commands.train_members import format_members_table, member_config, train_members
+from rayseg.methods import METHODS
 from rayseg.methods.classifier import ImageClassifier, build_classification_dataset
 
 
@@ -28,7 +28,7 @@ def tiny_cfg(tmp_path, **extra):
 
 
 def test_registered_and_not_evaluated():
-    assert get_method("classifier") is ImageClassifier
+    assert METHODS["classifier"] is ImageClassifier
     assert ImageClassifier.evaluates is False
 
 
@@ -95,7 +95,8 @@ def test_export_loads_with_weights_only_and_in_load_members(tmp_path):
     assert payload["arch"] == "mobilenet_v3_small" and payload["num_classes"] == 12
     assert payload["class_names"] == ds.class_names and payload["meta"]["config_fingerprint"] == "abc"
     assert set(payload["state_dict"]) == set(method.model.state_dict())  # raw torchvision keys, no "model."
-    (member,) = load_members([MemberSpec("mobilenet_v3_small", out["classifier"])], payload["num_classes"])
+    members = check_members([("mobilenet_v3_small", out["classifier"])], payload["num_classes"])
+    (member,) = load_members(members, payload["num_classes"])
     x = collate_skip_bad([ds[i] for i in range(2)])["image"]
     with torch.no_grad():
         assert torch.equal(member(x), method.model(x))

@@ -3,6 +3,8 @@ against closed forms, targets, the ensemble. Tiny models and 3x8x8 / 3x16x16 ima
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,7 +12,7 @@ from captum.attr import NoiseTunnel, Saliency
 from torch import nn
 
 from rayseg.labeling import (
-    SmoothGradConfig,
+    ExplainerSection,
     deciles,
     ensemble_mean,
     explain,
@@ -88,7 +90,7 @@ def prob_fn(model):
 def test_smoothgrad_equals_captum_noise_tunnel_with_the_same_seed(batch_cap):
     """Real NoiseTunnel(Saliency) image by image with stdevs = 0.1 * range(x_b), after the same manual_seed."""
     model, x, t, s = tiny_net(), images(), torch.tensor([0, 3, 1]), 6
-    cfg = SmoothGradConfig(samples=s, noise_level=0.1, target="probability", batch_cap=batch_cap)
+    cfg = ExplainerSection(samples=s, noise_level=0.1, target="probability", batch_cap=batch_cap)
     model.train()  # smoothgrad must switch to eval itself (BN running stats, no dropout)
     torch.manual_seed(123)
     ours = smoothgrad(model, x, t, cfg)
@@ -111,7 +113,7 @@ def test_smoothgrad_equals_captum_noise_tunnel_with_the_same_seed(batch_cap):
 
 def test_smoothgrad_generator_reproduces_the_global_seed_draw():
     model, x, t = tiny_net(), images(), torch.tensor([2, 2, 4])
-    cfg = SmoothGradConfig(samples=5, batch_cap=7)
+    cfg = ExplainerSection(samples=5, batch_cap=7)
     torch.manual_seed(5)
     a = smoothgrad(model, x, t, cfg)
     b = smoothgrad(model, x, t, cfg, generator=torch.Generator().manual_seed(5))
@@ -124,7 +126,7 @@ def test_smoothgrad_equals_saliency_averaged_over_injected_noise():
     """Given explicit noise: E = sum_c |mean_s Saliency(x + n_s)| (here on the logit)."""
     model, x, t = tiny_net(), images(), torch.tensor([4, 0, 2])
     noise = 0.7 * torch.randn(3, 5, 3, 16, 16, generator=torch.Generator().manual_seed(9))
-    cfg = SmoothGradConfig(target="logit", batch_cap=4)
+    cfg = ExplainerSection(target="logit", batch_cap=4)
     ours = smoothgrad(model, x, t, cfg, noise=noise)
     model.eval()
     sal = Saliency(model)
@@ -145,7 +147,7 @@ def test_smoothgrad_of_the_logit_of_a_linear_model_is_abs_weight_summed_over_cha
     weight = model[1].weight.detach().view(K, 3, h, w)
     expected = weight[t].abs().sum(dim=1)  # [B, H, W]
     for seed, level in ((0, 0.1), (1, 3.0)):  # any noise
-        cfg = SmoothGradConfig(samples=4, noise_level=level, target="logit", batch_cap=5)
+        cfg = ExplainerSection(samples=4, noise_level=level, target="logit", batch_cap=5)
         out = smoothgrad(model, x, t, cfg, generator=torch.Generator().manual_seed(seed))
         torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
 
@@ -164,7 +166,7 @@ def test_smoothgrad_of_the_probability_matches_the_softmax_derivative():
             p = torch.softmax(weight @ (x[b] + noise[b, s]).reshape(-1) + bias, dim=0)
             grads.append(p[t[b]] * (weight[t[b]] - p @ weight))
         expected.append(torch.stack(grads).mean(0).view(3, h, w).abs().sum(0))
-    out = smoothgrad(model, x, t, SmoothGradConfig(target="probability"), noise=noise)
+    out = smoothgrad(model, x, t, ExplainerSection(target="probability"), noise=noise)
     torch.testing.assert_close(out, torch.stack(expected), rtol=1e-5, atol=1e-7)
 
 
@@ -175,13 +177,13 @@ def test_memory_cap_chunks_do_not_change_the_result_and_bound_each_forward():
     model, x, t = tiny_net(), images(3), torch.tensor([0, 1, 2])
     noise = 0.3 * torch.randn(3, 4, 3, 16, 16, generator=torch.Generator().manual_seed(4))  # B*S = 12
     sizes, param_modes, handle = count_forwards(model)
-    big = smoothgrad(model, x, t, SmoothGradConfig(batch_cap=1000), noise=noise)
+    big = smoothgrad(model, x, t, ExplainerSection(batch_cap=1000), noise=noise)
     assert sizes == [12]
     sizes.clear()
-    small = smoothgrad(model, x, t, SmoothGradConfig(batch_cap=4), noise=noise)
+    small = smoothgrad(model, x, t, ExplainerSection(batch_cap=4), noise=noise)
     assert sizes == [4, 4, 4]  # ceil(12 / 4) = 3 forwards
     sizes.clear()
-    odd = smoothgrad(model, x, t, SmoothGradConfig(batch_cap=5), noise=noise)  # chunks straddle images
+    odd = smoothgrad(model, x, t, ExplainerSection(batch_cap=5), noise=noise)  # chunks straddle images
     assert sizes == [5, 5, 2]
     handle.remove()
     assert not any(param_modes)  # every forward ran in eval mode with frozen parameters
@@ -193,7 +195,7 @@ def test_model_state_is_restored_and_no_parameter_gradients_accumulate():
     model, x = tiny_net(), images(2)
     model.fc.bias.requires_grad_(False)  # a frozen parameter stays frozen
     model.train()
-    smoothgrad(model, x, torch.tensor([1, 2]), SmoothGradConfig(samples=2))
+    smoothgrad(model, x, torch.tensor([1, 2]), ExplainerSection(samples=2))
     assert model.training
     assert [p.requires_grad for p in model.parameters()] == [True] * 7 + [False]
     assert all(p.grad is None for p in model.parameters())
@@ -202,28 +204,28 @@ def test_model_state_is_restored_and_no_parameter_gradients_accumulate():
 def test_amp_is_ignored_on_cpu_and_channels_last_changes_only_rounding():
     model, x, t = tiny_net(), images(2), torch.tensor([1, 2])
     noise = torch.randn(2, 3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    amp = smoothgrad(model, x, t, SmoothGradConfig(amp=True, channels_last=False), noise=noise)
-    plain = smoothgrad(model, x, t, SmoothGradConfig(amp=False, channels_last=False), noise=noise)
+    amp = smoothgrad(model, x, t, ExplainerSection(amp=True, channels_last=False), noise=noise)
+    plain = smoothgrad(model, x, t, ExplainerSection(amp=False, channels_last=False), noise=noise)
     torch.testing.assert_close(amp, plain, rtol=0, atol=0)
-    fast = smoothgrad(model, x, t, SmoothGradConfig(amp=False, channels_last=True), noise=noise)
+    fast = smoothgrad(model, x, t, ExplainerSection(amp=False, channels_last=True), noise=noise)
     torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-6)
 
 
 def test_prepare_for_explanation_folds_batchnorm_without_changing_the_maps():
     model, x, t = tiny_net(), images(2), torch.tensor([1, 2])
     noise = torch.randn(2, 3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    cfg = SmoothGradConfig(channels_last=True)
+    cfg = ExplainerSection(channels_last=True)
     prepared = prepare_for_explanation(model, cfg)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in prepared.modules())
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the input model is left alone
     assert model.training and all(p.requires_grad for p in model.parameters())
     assert not prepared.training and not any(p.requires_grad for p in prepared.parameters())
-    reference = smoothgrad(model, x, t, SmoothGradConfig(channels_last=False), noise=noise)
+    reference = smoothgrad(model, x, t, ExplainerSection(channels_last=False), noise=noise)
     torch.testing.assert_close(smoothgrad(prepared, x, t, cfg, noise=noise), reference, rtol=1e-4, atol=1e-6)
     # GradCAM reads layer activations, which folding would change: BatchNorm stays
-    kept = prepare_for_explanation(model, cfg.replace(method="gradcam"))
+    kept = prepare_for_explanation(model, dataclasses.replace(cfg, method="gradcam"))
     assert any(isinstance(m, nn.BatchNorm2d) for m in kept.modules())
-    assert prepare_for_explanation(model, cfg.replace(fold_batchnorm=False)).bn1 is not None
+    assert prepare_for_explanation(model, dataclasses.replace(cfg, fold_batchnorm=False)).bn1 is not None
 
 
 def test_prepare_for_explanation_keeps_an_untraceable_model_with_a_warning():
@@ -235,7 +237,7 @@ def test_prepare_for_explanation_keeps_an_untraceable_model_with_a_warning():
 
     torch.manual_seed(0)
     with pytest.warns(UserWarning, match="BatchNorm not folded"):
-        prepared = prepare_for_explanation(DataDependent(), SmoothGradConfig())
+        prepared = prepare_for_explanation(DataDependent(), ExplainerSection())
     assert any(isinstance(m, nn.BatchNorm2d) for m in prepared.modules())
 
 
@@ -248,7 +250,7 @@ def test_integrated_gradients_of_a_linear_logit_is_input_times_weight():
     model = linear_model(h, w)
     x, t = images(3, h, w), torch.tensor([0, 2, 4])
     sizes, _, handle = count_forwards(model)
-    out = integrated_gradients(model, x, t, steps=8, cfg=SmoothGradConfig(target="logit", batch_cap=4))
+    out = integrated_gradients(model, x, t, steps=8, cfg=ExplainerSection(target="logit", batch_cap=4))
     handle.remove()
     expected = (x * model[1].weight.detach().view(K, 3, h, w)[t]).abs().sum(1)
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
@@ -263,7 +265,7 @@ def test_gradcam_closed_form_on_a_one_conv_net():
     model = nn.Sequential(conv, nn.AdaptiveAvgPool2d(1), nn.Flatten(), head)
     assert default_gradcam_layer(model) is conv
     x, t = images(3, 8, 8), torch.tensor([1, 3, 0])
-    out = gradcam(model, None, x, t, SmoothGradConfig(target="logit", batch_cap=2))
+    out = gradcam(model, None, x, t, ExplainerSection(target="logit", batch_cap=2))
     with torch.no_grad():
         acts = conv(x)  # [B, 4, 4, 4]
         alpha = head.weight[t] / 16  # [B, 4]
@@ -293,7 +295,7 @@ def test_default_gradcam_layer_of_torchvision_and_feature_models():
 
     # the real thing runs once on 32x32: one finite, non-negative map per image
     x = images(2, 32, 32)
-    out = explain(resnet, x, torch.tensor([0, 3]), SmoothGradConfig(method="gradcam", target="logit"))
+    out = explain(resnet, x, torch.tensor([0, 3]), ExplainerSection(method="gradcam", target="logit"))
     assert out.shape == (2, 32, 32) and (out >= 0).all() and torch.isfinite(out).all()
 
 
@@ -304,31 +306,31 @@ def test_targets_from_labels_or_predictions():
     h = w = 4
     model = linear_model(h, w, scale=0.01, bias=torch.tensor([0.0, 0.0, 0.0, 10.0, 0.0]))
     x, labels = images(3, h, w), torch.tensor([0, 1, 2])
-    assert torch.equal(targets_for(model, x, labels, SmoothGradConfig()), labels)
-    assert torch.equal(targets_for(model, x, None, SmoothGradConfig(target_from="prediction", batch_cap=2)),
+    assert torch.equal(targets_for(model, x, labels, ExplainerSection()), labels)
+    assert torch.equal(targets_for(model, x, None, ExplainerSection(target_from="prediction", batch_cap=2)),
                        torch.tensor([3, 3, 3]))
     with pytest.raises(ValueError, match="labels"):
-        targets_for(model, x, None, SmoothGradConfig())
+        targets_for(model, x, None, ExplainerSection())
     with pytest.raises(ValueError, match="3 images"):
-        targets_for(model, x, torch.tensor([0, 1]), SmoothGradConfig())
+        targets_for(model, x, torch.tensor([0, 1]), ExplainerSection())
 
 
 def test_config_rejects_unknown_choices():
     with pytest.raises(ValueError, match="method"):
-        SmoothGradConfig(method="lime")
+        ExplainerSection(method="lime")
     with pytest.raises(ValueError, match="target"):
-        SmoothGradConfig(target="loss")
+        ExplainerSection(target="loss")
     with pytest.raises(ValueError, match="batch_cap"):
-        SmoothGradConfig(batch_cap=0)
+        ExplainerSection(batch_cap=0)
 
 
 def test_explain_dispatches_on_method():
     model, x, labels = tiny_net(), images(2), torch.tensor([1, 4])
-    cfg = SmoothGradConfig(samples=3)
+    cfg = ExplainerSection(samples=3)
     out = explain(model, x, labels, cfg, generator=torch.Generator().manual_seed(3))
     ref = smoothgrad(model, x, labels, cfg, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
-    ig = explain(model, x, labels, cfg.replace(method="integrated_gradients", ig_steps=4))
+    ig = explain(model, x, labels, dataclasses.replace(cfg, method="integrated_gradients", ig_steps=4))
     torch.testing.assert_close(ig, integrated_gradients(model, x, labels, steps=4, cfg=cfg))
 
 
@@ -339,7 +341,7 @@ def test_explain_ensemble_with_each_models_own_prediction():
     model_a = linear_model(h, w, seed=0, scale=0.01, bias=torch.tensor([10.0, 0, 0, 0, 0]))
     model_b = linear_model(h, w, seed=1, scale=0.01, bias=torch.tensor([0, 0, 10.0, 0, 0]))
     x = images(2, h, w)
-    cfg = SmoothGradConfig(samples=3, target="logit", target_from="prediction")
+    cfg = ExplainerSection(samples=3, target="logit", target_from="prediction")
     per_model, scores, dec = explain_ensemble([model_a, model_b], x, None, cfg)
     map_a = model_a[1].weight.detach()[0].view(3, h, w).abs().sum(0)
     map_b = model_b[1].weight.detach()[2].view(3, h, w).abs().sum(0)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torchvision
 from torch import nn
 
-from rayseg.labeling import SmoothGradConfig, prepare_for_explanation, smoothgrad
+from rayseg.config import ExplainerSection
+
+from rayseg.labeling import prepare_for_explanation, smoothgrad
 from rayseg.labeling.input_grad import PolyphaseInputGradConv2d, polyphase_kernel, use_polyphase_input_grad
 
 
@@ -91,10 +95,10 @@ def test_prepared_torchvision_resnet_gives_the_same_smoothgrad_maps():
     x = torch.randn(2, 3, 32, 32)
     targets = torch.tensor([0, 3])
     noise = torch.randn(2, 2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    cfg = SmoothGradConfig(channels_last=False, fold_batchnorm=False)
+    cfg = ExplainerSection(channels_last=False, fold_batchnorm=False)
     prepared = prepare_for_explanation(model, cfg)
     assert isinstance(prepared.conv1, PolyphaseInputGradConv2d) and isinstance(model.conv1, nn.Conv2d)
     reference = smoothgrad(model, x, targets, cfg, noise=noise)
     torch.testing.assert_close(smoothgrad(prepared, x, targets, cfg, noise=noise), reference, rtol=1e-4, atol=1e-7)
-    assert isinstance(prepare_for_explanation(model, cfg.replace(polyphase_stem=False)).conv1, nn.Conv2d)
-    assert isinstance(prepare_for_explanation(model, cfg.replace(method="gradcam")).conv1, nn.Conv2d)
+    assert isinstance(prepare_for_explanation(model, dataclasses.replace(cfg, polyphase_stem=False)).conv1, nn.Conv2d)
+    assert isinstance(prepare_for_explanation(model, dataclasses.replace(cfg, method="gradcam")).conv1, nn.Conv2d)

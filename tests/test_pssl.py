@@ -19,8 +19,9 @@ from rayseg.data.errors import BadSampleError
 from rayseg.data.synthetic import SyntheticClassification, write_image_folder
 from rayseg.data.transforms import SegTrainTransform
 from rayseg.labeling import shards
-from rayseg.methods import METHODS, get_method
-from rayseg.methods.pssl import PSSL, BackgroundWeightedCrossEntropy, PSSLDataset
+from rayseg.methods import METHODS
+from rayseg.data.pseudo_labels import PSSLDataset
+from rayseg.methods.pssl import PSSL, BackgroundWeightedCrossEntropy
 from rayseg.models import build_model, export_weights, load_weights
 
 K = 3
@@ -237,7 +238,7 @@ def pssl_config(labels, images, *extra):
 
 
 def test_pssl_is_registered():
-    assert METHODS["pssl"] is PSSL and get_method("pssl") is PSSL
+    assert METHODS["pssl"] is PSSL and METHODS["pssl"] is PSSL
     assert PSSL.evaluates is False and PSSL.export_part == "model"
 
 

@@ -16,6 +16,7 @@ import torch
 from rayseg.config import load_config
 from rayseg.engine.loop import evaluate
 from rayseg.engine.runner import train
+from rayseg.methods import METHODS
 from rayseg.models import build_model
 from rayseg.models.weights import load_weights
 from tests.engine_helpers import (REPO, assert_same_tensors, kill_after_first_checkpoint, load_state,
@@ -35,7 +36,7 @@ def _latest_ray_checkpoint(run_dir: Path) -> Path:
 def test_two_worker_run_resumes_after_kill_with_the_same_state(ray_cluster, tmp_path):
     # Reference: the same run, uninterrupted, on the session cluster.
     ref_cfg = load_config(None, tiny_overrides(tmp_path, "straight", **TWO_WORKERS))
-    ref = train(ref_cfg, "pretrain")
+    ref = train(ref_cfg, "pretrain", METHODS[ref_cfg.method])
     assert ref["steps"] == 4 * (32 // (4 * 2))  # each of 2 workers takes 4 images per step
 
     # The same command in a driver process that joins the cluster, killed with -9 after its first checkpoint.

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from rayseg.cli import main
-from rayseg.report import collect_runs, format_report, summarise, write_report
+from rayseg.commands.report import collect_runs, format_report, summarise, write_report
 
 
 def fixture_runs(root, runs):

@@ -14,7 +14,7 @@ from PIL import Image
 
 from rayseg.data.synthetic import SyntheticClassification, write_image_folder
 from rayseg.labeling import shards
-from rayseg.labeling.show import show_labels
+from rayseg.commands.show_labels import show_labels
 
 SIZE = 24
 

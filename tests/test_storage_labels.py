@@ -15,10 +15,11 @@ from rayseg import storage
 from rayseg.config import ConfigError
 from rayseg.data.synthetic import SyntheticClassification, write_image_folder
 from rayseg.labeling import pipeline, shards
-from rayseg.labeling.explainers import SmoothGradConfig
-from rayseg.labeling.members import MemberSpec
-from rayseg.labeling.show import show_labels
-from rayseg.methods.pssl import PSSL, PSSLDataset
+from rayseg.commands.label import label_images
+from rayseg.config import ExplainerSection, LabelSection
+from rayseg.commands.show_labels import show_labels
+from rayseg.data.pseudo_labels import PSSLDataset
+from rayseg.methods.pssl import PSSL
 from tests.test_pssl import K, SIZE, pssl_config, write_labels
 
 
@@ -31,7 +32,7 @@ def root(request, tmp_path):
 
 
 def shard_rows(ids: list[str], bad: tuple[str, ...] = ()) -> list[dict]:
-    """Rows as the pipeline hands them to ``_commit_shard``: a gradient decile map each, ``bad`` ids failed."""
+    """Rows as the pipeline hands them to ``commit_shard``: a gradient decile map each, ``bad`` ids failed."""
     png = shards.encode_deciles(np.tile((np.arange(8) * 10 // 8).astype(np.uint8), (8, 1)))
     return [{"id": i, "status": "cannot decode image" if i in bad else "ok", "content_hash": f"{n:064d}",
              "class_index": n % 2, "height": 8, "width": 8, "deciles_png": png} for n, i in enumerate(ids)]
@@ -47,7 +48,7 @@ def test_commit_then_read_labels_and_errors(root, monkeypatch):
     monkeypatch.setattr(storage, "write_bytes", lambda loc, data: written.append(loc) or write_bytes(loc, data))
     planned = [["a/0.png", "a/1.png", "b/2.png"], ["b/3.png", "b/4.png", "c/5.png"]]
     for index, ids in enumerate(planned):
-        manifest = pipeline._commit_shard(version_dir, index, ids, shard_rows(ids, bad=("b/4.png",)), "v1", [],
+        manifest = pipeline.commit_shard(version_dir, index, ids, shard_rows(ids, bad=("b/4.png",)), "v1", [],
                                           score=False)
         assert manifest["bytes"] > 0 and written[-1] == shards.manifest_location(version_dir, index)  # last
     assert written == [storage.join(version_dir, n) for n in (
@@ -59,7 +60,7 @@ def test_commit_then_read_labels_and_errors(root, monkeypatch):
 
     monkeypatch.setattr(shards, "write_manifest", crash)
     with pytest.raises(KeyboardInterrupt):
-        pipeline._commit_shard(version_dir, 2, ["d/6.png", "d/7.png"], shard_rows(["d/6.png", "d/7.png"]), "v1",
+        pipeline.commit_shard(version_dir, 2, ["d/6.png", "d/7.png"], shard_rows(["d/6.png", "d/7.png"]), "v1",
                                [], score=False)
     assert written[-1] == storage.join(version_dir, "shard-00002.parquet")
 
@@ -78,7 +79,7 @@ def test_commit_then_read_labels_and_errors(root, monkeypatch):
     assert names == ["_manifests", "shard-00000.parquet", "shard-00001.errors.parquet", "shard-00001.parquet",
                      "shard-00002.parquet"]
     assert storage.list_dir(storage.join(version_dir, "_manifests")) == ["shard-00000.json", "shard-00001.json"]
-    assert pipeline._shard_bytes(version_dir) == sum(len(storage.read_bytes(storage.join(version_dir, n))) for n in names[1:])
+    assert pipeline.shard_bytes(version_dir) == sum(len(storage.read_bytes(storage.join(version_dir, n))) for n in names[1:])
 
 
 def test_readers_of_a_missing_version_are_empty(root):
@@ -86,7 +87,7 @@ def test_readers_of_a_missing_version_are_empty(root):
     assert shards.committed_shards(missing) == []
     assert shards.read_labels(missing, columns=["id"]).num_rows == 0
     assert shards.read_errors(missing).schema == shards.ERRORS_SCHEMA
-    assert pipeline._shard_bytes(missing) == 0
+    assert pipeline.shard_bytes(missing) == 0
 
 
 def test_clean_tmp_removes_local_leftovers_only(tmp_path, s3_uri):
@@ -97,9 +98,9 @@ def test_clean_tmp_removes_local_leftovers_only(tmp_path, s3_uri):
     kept = [version_dir / "shard-00000.parquet", version_dir / "_manifests" / "shard-00000.json"]
     for path in leftovers + kept:
         path.write_bytes(b"x")
-    pipeline._clean_tmp(str(version_dir))
+    pipeline.clean_tmp(str(version_dir))
     assert [p.exists() for p in leftovers + kept] == [False] * 3 + [True] * 2
-    pipeline._clean_tmp(storage.join(s3_uri, "v"))  # nothing to clean on an object store, and no error
+    pipeline.clean_tmp(storage.join(s3_uri, "v"))  # nothing to clean on an object store, and no error
     with pytest.raises(ValueError, match="not a local folder"):
         shards.manifest_path(s3_uri, 0)
 
@@ -162,7 +163,8 @@ def test_show_labels_of_a_uri_version_dir(local_labels, s3_labels, tmp_path, s3_
 
 
 def test_member_weights_on_s3_load_and_version_like_local_ones(tmp_path, s3_uri):
-    from rayseg.labeling.members import check_weights, label_version, load_members
+    from rayseg.labeling.members import check_members, label_version, load_members
+    from rayseg.models.weights import WeightsError
     from rayseg.models import build_classifier
 
     torch.manual_seed(0)
@@ -170,25 +172,24 @@ def test_member_weights_on_s3_load_and_version_like_local_ones(tmp_path, s3_uri)
     torch.save(build_classifier("resnet18", 5).state_dict(), local)
     remote = storage.join(s3_uri, "members", "resnet18.pt")
     storage.upload(local, remote)
-    on_s3, on_disk = [MemberSpec("resnet18", remote)], [MemberSpec("resnet18", str(local))]
-    check_weights(on_s3)
+    on_s3, on_disk = check_members([("resnet18", remote)], 5), check_members([("resnet18", str(local))], 5)
     (a,), (b,) = load_members(on_s3, 5), load_members(on_disk, 5)
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(x, y), name
-    cfg = SmoothGradConfig(samples=2)
-    assert label_version(on_s3, cfg, 32) == label_version(on_disk, cfg, 32)  # the same bytes, the same labels
-    with pytest.raises(FileNotFoundError, match="resnet18: weights file not found: s3://"):
-        check_weights([MemberSpec("resnet18", storage.join(s3_uri, "members", "nope.pt"))])
+    cfg = ExplainerSection(samples=2)
+    assert label_version(on_s3, cfg, 32, 5) == label_version(on_disk, cfg, 32, 5)  # the same bytes, the same labels
+    with pytest.raises(WeightsError, match="resnet18: weights file not found: s3://"):
+        check_members([("resnet18", storage.join(s3_uri, "members", "nope.pt"))], 5)
 
 
 @pytest.mark.ray
 def test_labeling_into_s3_resumes_and_reruns_without_work(ray_cluster, tmp_path, s3_uri, monkeypatch):
     images = tmp_path / "images"
     write_image_folder(SyntheticClassification(num_images=16, image_size=32, classes=[0, 1]), images)
-    job = pipeline.LabelingJob(images=str(images), output=s3_uri, members=[MemberSpec("resnet18", "")],
-                               num_classes=2, explainer=SmoothGradConfig(samples=2), input_size=32, shard_size=8,
-                               batch_size=8, allow_random_weights=True)
-    first = pipeline.run_labeling(job)
+    job = LabelSection(images=str(images), output=s3_uri, members=["resnet18"], num_classes=2,
+                       explainer=ExplainerSection(samples=2), input_size=32, shard_size=8, batch_size=8,
+                       allow_random_weights=True)
+    first = label_images(job)
     version_dir = first["version_dir"]
     assert version_dir == storage.join(s3_uri, first["label_version"])
     assert first["shards"] == first["shards_done"] == 2 and first["total_rows"] == first["labelled"] == 16
@@ -204,12 +205,12 @@ def test_labeling_into_s3_resumes_and_reruns_without_work(ray_cluster, tmp_path,
     # a crash before the commit of shard 1 (no manifest): the re-run redoes that shard only
     fs, path = storage.resolve(shards.manifest_location(version_dir, 1))
     fs.delete_file(path)
-    resumed = pipeline.run_labeling(job)
+    resumed = label_images(job)
     assert resumed["shards_done"] == resumed["shards_skipped"] == 1 and resumed["new_images"] == 8
     assert sorted(shards.read_labels(version_dir, columns=["id"]).column("id").to_pylist()) == expected
 
     monkeypatch.setattr(pipeline, "_run_pipeline", lambda *a, **k: pytest.fail("a finished job ran the pipeline"))
-    again = pipeline.run_labeling(job)
+    again = label_images(job)
     assert again["shards_skipped"] == again["shards"] == 2 and again["shards_done"] == again["new_images"] == 0
     assert again["total_rows"] == 16 and again["version_dir"] == version_dir
     assert sorted(shards.read_labels(version_dir, columns=["id"]).column("id").to_pylist()) == expected

@@ -35,9 +35,9 @@ def main(workdir: Path) -> None:
     from rayseg.config import load_config
     from rayseg.data.synthetic import SyntheticClassification, write_image_folder
     from rayseg.engine.runner import train
-    from rayseg.labeling.members import MemberSpec
-    from rayseg.labeling.explainers import SmoothGradConfig
-    from rayseg.labeling.pipeline import LabelingJob, run_labeling
+    from rayseg.commands.label import label_images
+    from rayseg.config import ExplainerSection, LabelSection
+    from rayseg.methods import METHODS
     from rayseg.models import build_classifier
 
     temp_dir = tempfile.mkdtemp(prefix="rs-2n-", dir="/tmp")
@@ -56,15 +56,15 @@ def main(workdir: Path) -> None:
             torch.manual_seed(0)
             path = workdir / f"{arch}.pt"
             torch.save(build_classifier(arch, 3).state_dict(), path)
-            specs.append(MemberSpec(arch, str(path)))
+            specs.append(f"{arch}:{path}")
         # two actors of 2 CPUs: a 3-CPU node holds only one, so they must be on different nodes, and each node
         # keeps one CPU for the decode / encode tasks
-        job = LabelingJob(images=str(images), output=str(workdir / "labels"), members=specs, num_classes=3,
-                          explainer=SmoothGradConfig(samples=2), input_size=32, shard_size=8, batch_size=4,
-                          num_actors=2, num_cpus_per_actor=2.0)
+        job = LabelSection(images=str(images), output=str(workdir / "labels"), members=specs, num_classes=3,
+                           explainer=ExplainerSection(samples=2), input_size=32, shard_size=8, batch_size=4,
+                           num_actors=2, cpus_per_actor=2.0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            labels = run_labeling(job)
+            labels = label_images(job)
         explainer_nodes = nodes_of("ExplainActor")
         # two Train workers of 2 CPUs each: again one per node
         cfg = load_config(None, [f"run.storage={workdir / 'runs'}", "run.name=two-nodes", "data.num_train=16",
@@ -72,7 +72,7 @@ def main(workdir: Path) -> None:
                                  "model.output_stride=16", "model.channels=16", "train.batch_size=4",
                                  "train.epochs=1", "train.num_workers=2", "train.cpus_per_worker=2",
                                  "train.log_every=2"])
-        summary = train(cfg, "pretrain")
+        summary = train(cfg, "pretrain", METHODS[cfg.method])
         worker_nodes = nodes_of("RayTrainWorker")
         print(json.dumps({"nodes": node_ids, "explainer_nodes": explainer_nodes, "worker_nodes": worker_nodes,
                           "labelled": labels["labelled"], "images": labels["images"], "steps": summary["steps"],

@@ -373,6 +373,13 @@ class MDPSection(Section):
         require(self.lambda_min <= self.lambda_max, "lambda_min/lambda_max",
                 f"need lambda_min <= lambda_max, got {self.lambda_min}, {self.lambda_max}")
 
+    def check_inputs(self) -> None:
+        """When method is mdp: every ``voc:ROOT`` folder exists."""
+        for i, spec in enumerate(self.datasets):
+            kind, _, arg = spec.partition(":")
+            if kind == "voc":
+                _folder(f"mdp.datasets[{i}]", arg.strip(), "")
+
 
 @dataclass
 class SSASection(Section):
@@ -427,6 +434,8 @@ class Config(Section):
             self.pssl.check_inputs()
         if self.method == "classifier":
             self.classifier.check_inputs()
+        if self.method == "mdp":
+            self.mdp.check_inputs()
 
 
 __all__ = ["ClassifierSection", "Config", "DataSection", "DenseCLSection", "ExplainerSection", "LabelSection",

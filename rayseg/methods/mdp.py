@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from rayseg import storage
-from rayseg.config import Config, ConfigError
+from rayseg.config import Config
 from rayseg.data import IGNORE_INDEX
 from rayseg.data.mixing import CrossDatasetMix
 from rayseg.data.multi import LabelSpace, MultiDataset, build_multi_dataset
@@ -236,13 +236,6 @@ class PrototypeMemory(nn.Module):
 # ------------------------------------------------------------------------------------------------- method
 
 
-def _check_mdp_data(cfg: Config) -> None:
-    for i, spec in enumerate(cfg.mdp.datasets):
-        kind, _, arg = spec.partition(":")
-        if kind == "voc" and not Path(arg.strip()).is_dir():
-            raise ConfigError(f"mdp.datasets[{i}]: folder not found: {arg.strip()}")
-
-
 class MDP(Method):
     """``L = mean_i [ L_p2p(i) + β · L_csc(i) ]`` over the valid pixels of clean and mixed images (methods.md §1.8).
 
@@ -281,7 +274,6 @@ class MDP(Method):
 
     @classmethod
     def train_dataset(cls, cfg: Config) -> MultiDataset:
-        _check_mdp_data(cfg)
         return build_multi_dataset(cfg.mdp.datasets, cfg.data, train=True, sampling=cfg.mdp.sampling)
 
     @classmethod
