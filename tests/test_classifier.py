@@ -116,8 +116,8 @@ def test_image_folder_and_config_errors(tmp_path):
     batch = collate_skip_bad([ds[i] for i in range(len(ds))])
     assert batch["image"].shape == (4, 3, 32, 32) and batch["label"].tolist() == [0, 0, 1, 1]
     assert len(batch["skipped"]) == 1 and "bad.png" in batch["skipped"][0][0]
-    with pytest.raises(ConfigError, match="classifier.images: folder not found"):
-        ImageClassifier.train_dataset(tiny_cfg(tmp_path, **{"classifier.images": str(tmp_path / "nope")}))
+    with pytest.raises(ConfigError, match="classifier.images: folder not found"):  # checked with the config
+        tiny_cfg(tmp_path, **{"method": "classifier", "classifier.images": str(tmp_path / "nope")})
     with pytest.raises(ConfigError, match=r"classifier.archs\[1\]: unknown"):
         train_members(tiny_cfg(tmp_path, **{"classifier.archs": "[resnet18, resnet_nope]"}))
 

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from captum.attr import NoiseTunnel, Saliency
 from torch import nn
 
+from rayseg.config import ExplainerSection
 from rayseg.labeling import (
-    ExplainerSection,
     deciles,
     ensemble_mean,
     explain,

@@ -378,7 +378,7 @@ def test_export_is_a_backbone_that_finetuning_loads(tmp_path):
                                            ("mdp.momentum=1.0", "mdp.momentum"),
                                            ("mdp.top_k=0", "mdp.top_k"),
                                            ("mdp.region_mix_fraction=0.8", "mdp.region_mix_fraction"),
-                                           ("mdp.lambda_max=-0.1", "mdp.lambda_min/lambda_max"),
+                                           ("mdp.lambda_max=-0.1", "mdp.lambda_max: must be >= 0"),
                                            ("mdp.csc=csc3", "mdp.csc")])
 def test_config_errors_name_the_key(override, key):
     with pytest.raises(ConfigError, match=f"^{key}"):
@@ -386,9 +386,8 @@ def test_config_errors_name_the_key(override, key):
 
 
 def test_missing_voc_folder_is_a_config_error():
-    cfg = load_config(None, ["method=mdp", "mdp.datasets=[synthetic:A, voc:/no/such/folder]"])
-    with pytest.raises(ConfigError, match=r"mdp.datasets\[1\]: folder not found"):
-        MDP.train_dataset(cfg)
+    with pytest.raises(ConfigError, match=r"mdp.datasets\[1\]: folder not found"):  # when the config is read
+        load_config(None, ["method=mdp", "mdp.datasets=[synthetic:A, voc:/no/such/folder]"])
 
 
 def test_label_space_of_the_method_matches_the_dataset():

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import default_collate
 
-from rayseg.config import load_config
+from rayseg.config import ConfigError, load_config
 from rayseg.data.errors import BadSampleError
 from rayseg.data.synthetic import SyntheticClassification, write_image_folder
 from rayseg.data.transforms import SegTrainTransform
@@ -312,7 +312,6 @@ def test_pssl_export_fine_tunes_into_another_class_count(tmp_path, labelled):
 def test_pssl_config_errors_are_one_line(tmp_path, labelled, overrides, key):
     labels, images, _ = labelled
     values = {"labels": labels, "images": images, "missing": tmp_path / "nowhere"}
-    cfg = load_config(None, ["method=pssl", *(o.format(**values) for o in overrides)])
-    with pytest.raises(ValueError, match=key) as err:
-        PSSL.train_dataset(cfg)
+    with pytest.raises(ConfigError, match=f"^{key}: ") as err:  # when the config is read, before any Ray work
+        load_config(None, ["method=pssl", *(o.format(**values) for o in overrides)])
     assert "\n" not in str(err.value)

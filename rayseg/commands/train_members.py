@@ -73,6 +73,7 @@ def train_members(cfg: Config, command: str = "train-classifiers", address: str 
     from rayseg.methods.classifier import build_classification_dataset
     from rayseg.models.weights import read_weight_file
 
+    cfg.classifier.check_inputs()  # every listed architecture, before any member trains
     members = [member_config(cfg, arch, command) for arch in cfg.classifier.archs]  # all validated up front
     held_out = not cfg.classifier.images
     eval_set = None
