@@ -1,9 +1,20 @@
-"""Shared fixtures. Ray clusters here bind to loopback only and are stopped by their own PIDs."""
+"""Shared fixtures, and the ``ray`` marker. Ray clusters here bind to loopback only and are stopped by their own
+PIDs.
+
+Every test that starts Ray is marked ``ray`` automatically (:func:`pytest_collection_modifyitems`): one that
+uses a fixture named in :data:`RAY_FIXTURES`, or whose source, or the source of a fixture it uses, calls one of
+:data:`RAY_STARTERS`. ``pytest -m "not ray"`` then starts no cluster. :func:`ray_guard` fails an unmarked test
+that starts Ray anyway (in this process, or a new cluster in a subprocess), so the rule cannot drift.
+"""
 
 from __future__ import annotations
 
+import atexit
+import inspect
 import os
+import re
 import shutil
+import sys
 import tempfile
 
 import pytest
@@ -13,6 +24,79 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+# Clusters started without their own temp dir (also by subprocesses) put their session folder here, a short
+# private path, so the guard sees every new one and no other run's.
+if "RAY_TMPDIR" not in os.environ:
+    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rs-rt-", dir="/tmp")
+    atexit.register(shutil.rmtree, os.environ["RAY_TMPDIR"], True)
+RAY_SESSIONS = os.path.join(os.environ["RAY_TMPDIR"], "ray")
+
+RAY_FIXTURES = {"ray_cluster"}
+# Calls that always start (or join) a cluster: ray.init, rayseg's ensure_ray and run_sweep (which calls it first),
+# ray.cluster_utils.Cluster, `ray start`, and the two-node script. label_images is not one: it starts Ray only
+# when there is work left (tests call it to fail before Ray), and where it does without ray_cluster the guard
+# says so.
+RAY_STARTERS = re.compile(r"\bray\.init\(|\bensure_ray\(|\brun_sweep\(|\bCluster\(|[\"']ray[\"'],\s*[\"']start[\"']"
+                          r"|two_node_job\.py")
+
+
+def _starts_ray(func, seen: dict) -> bool:
+    if func not in seen:
+        try:
+            seen[func] = bool(RAY_STARTERS.search(inspect.getsource(func)))
+        except (OSError, TypeError):
+            seen[func] = False
+    return seen[func]
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
+def pytest_collection_modifyitems(config, items):
+    """Mark ``ray`` every test that uses a Ray fixture, or whose own or fixtures' source starts Ray."""
+    seen: dict = {}
+    for item in items:
+        if item.get_closest_marker("ray"):
+            continue
+        info = getattr(item, "_fixtureinfo", None)
+        fixtures = [d.func for defs in (info.name2fixturedefs.values() if info else ()) for d in defs]
+        if (RAY_FIXTURES & set(getattr(item, "fixturenames", ()))
+                or any(_starts_ray(f, seen) for f in [getattr(item, "function", None), *fixtures] if f)):
+            item.add_marker(pytest.mark.ray)
+
+
+def _ray_up() -> bool:
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and getattr(ray, "is_initialized", lambda: False)())
+
+
+def _sessions() -> set[str]:
+    try:
+        return {n for n in os.listdir(RAY_SESSIONS) if n.startswith("session_") and n != "session_latest"}
+    except OSError:
+        return set()
+
+
+_BEFORE = pytest.StashKey[tuple]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    item.stash[_BEFORE] = (_ray_up(), _sessions())  # before any fixture of this test is set up
+
+
+@pytest.fixture(autouse=True)
+def ray_guard(request):
+    """Fail a test not marked ``ray`` that started Ray (``ray.is_initialized()`` became true, or a new Ray
+    session folder appeared). A cluster already up (the session's ``ray_cluster``) is not counted."""
+    yield
+    if request.node.get_closest_marker("ray"):
+        return
+    was_up, sessions = request.node.stash.get(_BEFORE, (True, set()))
+    in_process = not was_up and _ray_up()
+    if in_process:
+        sys.modules["ray"].shutdown()  # do not leave it to the next tests
+    if in_process or _sessions() - sessions:
+        pytest.fail(f"{request.node.nodeid} starts Ray but is not marked `ray`: use the ray_cluster fixture, or "
+                    "add its entry point to RAY_STARTERS in tests/conftest.py", pytrace=False)
 
 
 @pytest.fixture(scope="session")

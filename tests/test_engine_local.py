@@ -8,6 +8,7 @@ import torch
 
 from rayseg.config import load_config
 from rayseg.engine.runner import train
+from rayseg.methods import METHODS
 from rayseg.models import build_model
 from rayseg.models.weights import load_weights
 from tests.engine_helpers import (assert_same_tensors, kill_after_first_checkpoint, load_state,
@@ -18,7 +19,7 @@ from tests.engine_helpers import (assert_same_tensors, kill_after_first_checkpoi
 def finished_run(tmp_path_factory):
     storage = tmp_path_factory.mktemp("runs")
     cfg = load_config(None, tiny_overrides(storage, "local", **{"train.keep_checkpoints": 2}))
-    summary = train(cfg, "pretrain")
+    summary = train(cfg, "pretrain", METHODS[cfg.method])
     return cfg, summary
 
 
@@ -59,11 +60,34 @@ def test_tensorboard_has_loss_lr_throughput_and_miou(finished_run):
     assert lrs[-1] < lrs[0]  # poly decay
 
 
-def test_rerunning_a_finished_run_does_no_work(finished_run):
+def _files(run_dir) -> dict[str, tuple[int, int]]:
+    """Relative path -> (size, mtime_ns) of every file under ``run_dir``."""
+    root = __import__("pathlib").Path(run_dir)
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+def _scalars(run_dir) -> dict[str, int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(f"{run_dir}/tensorboard")
+    acc.Reload()
+    return {tag: len(acc.Scalars(tag)) for tag in acc.Tags()["scalars"]}
+
+
+def test_rerunning_a_finished_run_does_no_work(finished_run, capsys):
     cfg, summary = finished_run
-    again, first = dict(train(cfg, "pretrain")), dict(summary)
-    assert again.pop("fit_seconds") < first.pop("fit_seconds")  # wall time of this call's fit: nothing to train
+    run_dir = cfg.run_dir("pretrain")
+    before, scalars = _files(run_dir), _scalars(run_dir)
+    again, first = dict(train(cfg, "pretrain", METHODS[cfg.method])), dict(summary)
+    assert "is already complete (3 epochs); nothing to do" in capsys.readouterr().out
+    again.pop("fit_seconds"), first.pop("fit_seconds")
     assert again == first
+    after = _files(run_dir)
+    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    changed -= {"summary.json", "config.yaml"}  # the driver writes both on every call
+    # no checkpoint, export or metrics written; at most a new TensorBoard file, without a point in it
+    assert all(k.startswith("tensorboard/") and k not in before for k in changed), changed
+    assert _scalars(run_dir) == scalars
 
 
 def test_progress_lines_show_loss_rate_and_eta(tmp_path):

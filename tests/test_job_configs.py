@@ -3,36 +3,49 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from rayseg.config import load_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "jobs" / "configs").glob("*.yaml"))
 
 
+def _dotted(tree: dict, prefix: str = ""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _dotted(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
-def test_config_is_valid(path, tmp_path):
+def test_config_is_valid_and_keeps_every_value_it_sets(path, tmp_path):
     weights = tmp_path / "w.pt"
     weights.write_bytes(b"")
     text = path.read_text()
-    overrides = []
+    overrides = {}
     if "kind: voc" in text:
-        overrides.append(f"data.root={tmp_path}")
+        overrides["data.root"] = str(tmp_path)
     if "init_weights: rayseg_runs" in text:
-        overrides.append(f"model.init_weights={weights}")
-    cfg = load_config(path, overrides)
-    assert cfg.train.epochs >= 1
+        overrides["model.init_weights"] = str(weights)
+    loaded = load_config(path, [f"{k}={v}" for k, v in overrides.items()]).to_dict()
+    for key, value in _dotted(yaml.safe_load(text)):
+        node = loaded
+        for part in key.split("."):
+            node = node[part]
+        assert node == overrides.get(key, value), key
 
 
-def test_there_are_configs():
-    assert len(CONFIGS) >= 3
+def test_the_shipped_configs():
+    assert [p.name for p in CONFIGS] == [
+        "finetune_synthetic.yaml", "finetune_voc.yaml", "label.yaml", "pretrain_densecl.yaml", "pretrain_mdp.yaml",
+        "pretrain_pixcon.yaml", "pretrain_supervised.yaml"]
 
 
 CLUSTER = Path(__file__).resolve().parents[1] / "jobs" / "cluster"
 
 
 def test_autoscaler_yaml_keeps_work_off_the_head_and_scales_gpus_from_zero():
-    import yaml
-
     cluster = yaml.safe_load((CLUSTER / "cluster.yaml").read_text())
     types = cluster["available_node_types"]
     assert types[cluster["head_node_type"]]["resources"]["CPU"] == 0
@@ -42,8 +55,6 @@ def test_autoscaler_yaml_keeps_work_off_the_head_and_scales_gpus_from_zero():
 
 def test_rayjob_entrypoint_runs_a_shipped_job_with_a_valid_config():
     import shlex
-
-    import yaml
 
     job = yaml.safe_load((CLUSTER / "rayjob.yaml").read_text())
     assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
