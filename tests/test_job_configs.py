@@ -53,7 +53,7 @@ def test_autoscaler_yaml_keeps_work_off_the_head_and_scales_gpus_from_zero():
     assert types["gpu_worker"]["min_workers"] == 0 < types["gpu_worker"]["max_workers"]
 
 
-def test_rayjob_entrypoint_runs_a_shipped_job_with_a_valid_config():
+def test_rayjob_entrypoint_runs_a_shipped_job_with_a_valid_config(tmp_path):
     import shlex
 
     job = yaml.safe_load((CLUSTER / "rayjob.yaml").read_text())
@@ -62,7 +62,13 @@ def test_rayjob_entrypoint_runs_a_shipped_job_with_a_valid_config():
     root = CLUSTER.parents[1]
     assert argv[0] == "python" and (root / argv[1]).is_file()
     config = root / argv[argv.index("--config") + 1]
-    overrides = [a for a in argv[argv.index("--config") + 2:] if not a.startswith(("pssl.labels=", "pssl.images="))]
+    overrides = argv[argv.index("--config") + 2:]
+    cluster_only = ("pssl.labels", "pssl.images")  # folders on the cluster's shared filesystem
+    assert {a.split("=", 1)[0] for a in overrides} >= set(cluster_only)
+    for key in cluster_only:
+        (tmp_path / key).mkdir()
+    overrides = [f"{a.split('=', 1)[0]}={tmp_path / a.split('=', 1)[0]}" if a.startswith(cluster_only) else a
+                 for a in overrides]
     cfg = load_config(config, overrides)
     assert cfg.method == "pssl" and cfg.train.use_gpu and cfg.train.num_workers == 8
     head = job["spec"]["rayClusterSpec"]["headGroupSpec"]
