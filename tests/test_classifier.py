@@ -10,13 +10,18 @@ import pytest
 import torch
 from PIL import Image
 
+from rayseg.commands.train_members import (
+    format_members_table,
+    member_config,
+    train_members,
+)
 from rayseg.config import ConfigError, load_config
 from rayseg.data import collate_skip_bad
+from rayseg.data.classification import build_classification_dataset
 from rayseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from rayseg.labeling.members import check_members, load_members
-from rayseg.commands.train_members import format_members_table, member_config, train_members
 from rayseg.methods import METHODS
-from rayseg.methods.classifier import ImageClassifier, build_classification_dataset
+from rayseg.methods.classifier import ImageClassifier
 
 
 def tiny_cfg(tmp_path, **extra):

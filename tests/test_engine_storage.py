@@ -16,7 +16,6 @@ from rayseg.models import build_model
 from rayseg.models.weights import load_weights
 from tests.engine_helpers import assert_same_tensors, tiny_overrides
 
-
 # mobilenet_v3_large: a quarter of resnet18's bytes to move through the (slow, pure-Python) S3 server per checkpoint
 SMALL = {"model.backbone": "mobilenet_v3_large"}
 

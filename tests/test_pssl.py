@@ -16,11 +16,11 @@ from torch.utils.data import default_collate
 
 from rayseg.config import ConfigError, load_config
 from rayseg.data.errors import BadSampleError
+from rayseg.data.pseudo_labels import PSSLDataset
 from rayseg.data.synthetic import SyntheticClassification, write_image_folder
 from rayseg.data.transforms import SegTrainTransform
 from rayseg.labeling import shards
 from rayseg.methods import METHODS
-from rayseg.data.pseudo_labels import PSSLDataset
 from rayseg.methods.pssl import PSSL, BackgroundWeightedCrossEntropy
 from rayseg.models import build_model, export_weights, load_weights
 

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from rayseg.commands.show_labels import show_labels
 from rayseg.data.synthetic import SyntheticClassification, write_image_folder
 from rayseg.labeling import shards
-from rayseg.commands.show_labels import show_labels
 
 SIZE = 24
 

@@ -12,15 +12,14 @@ import torch
 from PIL import Image
 
 from rayseg import storage
-from rayseg.config import ConfigError
+from rayseg.commands.label import label_images
+from rayseg.commands.show_labels import show_labels
+from rayseg.config import ConfigError, ExplainerSection, LabelSection
+from rayseg.data.pseudo_labels import PSSLDataset
 from rayseg.data.synthetic import SyntheticClassification, write_image_folder
 from rayseg.labeling import pipeline, shards
-from rayseg.commands.label import label_images
-from rayseg.config import ExplainerSection, LabelSection
-from rayseg.commands.show_labels import show_labels
-from rayseg.data.pseudo_labels import PSSLDataset
 from rayseg.methods.pssl import PSSL
-from tests.test_pssl import K, SIZE, pssl_config, write_labels
+from tests.test_pssl import SIZE, K, pssl_config, write_labels
 
 
 @pytest.fixture(params=["path", "s3"])
@@ -48,7 +47,7 @@ def test_commit_then_read_labels_and_errors(root, monkeypatch):
     monkeypatch.setattr(storage, "write_bytes", lambda loc, data: written.append(loc) or write_bytes(loc, data))
     planned = [["a/0.png", "a/1.png", "b/2.png"], ["b/3.png", "b/4.png", "c/5.png"]]
     for index, ids in enumerate(planned):
-        manifest = pipeline.commit_shard(version_dir, index, ids, shard_rows(ids, bad=("b/4.png",)), "v1", [],
+        manifest = shards.commit_shard(version_dir, index, ids, shard_rows(ids, bad=("b/4.png",)), "v1", [],
                                           score=False)
         assert manifest["bytes"] > 0 and written[-1] == shards.manifest_location(version_dir, index)  # last
     assert written == [storage.join(version_dir, n) for n in (
@@ -60,7 +59,7 @@ def test_commit_then_read_labels_and_errors(root, monkeypatch):
 
     monkeypatch.setattr(shards, "write_manifest", crash)
     with pytest.raises(KeyboardInterrupt):
-        pipeline.commit_shard(version_dir, 2, ["d/6.png", "d/7.png"], shard_rows(["d/6.png", "d/7.png"]), "v1",
+        shards.commit_shard(version_dir, 2, ["d/6.png", "d/7.png"], shard_rows(["d/6.png", "d/7.png"]), "v1",
                                [], score=False)
     assert written[-1] == storage.join(version_dir, "shard-00002.parquet")
 
@@ -79,7 +78,7 @@ def test_commit_then_read_labels_and_errors(root, monkeypatch):
     assert names == ["_manifests", "shard-00000.parquet", "shard-00001.errors.parquet", "shard-00001.parquet",
                      "shard-00002.parquet"]
     assert storage.list_dir(storage.join(version_dir, "_manifests")) == ["shard-00000.json", "shard-00001.json"]
-    assert pipeline.shard_bytes(version_dir) == sum(len(storage.read_bytes(storage.join(version_dir, n))) for n in names[1:])
+    assert shards.shard_bytes(version_dir) == sum(len(storage.read_bytes(storage.join(version_dir, n))) for n in names[1:])
 
 
 def test_readers_of_a_missing_version_are_empty(root):
@@ -87,7 +86,7 @@ def test_readers_of_a_missing_version_are_empty(root):
     assert shards.committed_shards(missing) == []
     assert shards.read_labels(missing, columns=["id"]).num_rows == 0
     assert shards.read_errors(missing).schema == shards.ERRORS_SCHEMA
-    assert pipeline.shard_bytes(missing) == 0
+    assert shards.shard_bytes(missing) == 0
 
 
 def test_clean_tmp_removes_local_leftovers_only(tmp_path, s3_uri):
@@ -98,9 +97,9 @@ def test_clean_tmp_removes_local_leftovers_only(tmp_path, s3_uri):
     kept = [version_dir / "shard-00000.parquet", version_dir / "_manifests" / "shard-00000.json"]
     for path in leftovers + kept:
         path.write_bytes(b"x")
-    pipeline.clean_tmp(str(version_dir))
+    shards.clean_tmp(str(version_dir))
     assert [p.exists() for p in leftovers + kept] == [False] * 3 + [True] * 2
-    pipeline.clean_tmp(storage.join(s3_uri, "v"))  # nothing to clean on an object store, and no error
+    shards.clean_tmp(storage.join(s3_uri, "v"))  # nothing to clean on an object store, and no error
     with pytest.raises(ValueError, match="not a local folder"):
         shards.manifest_path(s3_uri, 0)
 
@@ -164,8 +163,8 @@ def test_show_labels_of_a_uri_version_dir(local_labels, s3_labels, tmp_path, s3_
 
 def test_member_weights_on_s3_load_and_version_like_local_ones(tmp_path, s3_uri):
     from rayseg.labeling.members import check_members, label_version, load_members
-    from rayseg.models.weights import WeightsError
     from rayseg.models import build_classifier
+    from rayseg.models.weights import WeightsError
 
     torch.manual_seed(0)
     local = tmp_path / "resnet18.pt"

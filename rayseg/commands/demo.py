@@ -158,9 +158,9 @@ def _export(summary: dict, cfg: Config) -> str:
 
 def run_pssl(storage: str, b: DemoBudget) -> tuple[str, dict]:
     """Train the ensemble, label the classification set, pre-train on the labels; (export, labeling summary)."""
-    from rayseg.data.synthetic import SyntheticClassification, write_image_folder
     from rayseg.commands.label import label_images
     from rayseg.commands.train_members import format_members_table, train_members
+    from rayseg.data.synthetic import SyntheticClassification, write_image_folder
 
     print("\n[demo] PSSL: train the explanation ensemble on the synthetic classification set", flush=True)
     members = train_members(classifier_config(storage, b))

@@ -14,7 +14,6 @@ grouped bar chart (one group per start, one bar per head, error bars = standard 
 from __future__ import annotations
 
 import argparse
-
 import csv
 import io
 import json

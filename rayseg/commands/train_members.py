@@ -67,10 +67,10 @@ def evaluate_accuracy(model: torch.nn.Module, dataset, batch_size: int = 64) -> 
 def train_members(cfg: Config, command: str = "train-classifiers", address: str | None = None) -> list[dict]:
     """Train (or resume, or skip when finished) every member of ``cfg.classifier.archs``; one row per member:
     ``{"arch", "weights", "accuracy", "split", "images", "skipped", "run_dir"}``."""
+    from rayseg.data.classification import build_classification_dataset
     from rayseg.engine.runner import train
     from rayseg.labeling.members import check_members, load_members
     from rayseg.methods import METHODS
-    from rayseg.methods.classifier import build_classification_dataset
     from rayseg.models.weights import read_weight_file
 
     cfg.classifier.check_inputs()  # every listed architecture, before any member trains

@@ -41,7 +41,6 @@ not an id -> shard map) and drops the rows of shards already committed. Ids must
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import json
 import math
@@ -54,19 +53,28 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from rayseg import storage
 from rayseg.config import ConfigError, ExplainerSection, LabelSection
 from rayseg.labeling import shards
-from rayseg.labeling.stages import decode_and_resize, decode_parquet_rows, encode_and_score
 from rayseg.labeling.explainers import prepare_for_explanation
-from rayseg.labeling.members import Member, check_members, label_version, load_members, member_names
+from rayseg.labeling.members import (
+    Member,
+    check_members,
+    label_version,
+    load_members,
+    member_names,
+)
+from rayseg.labeling.stages import (
+    decode_and_resize,
+    decode_parquet_rows,
+    encode_and_score,
+)
 from rayseg.models.weights import WeightsError
 
-__all__ = ["ExplainActor", "LabelingPlan", "actors_for_cluster", "check_cpu_budget", "clean_tmp", "commit_shard",
-           "decode_and_resize", "decode_parquet_rows", "encode_and_score", "list_images", "list_parquet_images",
-           "plan_labeling", "plan_shards", "run_labeling", "shard_bytes"]
+__all__ = ["ExplainActor", "LabelingPlan", "actors_for_cluster", "check_cpu_budget", "decode_and_resize",
+           "decode_parquet_rows", "encode_and_score", "list_images", "list_parquet_images", "plan_labeling",
+           "plan_shards", "run_labeling"]
 
 
 @dataclass
@@ -182,7 +190,7 @@ def plan_labeling(label: LabelSection) -> LabelingPlan:
     except OSError as e:
         raise ConfigError(f"cannot create {storage.join(label.output, version)} ({e.strerror or e})",
                           "label.output") from None
-    clean_tmp(version_dir)
+    shards.clean_tmp(version_dir)
     plan = plan_shards(ids, label.shard_size)
     done = {m["shard"] for m in shards.committed_shards(version_dir)}
     return LabelingPlan(ids, class_of, num_classes, members, version, version_dir, plan,
@@ -198,28 +206,6 @@ def _version_dir(output: str, version: str) -> str:
     path = Path(location)
     path.mkdir(parents=True, exist_ok=True)
     return str(path)
-
-
-def shard_bytes(version_dir: str) -> int:
-    """Total size of the ``shard-*.parquet`` files (labels and errors) in ``version_dir``."""
-    sizes = storage.file_sizes(version_dir)
-    return sum(size for name, size in sizes.items() if fnmatch.fnmatchcase(name, "shard-*.parquet"))
-
-
-# Leftovers of a killed local run: ``*.tmp`` (earlier rayseg versions) and storage.write_bytes' ``.<name>.tmp-<pid>``.
-_TMP_PATTERNS = ("*.tmp", ".*.tmp-*")
-
-
-def clean_tmp(version_dir: str) -> None:
-    """Remove the temporary files a killed run left in a local version folder. On an object store there are
-    none: an object appears only when its upload completes."""
-    if storage.is_uri(version_dir):
-        return
-    for folder in (Path(version_dir), Path(version_dir) / shards.MANIFEST_DIR):
-        if folder.is_dir():
-            for tmp in folder.iterdir():
-                if any(fnmatch.fnmatchcase(tmp.name, p) for p in _TMP_PATTERNS) and tmp.is_file():
-                    tmp.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------------- stages
@@ -270,51 +256,6 @@ class ExplainActor:
         batch["deciles"] = out_deciles
         batch["member_top"] = out_members
         return batch
-
-
-# --------------------------------------------------------------------------------------------------- commit
-
-
-def _write_table(table: pa.Table, location: str) -> int:
-    """Write ``table`` as one Parquet file at ``location``, atomically; returns its size in bytes."""
-    buffer = pa.BufferOutputStream()
-    pq.write_table(table, buffer)
-    return storage.write_bytes(location, memoryview(buffer.getvalue()))
-
-
-def commit_shard(version_dir: str, index: int, planned: list[str], rows: list[dict], version: str,
-                  names: list[str], score: bool) -> dict:
-    """Write one shard's Parquet files, then its manifest (the commit) into ``version_dir`` (a location).
-    Returns the manifest (plus ``bytes`` written)."""
-    rows = sorted(rows, key=lambda r: r["id"])
-    good = [r for r in rows if r["status"] == "ok"]
-    bad = [r for r in rows if r["status"] != "ok"]
-    name = shards.shard_name(index)
-    labels = pa.Table.from_pydict({
-        "id": [r["id"] for r in good],
-        "content_hash": [r["content_hash"] for r in good],
-        "class_index": [int(r["class_index"]) for r in good],
-        "height": [int(r["height"]) for r in good],
-        "width": [int(r["width"]) for r in good],
-        "deciles_png": [bytes(r["deciles_png"]) for r in good],
-        "label_version": [version] * len(good),
-    }, schema=shards.SCHEMA)
-    written = _write_table(labels, storage.join(version_dir, f"{name}.parquet"))
-    errors_file = None
-    if bad:
-        errors_file = f"{name}.errors.parquet"
-        errors = pa.Table.from_pydict({"id": [r["id"] for r in bad], "reason": [r["status"] for r in bad],
-                                       "label_version": [version] * len(bad)}, schema=shards.ERRORS_SCHEMA)
-        written += _write_table(errors, storage.join(version_dir, errors_file))
-    manifest = {"shard": index, "labels_file": f"{name}.parquet", "errors_file": errors_file, "rows": len(good),
-                "errors": len(bad), "ids": planned, "label_version": version}
-    if score:
-        ious = np.asarray([r["iou"] for r in good], np.float64).reshape(-1, len(names) + 1)
-        ious = ious[~np.isnan(ious).any(axis=1)]
-        manifest["iou"] = {"count": int(len(ious)), "ensemble_sum": float(ious[:, 0].sum()),
-                           "members_sum": {nm: float(ious[:, k + 1].sum()) for k, nm in enumerate(names)}}
-    shards.write_manifest(version_dir, index, manifest)
-    return {**manifest, "bytes": written}
 
 
 # --------------------------------------------------------------------------------------------------- driver
@@ -390,7 +331,7 @@ def _run_pipeline(label: LabelSection, plan: LabelingPlan, num_actors: int, seed
             index = int(row["shard"])
             pending[index].append(row)
             if len(pending[index]) == len(plan.shards[index]):
-                manifest = commit_shard(plan.version_dir, index, plan.shards[index], pending.pop(index),
+                manifest = shards.commit_shard(plan.version_dir, index, plan.shards[index], pending.pop(index),
                                         plan.version, names, bool(label.true_masks))
                 written += manifest.pop("bytes")
                 committed.append(manifest)
@@ -456,7 +397,7 @@ def run_labeling(label: LabelSection, plan: LabelingPlan, num_actors: int, seed:
         "seconds": round(seconds, 3),
         "images_per_s": round(new_images / seconds, 3) if new_images and seconds > 0 else 0.0,
         "output_bytes": written,
-        "total_bytes": shard_bytes(plan.version_dir),
+        "total_bytes": shards.shard_bytes(plan.version_dir),
         "images_root": str(Path(label.images).resolve()) if label.images else "",
         "images_parquet": str(Path(label.images_parquet).resolve()) if label.images_parquet else "",
     }

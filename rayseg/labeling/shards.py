@@ -6,7 +6,8 @@ Layout under the labeling output root::
     <root>/<label_version>/shard-00007.errors.parquet images of the shard that could not be labelled (ERRORS_SCHEMA)
     <root>/<label_version>/_manifests/shard-00007.json  written last: the shard is committed
 
-A shard counts only once its manifest exists; the manifest names the shard's files and row counts and the ids it
+:func:`commit_shard` writes a shard (its files, then the manifest); :func:`committed_shards`, :func:`read_labels`
+and :func:`read_errors` read them. A shard counts only once its manifest exists; the manifest names the shard's files and row counts and the ids it
 was planned with, so a re-run skips committed shards and a crash mid-run leaves no half shard visible.
 ``label_version`` hashes everything that changes the labels (models, explainer settings, code version), so runs
 with different settings never mix.
@@ -131,3 +132,70 @@ def read_errors(version_dir: str | os.PathLike) -> pa.Table:
     """The error rows (id, reason) of the committed shards of one label version."""
     names = [m["errors_file"] for m in committed_shards(version_dir) if m.get("errors_file")]
     return _read_tables(version_dir, names, ERRORS_SCHEMA)
+
+
+# --------------------------------------------------------------------------------------------------- writer
+
+
+def _write_table(table: pa.Table, location: str) -> int:
+    """Write ``table`` as one Parquet file at ``location``, atomically; returns its size in bytes."""
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer)
+    return storage.write_bytes(location, memoryview(buffer.getvalue()))
+
+
+def commit_shard(version_dir: str, index: int, planned: list[str], rows: list[dict], version: str,
+                  names: list[str], score: bool) -> dict:
+    """Write one shard's Parquet files, then its manifest (the commit) into ``version_dir`` (a location).
+    Returns the manifest (plus ``bytes`` written)."""
+    rows = sorted(rows, key=lambda r: r["id"])
+    good = [r for r in rows if r["status"] == "ok"]
+    bad = [r for r in rows if r["status"] != "ok"]
+    name = shard_name(index)
+    labels = pa.Table.from_pydict({
+        "id": [r["id"] for r in good],
+        "content_hash": [r["content_hash"] for r in good],
+        "class_index": [int(r["class_index"]) for r in good],
+        "height": [int(r["height"]) for r in good],
+        "width": [int(r["width"]) for r in good],
+        "deciles_png": [bytes(r["deciles_png"]) for r in good],
+        "label_version": [version] * len(good),
+    }, schema=SCHEMA)
+    written = _write_table(labels, storage.join(version_dir, f"{name}.parquet"))
+    errors_file = None
+    if bad:
+        errors_file = f"{name}.errors.parquet"
+        errors = pa.Table.from_pydict({"id": [r["id"] for r in bad], "reason": [r["status"] for r in bad],
+                                       "label_version": [version] * len(bad)}, schema=ERRORS_SCHEMA)
+        written += _write_table(errors, storage.join(version_dir, errors_file))
+    manifest = {"shard": index, "labels_file": f"{name}.parquet", "errors_file": errors_file, "rows": len(good),
+                "errors": len(bad), "ids": planned, "label_version": version}
+    if score:
+        ious = np.asarray([r["iou"] for r in good], np.float64).reshape(-1, len(names) + 1)
+        ious = ious[~np.isnan(ious).any(axis=1)]
+        manifest["iou"] = {"count": int(len(ious)), "ensemble_sum": float(ious[:, 0].sum()),
+                           "members_sum": {nm: float(ious[:, k + 1].sum()) for k, nm in enumerate(names)}}
+    write_manifest(version_dir, index, manifest)
+    return {**manifest, "bytes": written}
+
+
+def shard_bytes(version_dir: str) -> int:
+    """Total size of the ``shard-*.parquet`` files (labels and errors) in ``version_dir``."""
+    sizes = storage.file_sizes(version_dir)
+    return sum(size for name, size in sizes.items() if fnmatch.fnmatchcase(name, "shard-*.parquet"))
+
+
+# Leftovers of a killed local run: ``*.tmp`` (earlier rayseg versions) and storage.write_bytes' ``.<name>.tmp-<pid>``.
+_TMP_PATTERNS = ("*.tmp", ".*.tmp-*")
+
+
+def clean_tmp(version_dir: str) -> None:
+    """Remove the temporary files a killed run left in a local version folder. On an object store there are
+    none: an object appears only when its upload completes."""
+    if storage.is_uri(version_dir):
+        return
+    for folder in (Path(version_dir), Path(version_dir) / MANIFEST_DIR):
+        if folder.is_dir():
+            for tmp in folder.iterdir():
+                if any(fnmatch.fnmatchcase(tmp.name, p) for p in _TMP_PATTERNS) and tmp.is_file():
+                    tmp.unlink(missing_ok=True)

@@ -11,7 +11,6 @@ class count) and keeps backbone + decoder.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn
