@@ -10,11 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from rayseg.commands.train_members import (
-    format_members_table,
-    member_config,
-    train_members,
-)
+from rayseg.commands.train_members import format_members_table, member_config, train_members
 from rayseg.config import ConfigError, load_config
 from rayseg.data import collate_skip_bad
 from rayseg.data.classification import build_classification_dataset

@@ -11,11 +11,7 @@ from torch import nn
 
 from rayseg.config import ExplainerSection
 from rayseg.labeling import prepare_for_explanation, smoothgrad
-from rayseg.labeling.input_grad import (
-    PolyphaseInputGradConv2d,
-    polyphase_kernel,
-    use_polyphase_input_grad,
-)
+from rayseg.labeling.input_grad import PolyphaseInputGradConv2d, polyphase_kernel, use_polyphase_input_grad
 
 
 def input_grad(module: nn.Module, x: torch.Tensor, grad_out_seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,15 +19,8 @@ from rayseg.engine.runner import train
 from rayseg.methods import METHODS
 from rayseg.models import build_model
 from rayseg.models.weights import load_weights
-from tests.engine_helpers import (
-    REPO,
-    assert_same_tensors,
-    kill_after_first_checkpoint,
-    load_state,
-    ray_checkpoint_epoch,
-    run_cli,
-    tiny_overrides,
-)
+from tests.engine_helpers import (REPO, assert_same_tensors, kill_after_first_checkpoint, load_state,
+                                  ray_checkpoint_epoch, run_cli, tiny_overrides)
 from tests.ray_procs import cluster_pids, stop_pids
 
 pytestmark = pytest.mark.ray

@@ -11,34 +11,11 @@ or the path; the CLI prints it and exits with code 2.
 """
 
 from rayseg.config.fields import ConfigError
-from rayseg.config.loader import (
-                                  URI_KEYS,
-                                  config_from_dict,
-                                  explain,
-                                  load_config,
-                                  parse_override,
-                                  read_yaml,
-                                  save_config,
-                                  set_dotted,
-                                  validate,
-)
-from rayseg.config.sections import (
-                                  ClassifierSection,
-                                  Config,
-                                  DataSection,
-                                  DenseCLSection,
-                                  ExplainerSection,
-                                  LabelSection,
-                                  MDPSection,
-                                  ModelSection,
-                                  OptimSection,
-                                  PixConSection,
-                                  PSSLSection,
-                                  RunSection,
-                                  SSASection,
-                                  TrainSection,
-                                  ViewsSection,
-)
+from rayseg.config.loader import (URI_KEYS, config_from_dict, explain, load_config, parse_override, read_yaml,
+                                  save_config, set_dotted, validate)
+from rayseg.config.sections import (ClassifierSection, Config, DataSection, DenseCLSection, ExplainerSection,
+                                    LabelSection, MDPSection, ModelSection, OptimSection, PixConSection,
+                                    PSSLSection, RunSection, SSASection, TrainSection, ViewsSection)
 
 __all__ = ["URI_KEYS", "ClassifierSection", "Config", "ConfigError", "DataSection", "DenseCLSection",
            "ExplainerSection", "LabelSection", "MDPSection", "ModelSection", "OptimSection", "PSSLSection",

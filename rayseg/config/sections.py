@@ -21,9 +21,7 @@ from rayseg.config.fields import ConfigError, Section, require, setting
 
 def method_names() -> tuple[str, ...]:
     """The ``method`` choices: the keys of the method registry :data:`rayseg.methods.METHODS`."""
-    from rayseg.methods import (
-        METHODS,  # torch: imported when a config is checked, not when this module is
-    )
+    from rayseg.methods import METHODS  # torch: imported when a config is checked, not when this module is
 
     return tuple(METHODS)
 

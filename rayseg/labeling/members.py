@@ -58,9 +58,7 @@ def _state_dict(obj, path: str) -> dict[str, torch.Tensor]:
 
 
 def _build(arch: str, num_classes: int) -> nn.Module:
-    from rayseg.models import (
-        build_classifier,  # torchvision: imported only where models are built
-    )
+    from rayseg.models import build_classifier  # torchvision: imported only where models are built
 
     try:
         return build_classifier(arch, num_classes)

@@ -58,18 +58,8 @@ from rayseg import storage
 from rayseg.config import ConfigError, ExplainerSection, LabelSection
 from rayseg.labeling import shards
 from rayseg.labeling.explainers import prepare_for_explanation
-from rayseg.labeling.members import (
-    Member,
-    check_members,
-    label_version,
-    load_members,
-    member_names,
-)
-from rayseg.labeling.stages import (
-    decode_and_resize,
-    decode_parquet_rows,
-    encode_and_score,
-)
+from rayseg.labeling.members import Member, check_members, label_version, load_members, member_names
+from rayseg.labeling.stages import decode_and_resize, decode_parquet_rows, encode_and_score
 from rayseg.models.weights import WeightsError
 
 __all__ = ["ExplainActor", "LabelingPlan", "actors_for_cluster", "check_cpu_budget", "decode_and_resize",
