@@ -36,9 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rayseg.config import Config, config_from_dict
-from rayseg.engine.checkpoint import LocalCheckpointStore
-from rayseg.engine.runner import ensure_ray, train
-from rayseg.methods import METHODS
 
 
 @dataclass(frozen=True)
@@ -149,10 +146,15 @@ def pssl_config(storage: str, b: DemoBudget, labels: str, images: str) -> Config
 
 
 def _train(cfg: Config, command: str) -> dict:
+    from rayseg.engine.runner import train
+    from rayseg.methods import METHODS
+
     return train(cfg, command, METHODS[cfg.method])
 
 
 def _export(summary: dict, cfg: Config) -> str:
+    from rayseg.methods import METHODS
+
     return summary["export"][METHODS[cfg.method].export_part]
 
 
@@ -177,6 +179,8 @@ def run_pssl(storage: str, b: DemoBudget) -> tuple[str, dict]:
 
 def run_demo(storage: str = "rayseg_runs/demo", quick: bool = False, address: str | None = None) -> dict:
     from rayseg.commands.report import write_report
+    from rayseg.engine.checkpoint import LocalCheckpointStore
+    from rayseg.engine.runner import ensure_ray
 
     budget = QUICK if quick else FULL
     storage = str(Path(storage) / ("quick" if quick else "full"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from rayseg.commands.args import add_config_args, resolve
-from rayseg.commands.train import preflight
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -14,6 +13,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rayseg.commands.train import preflight
     from rayseg.tune.space import load_space
     from rayseg.tune.sweep import run_sweep
 
