@@ -2,7 +2,7 @@
 
 import pytest
 
-from rayseg import demo
+from rayseg.commands import demo
 
 
 @pytest.mark.parametrize("budget", [demo.QUICK, demo.FULL], ids=["quick", "full"])

@@ -18,8 +18,16 @@ def write(tmp_path, data) -> Path:
     return path
 
 
-def test_shipped_spaces_load_against_their_configs():
-    shipped = {"pssl_bg_weight.yaml": load_config(None, ["method=pssl"]),
+def pssl_inputs(tmp_path) -> list[str]:
+    """``method=pssl`` with the inputs it requires (empty folders: only the config is checked here)."""
+    (tmp_path / "labels").mkdir(exist_ok=True)
+    (tmp_path / "images").mkdir(exist_ok=True)
+    return ["method=pssl", f"pssl.labels={tmp_path / 'labels'}", f"pssl.images={tmp_path / 'images'}",
+            "pssl.num_classes=3"]
+
+
+def test_shipped_spaces_load_against_their_configs(tmp_path):
+    shipped = {"pssl_bg_weight.yaml": load_config(None, pssl_inputs(tmp_path)),
                "mdp_temperature_topk.yaml": load_config(ROOT / "jobs/configs/pretrain_mdp.yaml"),
                "pixcon_temperature.yaml": load_config(ROOT / "jobs/configs/pretrain_pixcon.yaml")}
     for name, cfg in shipped.items():
@@ -72,12 +80,12 @@ def test_space_errors_are_one_line_naming_file_and_key(tmp_path, data, message):
 
 
 def test_trial_config_applies_sampled_values_and_names_are_deterministic(tmp_path):
-    base = load_config(None, ["method=pssl"])
+    base = load_config(None, pssl_inputs(tmp_path))
     cfg = trial_config(base.to_dict(), {"pssl.bg_weight": 0.01, "optim.lr": 0.2})
     assert cfg.pssl.bg_weight == 0.01 and cfg.optim.lr == 0.2 and base.pssl.bg_weight == 0.1
     space = load_space(ROOT / "tune_spaces/pssl_bg_weight.yaml", base)
-    assert sweep_name(base, space) == sweep_name(load_config(None, ["method=pssl"]), space)
-    assert sweep_name(base, space) != sweep_name(load_config(None, ["method=pssl", "optim.lr=0.5"]), space)
+    assert sweep_name(base, space) == sweep_name(load_config(None, pssl_inputs(tmp_path)), space)
+    assert sweep_name(base, space) != sweep_name(load_config(None, [*pssl_inputs(tmp_path), "optim.lr=0.5"]), space)
 
 
 def test_concurrency_follows_cluster_resources():

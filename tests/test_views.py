@@ -146,7 +146,8 @@ def test_views_are_photometrically_augmented_per_view():
     ("views.min_overlap=1.5", "views.min_overlap"),
     ("views.blur_prob=[0.5]", "views.blur_prob"),
     ("views.jitter=[0.4, 0.4, 0.2]", "views.jitter"),
-    ("views.scale_max=1.5", "views.scale_min/scale_max"),
+    ("views.scale_max=1.5", "views.scale_max: must be <= 1"),
+    ("views.ratio_min=2.0", "views.ratio_min/ratio_max"),
 ])
 def test_views_config_errors_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

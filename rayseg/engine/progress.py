@@ -47,15 +47,12 @@ class StepMeter:
 
 
 class RankZeroLogger:
-    """Prints progress and writes TensorBoard scalars when ``enabled`` (rank 0); silent otherwise."""
+    """Prints progress and writes TensorBoard scalars when ``enabled`` (rank 0); silent otherwise. The event file
+    is opened with the first scalar, so a run that has nothing to do leaves none behind."""
 
     def __init__(self, enabled: bool, tb_dir: str | None):
-        self.enabled = enabled
+        self.enabled, self.tb_dir = enabled, tb_dir
         self.writer = None
-        if enabled and tb_dir:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(log_dir=tb_dir)
 
     def print(self, text: str) -> None:
         # Straight to stdout: Ray Train V2 patches print() in workers to also go through the root logger,
@@ -65,9 +62,14 @@ class RankZeroLogger:
             sys.stdout.flush()
 
     def scalars(self, values: dict[str, float], step: int, prefix: str = "") -> None:
-        if self.writer is not None:
-            for k, v in values.items():
-                self.writer.add_scalar(prefix + k, v, step)
+        if not (self.enabled and self.tb_dir):
+            return
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=self.tb_dir)
+        for k, v in values.items():
+            self.writer.add_scalar(prefix + k, v, step)
 
     def flush(self) -> None:
         if self.writer is not None:
