@@ -4,7 +4,6 @@ fine-tuning from exported weights there, and Ray Train's own checkpoints through
 import io
 import json
 
-import pytest
 import torch
 import yaml
 
@@ -70,7 +69,6 @@ def test_a_run_on_s3_resumes_from_the_checkpoint_on_the_store(s3_uri, tmp_path, 
                                    map_location="cpu", weights_only=True)["method"], atol=1e-6)
 
 
-@pytest.mark.ray
 def test_ray_train_run_on_s3_keeps_its_checkpoints_there(ray_cluster, s3_uri):
     cfg = load_config(None, tiny_overrides(s3_uri, "ray-on-s3", **SMALL, **{"train.num_workers": 1, "train.epochs": 2,
                                                                   "train.cpus_per_worker": 1}))

@@ -64,7 +64,6 @@ def labelled(ray_cluster, tiny):
 # ------------------------------------------------------------------------------------------ Ray pipeline
 
 
-@pytest.mark.ray
 def test_end_to_end_three_committed_shards(labelled, tiny):
     root, _ = tiny
     job, summary = labelled
@@ -96,7 +95,6 @@ def test_end_to_end_three_committed_shards(labelled, tiny):
     assert (version_dir / "summary.json").is_file()
 
 
-@pytest.mark.ray
 def test_rerun_of_finished_job_does_no_ray_work(labelled, tiny, monkeypatch):
     root, _ = tiny
     job, first = labelled
@@ -114,7 +112,6 @@ def test_rerun_of_finished_job_does_no_ray_work(labelled, tiny, monkeypatch):
     assert summary["iou_ensemble"] == pytest.approx(first["iou_ensemble"])
 
 
-@pytest.mark.ray
 def test_resume_redoes_only_the_uncommitted_shard(labelled, tiny, tmp_path):
     root, weights = tiny
     _, first = labelled
@@ -135,7 +132,6 @@ def test_resume_redoes_only_the_uncommitted_shard(labelled, tiny, tmp_path):
     assert pq.read_table(version_dir / "shard-00000.parquet").equals(before)  # committed shards untouched
 
 
-@pytest.mark.ray
 def test_corrupt_files_become_error_rows(ray_cluster, tiny, tmp_path):
     root, weights = tiny
     images = tmp_path / "images"
@@ -294,7 +290,6 @@ def write_image_table(images: Path, path: Path, count: int = 16, corrupt: bool =
     return sorted(ids)
 
 
-@pytest.mark.ray
 def test_parquet_input_labels_rows_errors_and_resumes(ray_cluster, tiny, tmp_path):
     root, weights = tiny
     table_path = tmp_path / "images.parquet"

@@ -23,7 +23,6 @@ from tests.engine_helpers import (REPO, assert_same_tensors, kill_after_first_ch
                                   ray_checkpoint_epoch, run_cli, tiny_overrides)
 from tests.ray_procs import cluster_pids, stop_pids
 
-pytestmark = pytest.mark.ray
 
 TWO_WORKERS = {"train.num_workers": 2, "train.epochs": 4, "train.checkpoint_every": 1}
 

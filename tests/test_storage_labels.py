@@ -181,7 +181,6 @@ def test_member_weights_on_s3_load_and_version_like_local_ones(tmp_path, s3_uri)
         check_members([("resnet18", storage.join(s3_uri, "members", "nope.pt"))], 5)
 
 
-@pytest.mark.ray
 def test_labeling_into_s3_resumes_and_reruns_without_work(ray_cluster, tmp_path, s3_uri, monkeypatch):
     images = tmp_path / "images"
     write_image_folder(SyntheticClassification(num_images=16, image_size=32, classes=[0, 1]), images)

@@ -14,7 +14,6 @@ import yaml
 from rayseg.config import load_config
 from tests.engine_helpers import kill_after_first_checkpoint, run_cli
 
-pytestmark = pytest.mark.ray
 
 TINY = {"data.num_train": 16, "data.num_val": 8, "data.image_size": 32, "data.crop_size": 32,
         "model.channels": 16, "model.output_stride": 16, "train.batch_size": 4, "train.log_every": 2,
