@@ -30,6 +30,7 @@ if "RAY_TMPDIR" not in os.environ:
     os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rs-rt-", dir="/tmp")
     atexit.register(shutil.rmtree, os.environ["RAY_TMPDIR"], True)
 RAY_SESSIONS = os.path.join(os.environ["RAY_TMPDIR"], "ray")
+os.makedirs(RAY_SESSIONS, exist_ok=True)  # ray.cluster_utils.Cluster writes ray_current_cluster here
 
 RAY_FIXTURES = {"ray_cluster"}
 # Calls that always start (or join) a cluster: ray.init, rayseg's ensure_ray and run_sweep (which calls it first),

@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from rayseg.storage import write_text
 from rayseg.config import Config, config_from_dict
 
 
@@ -202,8 +203,7 @@ def run_demo(storage: str = "rayseg_runs/demo", quick: bool = False, address: st
             for seed in budget.seeds:
                 cfg = finetune_config(storage, budget, start, head, seed, inits[start])
                 run_dir = Path(cfg.run_dir("finetune"))
-                run_dir.mkdir(parents=True, exist_ok=True)
-                (run_dir / "tags.json").write_text(json.dumps({"start": start, "head": head, "seed": seed}))
+                write_text(run_dir / "tags.json", json.dumps({"start": start, "head": head, "seed": seed}))
                 print(f"\n[demo] fine-tune on domain C from {start}, {head} head, seed {seed}", flush=True)
                 _train(cfg, "finetune")
                 # 28 fine-tunes x ~175 MB: keep the export and metrics, not the resume checkpoint
@@ -223,7 +223,7 @@ def run_demo(storage: str = "rayseg_runs/demo", quick: bool = False, address: st
     results = {"summary": report["summary"], "labels": {k: labels[k] for k in ("iou_ensemble", "iou_members",
                                                                                 "iou_images")},
                "minutes": minutes}
-    (Path(storage) / "demo_results.json").write_text(json.dumps(results, indent=2))
+    write_text(Path(storage) / "demo_results.json", json.dumps(results, indent=2))
     return results
 
 

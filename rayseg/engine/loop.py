@@ -271,9 +271,9 @@ def _write_outputs(run: RunFolder, cfg: Config, core, meta: dict, metrics: dict,
     export.mkdir(parents=True, exist_ok=True)
     exported = {name: run.location_of(path) for name, path in core.export(export, meta).items()}
     if metrics:
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        storage.write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     if skipped:
-        (run_dir / "bad_samples.txt").write_text("".join(f"{k}\t{v}\n" for k, v in sorted(skipped.items())))
+        storage.write_text(run_dir / "bad_samples.txt", "".join(f"{k}\t{v}\n" for k, v in sorted(skipped.items())))
     summary = {
         "method": cfg.method, "epochs": cfg.train.epochs, "steps": global_step,
         "final_losses": last_losses,
