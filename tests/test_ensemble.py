@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rayseg.labeling import deciles, ensemble_mean, minmax_normalize, pseudo_label, top_decile_mask
+from rayseg.ignore import IGNORE_INDEX
 
 # A 4x5 map with ties (N = 20, so D = floor(10 Z / 20) = floor(Z / 2)).
 # value counts: 0:1 1:2 2:3 3:2 4:1 5:3 6:4 7:1 8:1 9:2
@@ -176,7 +177,7 @@ def test_pseudo_label_values():
     out = pseudo_label(D, class_id=3, background_index=1000, threshold=8)
     assert torch.equal(out, torch.tensor([[3, 3, 1000], [1000, 3, 3]]))
     out = pseudo_label(D, class_id=3, background_index=1000, threshold=8, ignore_d8=True)  # ignores D == 7
-    assert torch.equal(out, torch.tensor([[3, 3, 1000], [255, 3, 3]]))
+    assert torch.equal(out, torch.tensor([[3, 3, 1000], [IGNORE_INDEX, 3, 3]]))
 
 
 def test_pseudo_label_per_image_class_ids_and_bad_threshold():

@@ -17,6 +17,7 @@ from rayseg.data.synthetic import (
     write_image_folder,
     write_voc_folder,
 )
+from rayseg.ignore import IGNORE_INDEX
 
 
 @pytest.fixture()
@@ -73,7 +74,7 @@ def test_label_map_remaps_and_ignores_unmapped(voc):
     root, ds = voc
     label_map = {0: 0, 1: 1, 2: 1, 3: 2}  # merge 1 and 2; 4, 5, 6 unmapped -> ignore
     folder = VOCSegmentationFolder(root, num_classes=3, label_map=label_map)
-    lut = torch.tensor([0, 1, 1, 2, 255, 255, 255])
+    lut = torch.tensor([0, 1, 1, 2, IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX])
     seen = set()
     for i in range(len(folder)):
         raw = ds[i]["mask"]

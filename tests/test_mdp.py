@@ -28,6 +28,7 @@ from rayseg.methods.mdp import (
     two_step_class_means,
 )
 from rayseg.models import build_model, load_weights
+from rayseg.ignore import IGNORE_INDEX
 
 
 def _lse(values):
@@ -51,7 +52,7 @@ def test_p2p_skips_unseen_prototypes_and_ignored_pixels():
     z = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [1.0, 0.0]])
     protos = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.6, 0.8]])
     available = torch.tensor([True, False, True])
-    target = torch.tensor([0, 1, 2, 255])       # pixel 2 has an unseen class, pixel 4 is ignored
+    target = torch.tensor([0, 1, 2, IGNORE_INDEX])       # pixel 2 has an unseen class, pixel 4 is ignored
     loss = PixelPrototypeContrast(temperature=0.5)(z @ protos.t(), target, available)
     l1 = -2.0 + _lse([2.0, 1.2])                # prototype 1 is not in the denominator
     l3 = -2.0 + _lse([1.2, 2.0])
@@ -60,7 +61,8 @@ def test_p2p_skips_unseen_prototypes_and_ignored_pixels():
 
 def test_p2p_with_no_valid_pixel_is_zero_with_a_graph():
     z = torch.randn(3, 4, requires_grad=True)
-    loss = PixelPrototypeContrast()(z @ torch.randn(4, 2), torch.tensor([0, 1, 255]), torch.zeros(2, dtype=torch.bool))
+    loss = PixelPrototypeContrast()(z @ torch.randn(4, 2), torch.tensor([0, 1, IGNORE_INDEX]),
+                                    torch.zeros(2, dtype=torch.bool))
     assert loss.item() == 0.0
     loss.backward()
     assert torch.equal(z.grad, torch.zeros_like(z))
@@ -134,7 +136,7 @@ def test_csc_top_k_never_contains_the_true_class():
     sim = torch.rand(n, k, generator=g) * 2 - 1
     target = torch.randint(0, k, (n,), generator=g)
     sim[torch.arange(n), target] = 5.0                           # the true class is always the most similar
-    target[:10] = 255
+    target[:10] = IGNORE_INDEX
     available = torch.rand(k, generator=g) > 0.2
     class_dataset = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
     for restrict in (None, class_dataset):
@@ -161,7 +163,7 @@ def _hand_batch():
     """Image 0: three class-1 pixels at e1 and one ignored; image 1: one class-1 pixel at e2, three class-0 pixels."""
     e1, e2, v = [1.0, 0.0], [0.0, 1.0], [0.6, 0.8]
     z = torch.tensor([[e1, e1, e1, e2], [e2, v, v, v]])
-    labels = torch.tensor([[1, 1, 1, 255], [1, 0, 0, 0]])
+    labels = torch.tensor([[1, 1, 1, IGNORE_INDEX], [1, 0, 0, 0]])
     return z, labels
 
 
@@ -203,7 +205,7 @@ def _rank_batches(rank: int, steps: int, k: int = 6, d: int = 4):
     for step in range(steps):
         z = F.normalize(torch.randn(3, 10, d, generator=g), dim=2)
         labels = torch.randint(0, k - 1, (3, 10), generator=g)
-        labels[0, :2 + rank] = 255
+        labels[0, :2 + rank] = IGNORE_INDEX
         if rank == 1 and step == 2:
             labels[1, :3] = k - 1                                   # class k-1: one image of one worker only
         out.append((z, labels))
@@ -256,7 +258,8 @@ def test_downsample_labels_samples_cell_centres():
     small = downsample_labels(masks, (2, 2))
     assert small.tolist() == [[[2 * 8 + 2, 2 * 8 + 6], [6 * 8 + 2, 6 * 8 + 6]]]
     assert small.dtype == torch.int64
-    assert downsample_labels(torch.tensor([[[255, 3], [3, 255]]]), (2, 2)).tolist() == [[[255, 3], [3, 255]]]
+    labels = torch.tensor([[[IGNORE_INDEX, 3], [3, IGNORE_INDEX]]])
+    assert torch.equal(downsample_labels(labels, (2, 2)), labels)
     big = torch.full((1, 4, 4), 300)
     big[0, 2:, 2:] = -1
     assert downsample_labels(big, (2, 2)).tolist() == [[[300, 300], [300, -1]]]
@@ -296,7 +299,7 @@ def test_first_step_initialises_then_losses_use_the_previous_prototypes():
     assert losses["p2p"].item() == 0.0 and losses["csc"].item() == 0.0    # no prototype existed before the step
     labels = downsample_labels(batch["mask"], (4, 4))
     present = torch.zeros(14, dtype=torch.bool)
-    present[labels[labels != 255].unique()] = True
+    present[labels[labels != IGNORE_INDEX].unique()] = True
     assert torch.equal(method.memory.seen, present)
 
     before = method.memory.prototypes.clone()

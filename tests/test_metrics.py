@@ -4,11 +4,12 @@ import pytest
 import torch
 
 from rayseg.engine.metrics import ConfusionMatrix, format_metrics_table
+from rayseg.ignore import IGNORE_INDEX
 
 
 def test_hand_made_confusion_matrix_with_ignore_and_absent_class():
     # 4 classes; class 3 never appears in labels or predictions -> NaN IoU, left out of the mean.
-    target = torch.tensor([[0, 0, 1, 1], [2, 2, 255, 255]])
+    target = torch.tensor([[0, 0, 1, 1], [2, 2, IGNORE_INDEX, IGNORE_INDEX]])
     pred = torch.tensor([[0, 1, 1, 1], [2, 0, 3, 1]])  # the two ignore pixels carry junk predictions
     cm = ConfusionMatrix(4)
     cm.update(pred, target)
@@ -46,7 +47,7 @@ def test_updates_accumulate_and_reject_bad_labels():
 
 def test_everything_ignored_gives_nan():
     cm = ConfusionMatrix(2)
-    cm.update(torch.tensor([0, 1]), torch.tensor([255, 255]))
+    cm.update(torch.tensor([0, 1]), torch.tensor([IGNORE_INDEX, IGNORE_INDEX]))
     m = cm.compute()
     assert math.isnan(m["miou"]) and math.isnan(m["pixel_accuracy"])
 

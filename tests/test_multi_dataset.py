@@ -21,10 +21,11 @@ from rayseg.data.mixing import (
 )
 from rayseg.data.multi import LabelSpace, MultiDataset, build_multi_dataset, parse_dataset_spec
 from rayseg.data.synthetic import SyntheticSegmentation, write_voc_folder
+from rayseg.ignore import IGNORE_INDEX
 
 
 class Tiny(Dataset):
-    """``n`` 2x2 items of one dataset: mask ``[[0, c], [255, i mod k]]``; the image encodes the index."""
+    """``n`` 2x2 items of one dataset: mask ``[[0, c], [ignore, i mod k]]``; the image encodes the index."""
 
     def __init__(self, n: int, k: int):
         self.n, self.num_classes = n, k
@@ -35,7 +36,7 @@ class Tiny(Dataset):
 
     def __getitem__(self, i):
         return {"image": torch.full((3, 2, 2), float(i)),
-                "mask": torch.tensor([[0, self.num_classes - 1], [255, i % self.num_classes]]), "id": f"{i}"}
+                "mask": torch.tensor([[0, self.num_classes - 1], [IGNORE_INDEX, i % self.num_classes]]), "id": f"{i}"}
 
 
 # -------------------------------------------------------------------------------------------- label space
@@ -54,9 +55,9 @@ def test_label_space_offsets_and_global_ids():
 
 def test_label_space_to_global_keeps_ignore():
     space = LabelSpace.build(["a", "b"], [["x", "y", "z"], ["u", "v"]])
-    mask = torch.tensor([[0, 1], [255, 2]])
-    assert space.to_global(mask, 0).tolist() == [[0, 1], [255, 2]]
-    assert space.to_global(torch.tensor([[0, 1], [255, 1]]), 1).tolist() == [[3, 4], [255, 4]]
+    mask = torch.tensor([[0, 1], [IGNORE_INDEX, 2]])
+    assert space.to_global(mask, 0).tolist() == [[0, 1], [IGNORE_INDEX, 2]]
+    assert space.to_global(torch.tensor([[0, 1], [IGNORE_INDEX, 1]]), 1).tolist() == [[3, 4], [IGNORE_INDEX, 4]]
     assert space.global_class_names() == ["a/x", "a/y", "a/z", "b/u", "b/v"]
 
 
@@ -76,14 +77,14 @@ def test_label_space_rejects_duplicate_names():
         LabelSpace.build(["a", "a"], [["x"], ["y"]])
 
 
-def test_large_label_space_moves_ignore_off_255():
-    small = LabelSpace.build(["a", "b"], [["x"] * 200, ["y"] * 55])          # 255 classes: ids 0..254
-    assert small.ignore_index == 255
-    large = LabelSpace.build(["a", "b"], [["x"] * 200, ["y"] * 60])          # id 255 is b's class 55
-    assert large.ignore_index == -1
-    mask = torch.tensor([[55, 255], [0, 59]])
+def test_ignore_never_collides_with_a_global_id():
+    """-1 for every size: with 260 classes global id 255 is b's class 55, not ignore; and up to 65,535 classes."""
+    for sizes in ((200, 55), (200, 60), (1000, 64535)):
+        space = LabelSpace.build(["a", "b"], [["x"] * sizes[0], ["y"] * sizes[1]])
+        assert space.ignore_index == IGNORE_INDEX == -1 and space.to_dict()["ignore_index"] == -1
+    large = LabelSpace.build(["a", "b"], [["x"] * 200, ["y"] * 60])
+    mask = torch.tensor([[55, IGNORE_INDEX], [0, 59]])
     assert large.to_global(mask, 1).tolist() == [[255, -1], [200, 259]]
-    assert large.to_dict()["ignore_index"] == -1
 
 
 # --------------------------------------------------------------------------------------------- the union
@@ -93,11 +94,11 @@ def test_proportional_union_maps_masks_to_global_ids():
     multi = MultiDataset([Tiny(3, 4), Tiny(5, 2)], ["p", "q"])
     assert len(multi) == 8 and multi.num_classes == 6
     assert [multi.locate(i) for i in range(8)] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (1, 3), (1, 4)]
-    item = multi[4]                                   # dataset q, its item 1: local mask [[0, 1], [255, 1]]
-    assert item["mask"].tolist() == [[4, 5], [255, 5]]
+    item = multi[4]                                   # dataset q, its item 1: local mask [[0, 1], [IGNORE_INDEX, 1]]
+    assert item["mask"].tolist() == [[4, 5], [IGNORE_INDEX, 5]]
     assert item["dataset"].dtype == torch.int64 and int(item["dataset"]) == 1
     assert float(item["image"][0, 0, 0]) == 1.0
-    assert multi[2]["mask"].tolist() == [[0, 3], [255, 2]]
+    assert multi[2]["mask"].tolist() == [[0, 3], [IGNORE_INDEX, 2]]
 
 
 def test_balanced_sampling_repeats_smaller_datasets():
@@ -126,7 +127,7 @@ def test_build_multi_dataset_from_synthetic_specs():
     for i in range(len(multi)):
         item = multi[i]
         d = int(item["dataset"])
-        valid = item["mask"][item["mask"] != 255]
+        valid = item["mask"][item["mask"] != IGNORE_INDEX]
         lo = multi.label_space.offsets[d]
         assert valid.numel() and lo <= int(valid.min()) and int(valid.max()) < lo + multi.label_space.sizes[d]
         assert item["image"].shape == (3, 32, 32)
@@ -147,7 +148,7 @@ def test_voc_spec_reads_class_names_file(tmp_path):
     assert multi.label_space.offsets == (0, 7) and multi.num_classes == 14
     reference = SyntheticSegmentation("B", num_images=3, image_size=32)[1]["mask"]
     # same image, same labels + 7 (the crop of 32 at scale 0.5..2 moves pixels: compare the label sets)
-    got = set(multi[3]["mask"].unique().tolist()) - {255}
+    got = set(multi[3]["mask"].unique().tolist()) - {IGNORE_INDEX}
     assert got <= {v + 7 for v in reference.unique().tolist()}
 
 
@@ -207,13 +208,13 @@ def test_region_box_area_is_at_most_nominal_and_exact_when_not_clipped():
 
 
 def test_class_mix_mask_takes_half_of_the_present_classes_rounded_up():
-    label = torch.tensor([[1, 1, 2, 255], [3, 3, 2, 255]])
+    label = torch.tensor([[1, 1, 2, IGNORE_INDEX], [3, 3, 2, IGNORE_INDEX]])
     for seed in range(10):
         m = class_mix_mask(label, torch.Generator().manual_seed(seed))
         chosen = set(label[m].tolist())
         assert len(chosen) == 2 and chosen <= {1, 2, 3}
         assert torch.equal(m, torch.isin(label, torch.tensor(sorted(chosen))))     # whole classes only
-    assert not class_mix_mask(torch.full((2, 2), 255), torch.Generator()).any()
+    assert not class_mix_mask(torch.full((2, 2), IGNORE_INDEX), torch.Generator()).any()
 
 
 def test_partners_come_from_another_dataset():
@@ -234,7 +235,7 @@ def _unique_batch(b: int = 6, h: int = 12, w: int = 10):
     datasets = torch.tensor([0, 1, 0, 1, 2, 2])[:b]
     g = torch.Generator().manual_seed(5)
     masks = torch.stack([10 * int(datasets[i]) + torch.randint(0, 3, (h, w), generator=g) for i in range(b)])
-    masks[0, :2] = 255
+    masks[0, :2] = IGNORE_INDEX
     return images, masks, datasets
 
 
@@ -270,8 +271,8 @@ def test_region_mix_pastes_a_box_and_class_mix_pastes_whole_classes():
         if out.kind[i] == CLASS_MIX:
             kept = set(masks[i][~m].tolist())
             assert not kept & set(masks[i][m].tolist())            # a class is kept entirely or not at all
-            present = set(masks[i].unique().tolist()) - {255}
-            assert len(kept) == math.ceil(len(present) / 2) and 255 not in kept
+            present = set(masks[i].unique().tolist()) - {IGNORE_INDEX}
+            assert len(kept) == math.ceil(len(present) / 2) and IGNORE_INDEX not in kept
 
 
 def test_mixing_is_deterministic_for_a_generator_seed():

@@ -23,6 +23,7 @@ from rayseg.labeling import shards
 from rayseg.methods import METHODS
 from rayseg.methods.pssl import PSSL, BackgroundWeightedCrossEntropy
 from rayseg.models import build_model, export_weights, load_weights
+from rayseg.ignore import IGNORE_INDEX
 
 K = 3
 SIZE = 32
@@ -46,7 +47,7 @@ def test_weighted_ce_hand_computed_2x2_with_ignore():
     logits = torch.tensor([[[0.5, -1.0], [2.0, 0.0]],
                            [[0.0, 1.0], [0.0, 0.0]],
                            [[1.0, 0.0], [-2.0, 7.0]]]).unsqueeze(0)           # 1 x 3 x 2 x 2
-    target = torch.tensor([[[2, 1], [0, 255]]])
+    target = torch.tensor([[[2, 1], [0, IGNORE_INDEX]]])
     def neg_log_p(values, c):
         return -(values[c] - math.log(sum(math.exp(v) for v in values)))
     terms = [(0.25, neg_log_p([0.5, 0.0, 1.0], 2)),   # background pixel, weight w_bg
@@ -62,26 +63,26 @@ def test_weighted_ce_equals_torch_cross_entropy(bg_weight):
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(4, 6, 9, 7, generator=g, dtype=torch.float64) * 3
     target = torch.randint(0, 6, (4, 9, 7), generator=g)
-    target[torch.rand(4, 9, 7, generator=g) < 0.3] = 255
+    target[torch.rand(4, 9, 7, generator=g) < 0.3] = IGNORE_INDEX
     target[0] = 5  # a background-only image too
     loss_fn = BackgroundWeightedCrossEntropy(num_classes=5, bg_weight=bg_weight)
     assert loss_fn.weight.tolist() == pytest.approx([1, 1, 1, 1, 1, bg_weight])
     w = torch.tensor([1.0] * 5 + [bg_weight], dtype=torch.float64)
-    expected = F.cross_entropy(logits, target, weight=w, ignore_index=255)
+    expected = F.cross_entropy(logits, target, weight=w, ignore_index=IGNORE_INDEX)
     a = logits.clone().requires_grad_(True)
     b = logits.clone().requires_grad_(True)
     got = loss_fn(a, target)
-    F.cross_entropy(b, target, weight=w, ignore_index=255).backward()
+    F.cross_entropy(b, target, weight=w, ignore_index=IGNORE_INDEX).backward()
     got.backward()
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
     torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-7)
     if bg_weight == 1.0:  # no reweighting: the plain mean CE over non-ignored pixels
-        assert got.item() == pytest.approx(F.cross_entropy(logits, target, ignore_index=255).item(), rel=1e-5)
+        assert got.item() == pytest.approx(F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX).item(), rel=1e-5)
 
 
 def test_weighted_ce_all_ignored_is_zero_with_gradient():
     logits = torch.randn(2, 4, 5, 5, requires_grad=True)
-    target = torch.full((2, 5, 5), 255)
+    target = torch.full((2, 5, 5), IGNORE_INDEX)
     loss = BackgroundWeightedCrossEntropy(num_classes=3, bg_weight=0.1)(logits, target)
     assert loss.item() == 0.0 and loss.requires_grad
     loss.backward()
@@ -110,7 +111,7 @@ def expected_mask(deciles: np.ndarray, cls: int, threshold: int = 9, ignore_d8: 
     mask = np.full(deciles.shape, K, np.int64)
     mask[deciles >= threshold] = cls
     if ignore_d8:
-        mask[deciles == threshold - 1] = 255
+        mask[deciles == threshold - 1] = IGNORE_INDEX
     return mask
 
 
@@ -177,8 +178,8 @@ def test_dataset_crop_padding_is_ignore(labelled):
         item = ds[i]
         mask = item["mask"]
         assert item["image"].shape == (3, 48, 48) and mask.shape == (48, 48)
-        assert int((mask == 255).sum()) == 48 * 48 - SIZE * SIZE
-        rows, cols = torch.nonzero(mask != 255, as_tuple=True)
+        assert int((mask == IGNORE_INDEX).sum()) == 48 * 48 - SIZE * SIZE
+        rows, cols = torch.nonzero(mask != IGNORE_INDEX, as_tuple=True)
         inner = mask[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
         np.testing.assert_array_equal(inner.numpy(), expected_mask(gradient_deciles(SIZE, SIZE),
                                                                    dict(items)[item["id"]]))
@@ -249,7 +250,7 @@ def test_pssl_train_dataset_from_config(labelled):
     assert isinstance(ds, PSSLDataset) and ds.threshold == 8 and ds.ignore_d8
     item = ds[0]
     assert item["image"].shape == (3, 32, 32) and item["mask"].shape == (32, 32)
-    assert set(item["mask"].unique().tolist()) <= {0, 1, 2, K, 255}
+    assert set(item["mask"].unique().tolist()) <= {0, 1, 2, K, IGNORE_INDEX}
 
 
 def test_pssl_forward_and_training_reduce_the_loss(labelled):

@@ -26,6 +26,7 @@ from rayseg.methods.ssa_losses import (
 )
 from rayseg.methods.supervised import Supervised
 from rayseg.models import SSAClassifier, build_model, export_weights, load_weights
+from rayseg.ignore import IGNORE_INDEX
 
 SMALL = {"backbone": "resnet18", "head": "fcn", "output_stride": 32, "channels": 16}
 
@@ -62,7 +63,7 @@ def test_boundaries_5x5_single_pixel_hand_case():
 
 def test_boundaries_frame_suppresses_edges_at_the_border_and_ignore_counts():
     labels = torch.zeros(1, 5, 5, dtype=torch.long)
-    labels[0, 0, :] = 255  # ignore row on top: its change to class 0 is an edge (row 0)
+    labels[0, 0, :] = IGNORE_INDEX  # ignore row on top: its change to class 0 is an edge (row 0)
     band = label_boundaries(labels, border=0)[0]
     assert torch.equal(band, torch.tensor([[1.0] * 5, [1.0] * 5, [0.0] * 5, [0.0] * 5, [0.0] * 5]))
     assert label_boundaries(labels, border=1).sum() == 0
@@ -114,12 +115,12 @@ def test_response_distillation_1x4_hand_case():
     assert loss6.item() == pytest.approx((interior0 + 0.5 * l3) / 2, rel=1e-5)
 
 
-def test_response_distillation_ignores_255_resizes_labels_and_detaches_the_teacher():
+def test_response_distillation_ignores_ignore_resizes_labels_and_detaches_the_teacher():
     torch.manual_seed(0)
     student = torch.randn(1, 3, 2, 2, requires_grad=True)
     teacher = torch.randn(1, 3, 2, 2, requires_grad=True)
-    # 4x4 labels nearest-resized to 2x2 take the top-left pixel of each 2x2 cell: [[2, 255], [0, 2]]
-    labels = torch.tensor([[[2, 1, 255, 0], [1, 1, 0, 0], [0, 0, 2, 2], [0, 1, 2, 2]]])
+    # 4x4 labels nearest-resized to 2x2 take the top-left pixel of each 2x2 cell: [[2, ignore], [0, 2]]
+    labels = torch.tensor([[[2, 1, IGNORE_INDEX, 0], [1, 1, 0, 0], [0, 0, 2, 2], [0, 1, 2, 2]]])
     loss = ResponseDistillationLoss(smoothing=0.5, border=6)(student, teacher, labels)
     pix = {(i, j): _rd_terms(student[0, :, i, j].tolist(), teacher[0, :, i, j].tolist(), c)
            for (i, j), c in {(0, 0): 2, (1, 0): 0, (1, 1): 2}.items()}
@@ -128,7 +129,7 @@ def test_response_distillation_ignores_255_resizes_labels_and_detaches_the_teach
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     loss.backward()
     assert teacher.grad is None and student.grad[0, :, 0, 1].abs().sum() == 0  # the ignored pixel has no gradient
-    everything_ignored = torch.full((1, 2, 2), 255)
+    everything_ignored = torch.full((1, 2, 2), IGNORE_INDEX)
     assert ResponseDistillationLoss()(student, teacher, everything_ignored).item() == 0.0
 
 
@@ -136,14 +137,14 @@ def test_response_distillation_ignores_255_resizes_labels_and_detaches_the_teach
 
 
 def test_dice_hand_case_sigmoid_pairs_and_ignored_pixels_in_the_denominator():
-    # image 0: labels [0, 255]; channel 0 sigmoids [0.5, 0.75] (the ignored pixel counts in Σ m, as the official code)
+    # image 0: labels [0, ignore]; channel 0 sigmoids [0.5, 0.75] (the ignored pixel counts in Σ m, as the official code)
     # image 1: labels [1, 0]; channel 0 sigmoids [0.5, 0.5], channel 1 sigmoids [0.75, 0.5]
     # image 2: all ignored: no pair
     ln3 = math.log(3.0)
     logits = torch.tensor([[[0.0, ln3], [5.0, -5.0]],
                            [[0.0, 0.0], [ln3, 0.0]],
                            [[1.0, 2.0], [3.0, 4.0]]]).view(3, 2, 1, 2)
-    labels = torch.tensor([[[0, 255]], [[1, 0]], [[255, 255]]])
+    labels = torch.tensor([[[0, IGNORE_INDEX]], [[1, 0]], [[IGNORE_INDEX, IGNORE_INDEX]]])
     d00 = 1 - (2 * 0.5 + 1) / (0.5 + 0.75 + 1 + 1)
     d10 = 1 - (2 * 0.5 + 1) / (0.5 + 0.5 + 1 + 1)
     d11 = 1 - (2 * 0.75 + 1) / (0.75 + 0.5 + 1 + 1)
@@ -296,7 +297,7 @@ def test_teacher_centres_are_batch_level_semantic_and_per_image_spatial():
     head = SSAClassifier(channels=4, num_classes=3, dropout=0.0)
     feat = torch.randn(2, 4, 1, 2)
     pos = head.position_encoding(feat)
-    labels = torch.tensor([[[0, 255]], [[0, 1]]])  # class 0 in both images, class 1 in image 1, class 2 nowhere
+    labels = torch.tensor([[[0, IGNORE_INDEX]], [[0, 1]]])  # class 0 in both images, class 1 in image 1, class 2 nowhere
     captured = {}
     head.teacher_semantic_mlp.register_forward_hook(lambda m, i, o: captured.__setitem__("sem", i[0]))
     head.teacher_spatial_mlp.register_forward_hook(lambda m, i, o: captured.__setitem__("pos", i[0]))
@@ -320,7 +321,7 @@ def test_eval_output_is_the_same_with_or_without_labels_and_ignores_the_teacher(
         feat = model.forward_features(x)["decoder"]
         plain = model.classifier(feat)
         with_labels = model.classifier.forward_train(feat, torch.randint(0, 4, (2, 64, 64))).logits
-        other_labels = model.classifier.forward_train(feat, torch.full((2, 64, 64), 255)).logits
+        other_labels = model.classifier.forward_train(feat, torch.full((2, 64, 64), IGNORE_INDEX)).logits
         assert torch.equal(plain, with_labels) and torch.equal(plain, other_labels)
         before = model(x)
         for name, p in model.classifier.named_parameters():
@@ -355,7 +356,7 @@ def test_every_decode_head_takes_the_ssa_classifier(head):
     assert isinstance(rebuilt.classifier, SSAClassifier)
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
     losses = segmentation_losses(model, torch.randn(2, 3, 64, 64), torch.randint(0, 3, (2, 64, 64)),
-                                 lambda x, y: F.cross_entropy(x, y, ignore_index=255))
+                                 lambda x, y: F.cross_entropy(x, y, ignore_index=IGNORE_INDEX))
     assert all(torch.isfinite(v) for v in losses.values())
     model.replace_classifier(5)
     assert isinstance(model.classifier, SSAClassifier) and model.classifier.num_classes == 5
@@ -373,14 +374,14 @@ def test_total_is_the_sum_of_the_logged_terms_each_recomputed():
     method = Supervised(model, ["a", "b", "c", "d"], ssa_loss=SSALoss(edge_border=0))
     torch.manual_seed(1)
     image, mask = torch.randn(2, 3, 64, 64), torch.randint(0, 4, (2, 64, 64))
-    mask[:, :8] = 255
+    mask[:, :8] = IGNORE_INDEX
     losses = method({"image": image, "mask": mask})
     assert list(losses) == ["ce", "coarse_ce", "teacher_ce", "distill_response", "dice", "teacher_dice",
                             "distill_semantic", "distill_spatial"]
     with torch.no_grad():
         out = model.classifier.forward_train(model.forward_features(image)["decoder"], mask)
         up = lambda t: F.interpolate(t, size=(64, 64), mode="bilinear", align_corners=True)
-        ce = lambda t: F.cross_entropy(up(t), mask, ignore_index=255)
+        ce = lambda t: F.cross_entropy(up(t), mask, ignore_index=IGNORE_INDEX)
         expected = {
             "ce": ce(out.logits), "coarse_ce": ce(out.coarse), "teacher_ce": ce(out.teacher_logits),
             "distill_response": ResponseDistillationLoss(border=0)(out.logits, out.teacher_logits, mask),
@@ -456,7 +457,7 @@ def test_a_few_training_steps_reduce_the_loss_on_a_fixed_batch():
     mask = torch.zeros(2, 48, 48, dtype=torch.long)
     mask[:, :, 24:] = 1
     mask[:, 30:, :] = 2
-    mask[:, :4] = 255
+    mask[:, :4] = IGNORE_INDEX
     optimizer = torch.optim.SGD(method.parameters(), lr=0.02, momentum=0.9)
 
     def total(step):

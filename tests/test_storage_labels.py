@@ -19,6 +19,7 @@ from rayseg.data.pseudo_labels import PSSLDataset
 from rayseg.data.synthetic import SyntheticClassification, write_image_folder
 from rayseg.labeling import pipeline, shards
 from rayseg.methods.pssl import PSSL
+from rayseg.ignore import IGNORE_INDEX
 from tests.test_pssl import SIZE, K, pssl_config, write_labels
 
 
@@ -133,7 +134,7 @@ def test_pssl_dataset_reads_labels_from_s3_like_from_a_path(local_labels, s3_lab
     for i in range(len(local)):
         a, b = local[i], remote[i]
         assert a["id"] == b["id"] and torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
-        assert set(b["mask"].unique().tolist()) == {local.class_index[i], K, 255}
+        assert set(b["mask"].unique().tolist()) == {local.class_index[i], K, IGNORE_INDEX}
     remote.deciles_png[0] = b"not a png"
     with pytest.raises(ValueError, match="cannot decode the decile map") as err:
         remote[0]

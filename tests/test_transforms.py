@@ -13,6 +13,7 @@ from rayseg.data.transforms import (
     SegTrainTransform,
     to_float_pair,
 )
+from rayseg.ignore import IGNORE_INDEX
 
 H, W, BLOCK = 96, 80, 8  # non-square, so a swapped H/W would show
 
@@ -38,7 +39,7 @@ def misaligned_fraction(image: torch.Tensor, mask: torch.Tensor) -> float:
     """
     padded = torch.nn.functional.pad(mask[None, None].float(), (1, 1, 1, 1), value=-1)
     window = torch.nn.functional.unfold(padded, 3).view(9, *mask.shape)
-    interior = (window == mask.float()).all(0) & (mask != 255)
+    interior = (window == mask.float()).all(0) & (mask != IGNORE_INDEX)
     assert interior.sum() > 100
     return (decode_block_ids(image)[interior] != mask[interior]).float().mean().item()
 
@@ -56,7 +57,7 @@ def test_image_and_mask_stay_aligned_over_random_seeds():
         out_image, out_mask = transform(image, mask)
         assert out_image.shape == (3, 64, 64) and out_mask.shape == (64, 64)
         assert misaligned_fraction(out_image, out_mask) == 0.0
-        valid = out_mask != 255
+        valid = out_mask != IGNORE_INDEX
         cols = torch.where(valid.any(0))[0]
         row = out_mask[valid.any(1).nonzero()[0, 0]]  # first labelled row
         flipped += int(row[cols[0]] % 10 > row[cols[-1]] % 10)
@@ -78,7 +79,7 @@ def test_padding_fills_ignore_in_mask_and_zero_in_image():
     for seed in range(5):
         torch.manual_seed(seed)
         out_image, out_mask = transform(image, mask)
-        pad = out_mask == 255
+        pad = out_mask == IGNORE_INDEX
         assert pad.sum() == 64 * 64 - 20 * 30  # scale 1: every input pixel is kept once
         assert (out_image[:, pad] == 0).all() and (out_image[:, ~pad] > 0).all()
 
@@ -94,7 +95,7 @@ def test_masks_are_resized_nearest_without_new_labels():
         assert type(out_image) is torch.Tensor and type(out_mask) is torch.Tensor
         assert out_image.dtype == torch.float32 and out_image.shape == (3, 48, 48)
         assert out_mask.dtype == torch.int64 and out_mask.shape == (48, 48)
-        assert set(out_mask.unique().tolist()) <= {0, 3, 17, 42, 255}
+        assert set(out_mask.unique().tolist()) <= {0, 3, 17, 42, IGNORE_INDEX}
 
 
 def test_random_scale_relative_to_input_or_base_size():
@@ -136,8 +137,8 @@ def test_normalisation_and_eval_transforms():
 
 def test_to_float_pair():
     image = torch.tensor([[[0, 51, 255]]], dtype=torch.uint8).expand(3, 1, 3)
-    out_image, out_mask = to_float_pair(tv_tensors.Image(image), tv_tensors.Mask(torch.tensor([[1, 2, 255]])))
+    out_image, out_mask = to_float_pair(tv_tensors.Image(image), tv_tensors.Mask(torch.tensor([[1, 2, IGNORE_INDEX]])))
     assert type(out_image) is torch.Tensor and out_image.dtype == torch.float32
     assert torch.allclose(out_image[0, 0], torch.tensor([0.0, 0.2, 1.0]))
     assert type(out_mask) is torch.Tensor and out_mask.dtype == torch.int64
-    assert out_mask.tolist() == [[1, 2, 255]]
+    assert out_mask.tolist() == [[1, 2, IGNORE_INDEX]]

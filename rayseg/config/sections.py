@@ -52,7 +52,7 @@ class DataSection(Section):
     num_val: int = setting(128, "synthetic: number of validation images", ge=1)
     image_size: int = setting(64, "synthetic: image side in pixels", ge=8)
     seed: int = setting(0, "synthetic: generator seed (fixed while run.seed varies)")
-    num_classes: int = setting(0, "voc: number of classes (label ids 0..num_classes-1, 255 = ignore)", ge=0)
+    num_classes: int = setting(0, "voc: number of classes (label ids 0..num_classes-1; 255 in the mask files = ignore)", ge=0)
     class_names: list[str] = setting([], "voc: optional class names")
     label_map: dict[int, int] = setting({}, "raw label id -> train id (Cityscapes style); unmapped ids become ignore")
     skip_bad: bool = setting(False, "skip and count unreadable or inconsistent samples instead of failing")

@@ -1,5 +1,5 @@
 """Datasets and transforms. Every segmentation dataset yields ``{"image": float 3xHxW, "mask": int64 HxW, "id"}``
-with 255 = ignore; see ``synthetic`` (the embedded benchmark), ``folders`` (VOC-style and ImageFolder trees)
+with ``IGNORE_INDEX`` (-1, :mod:`rayseg.ignore`) = ignore; see ``synthetic`` (the embedded benchmark), ``folders`` (VOC-style and ImageFolder trees)
 and ``transforms`` (joint image/mask augmentation)."""
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from rayseg.data.errors import BadSampleError
 from rayseg.data.folders import ImageFolderClassification, VOCSegmentationFolder, collate_skip_bad
 from rayseg.data.synthetic import SyntheticClassification, SyntheticSegmentation
 from rayseg.data.transforms import SegEvalTransform, SegTrainTransform
-
-IGNORE_INDEX = 255
+from rayseg.ignore import IGNORE_INDEX
 
 
 def segmentation_transform(data: DataSection, train: bool):
@@ -35,7 +34,7 @@ def build_segmentation_dataset(data: DataSection, train: bool) -> Dataset:
     if data.kind == "voc":
         return VOCSegmentationFolder(data.root, split=split, num_classes=data.num_classes, transform=transform,
                                      label_map=data.label_map or None, class_names=data.class_names or None,
-                                     skip_bad=data.skip_bad, ignore_index=IGNORE_INDEX)
+                                     skip_bad=data.skip_bad)
     raise ValueError(f"data.kind: unknown dataset kind {data.kind!r}")
 
 

@@ -22,6 +22,7 @@ from torchvision.datasets.folder import find_classes, make_dataset
 
 from rayseg.data.errors import BadSampleError
 from rayseg.data.transforms import to_float_image, to_float_pair
+from rayseg.ignore import FILE_IGNORE, IGNORE_INDEX
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -130,8 +131,9 @@ class VOCSegmentationFolder(SkipBadMixin, Dataset):
     ``root/JPEGImages/<id>.(jpg|jpeg|png)``, ``root/SegmentationClass/<id>.png`` ("P" or "L" PNG whose pixel
     values are label ids), ``root/ImageSets/Segmentation/<split>.txt`` (one id per line).
 
+    The raw value ``file_ignore`` (255, as VOC writes it) becomes :data:`rayseg.ignore.IGNORE_INDEX`.
     ``label_map`` remaps raw mask values Cityscapes-style (raw -> train id); raw values missing from it become
-    ``ignore_index``. Samples: ``{"image": float 3xHxW, "mask": int64 HxW, "id": str}``. With ``skip_bad``
+    ignore. Samples: ``{"image": float 3xHxW, "mask": int64 HxW, "id": str}``. With ``skip_bad``
     a bad sample is returned as a marker (see ``collate_skip_bad``) and recorded in ``self.bad_samples``
     (id -> reason; per process, so DataLoader workers keep their own).
     """
@@ -145,7 +147,7 @@ class VOCSegmentationFolder(SkipBadMixin, Dataset):
         label_map: Mapping[int, int] | None = None,
         class_names: Sequence[str] | None = None,
         skip_bad: bool = False,
-        ignore_index: int = 255,
+        file_ignore: int = FILE_IGNORE,
     ):
         if num_classes is None:
             if class_names is None:
@@ -153,10 +155,10 @@ class VOCSegmentationFolder(SkipBadMixin, Dataset):
             num_classes = len(class_names)
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} entries but num_classes={num_classes}")
-        if not 0 < num_classes <= 255 or not 0 <= ignore_index <= 255 or ignore_index < num_classes:
+        if not 0 < num_classes <= 255 or not 0 <= file_ignore <= 255 or file_ignore < num_classes:
             raise ValueError(
-                f"need 0 < num_classes <= 255 and num_classes <= ignore_index <= 255, "
-                f"got num_classes={num_classes}, ignore_index={ignore_index}"
+                f"need 0 < num_classes <= 255 and num_classes <= file_ignore <= 255 (8-bit mask files), "
+                f"got num_classes={num_classes}, file_ignore={file_ignore}"
             )
         self.root = Path(root)
         if not self.root.is_dir():
@@ -164,7 +166,7 @@ class VOCSegmentationFolder(SkipBadMixin, Dataset):
         split_file = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
         if not split_file.is_file():
             raise FileNotFoundError(f"{split_file}: split file not found")
-        self.split, self.num_classes, self.ignore_index = split, num_classes, ignore_index
+        self.split, self.num_classes, self.file_ignore = split, num_classes, file_ignore
         self.class_names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)]
         self.transform, self.skip_bad = transform, skip_bad
         self.ids = split_file.read_text().split()
@@ -173,17 +175,20 @@ class VOCSegmentationFolder(SkipBadMixin, Dataset):
         self.bad_samples = {}
         _warn_if_truncation_allowed()
 
-    def _build_lut(self, label_map: dict[int, int] | None) -> np.ndarray | None:
-        """256-entry raw value -> label lookup table (None = identity)."""
+    def _build_lut(self, label_map: dict[int, int] | None) -> np.ndarray:
+        """256-entry raw value -> int64 label lookup table: identity with ``file_ignore`` -> ``IGNORE_INDEX``, or
+        ``label_map`` with every other raw value -> ``IGNORE_INDEX``."""
         if label_map is None:
-            return None
-        lut = np.full(256, self.ignore_index, np.uint8)
+            lut = np.arange(256, dtype=np.int64)
+            lut[self.file_ignore] = IGNORE_INDEX
+            return lut
+        lut = np.full(256, IGNORE_INDEX, np.int64)
         for raw, label in label_map.items():
             if not 0 <= raw <= 255:
                 raise ValueError(f"label_map key {raw} is not a uint8 mask value")
-            if not (0 <= label < self.num_classes or label == self.ignore_index):
+            if not (0 <= label < self.num_classes or label in (IGNORE_INDEX, self.file_ignore)):
                 raise ValueError(f"label_map maps {raw} -> {label}, out of range for num_classes={self.num_classes}")
-            lut[raw] = label
+            lut[raw] = IGNORE_INDEX if label == self.file_ignore else label
         return lut
 
     def __len__(self) -> int:
@@ -198,7 +203,8 @@ class VOCSegmentationFolder(SkipBadMixin, Dataset):
         return self.root / "SegmentationClass" / f"{sample_id}.png"
 
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Load and validate sample ``i``: (uint8 HxWx3 image, uint8 HxW remapped mask). Raises BadSampleError."""
+        """Load and validate sample ``i``: (uint8 HxWx3 image, int64 HxW remapped mask, ``IGNORE_INDEX`` = ignore).
+        Raises BadSampleError."""
         sample_id = self.ids[i]
         image_path, mask_path = self.image_path(sample_id), self.mask_path(sample_id)
         image = load_rgb(image_path)
@@ -209,18 +215,17 @@ class VOCSegmentationFolder(SkipBadMixin, Dataset):
                 f"mask size {mask.shape[0]}x{mask.shape[1]} (HxW) does not match image size "
                 f"{image.shape[0]}x{image.shape[1]} of {image_path}",
             )
-        if self._lut is not None:
-            mask = self._lut[mask]
-        present = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
-        bad = present[(present >= self.num_classes) & (present != self.ignore_index)]
+        present = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))  # raw values
+        bad = present[(self._lut[present] >= self.num_classes)]
         if bad.size:
-            raise BadSampleError(mask_path, f"label values {bad.tolist()} out of range for num_classes={self.num_classes}")
-        return image, mask
+            raise BadSampleError(mask_path, f"label values {self._lut[bad].tolist()} out of range for "
+                                            f"num_classes={self.num_classes}")
+        return image, self._lut[mask]
 
     def _sample(self, i: int) -> dict:
         image, mask = self.load(i)
         image_t = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1).contiguous())
-        mask_t = tv_tensors.Mask(torch.from_numpy(mask).to(torch.int64))
+        mask_t = tv_tensors.Mask(torch.from_numpy(mask))
         image_t, mask_t = (self.transform or to_float_pair)(image_t, mask_t)
         return {"image": image_t, "mask": mask_t, "id": self.ids[i]}
 

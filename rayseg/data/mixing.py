@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from rayseg.ignore import IGNORE_INDEX
+
 __all__ = [
     "CLASS_MIX",
     "CLEAN",
@@ -62,7 +64,7 @@ def region_mask(height: int, width: int, box: tuple[int, int, int, int], device=
     return m
 
 
-def class_mix_mask(label: torch.Tensor, generator: torch.Generator, ignore_index: int = 255) -> torch.Tensor:
+def class_mix_mask(label: torch.Tensor, generator: torch.Generator, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """``M = 1[y_a ∈ S]`` where ``S`` is ``ceil(n/2)`` of the ``n`` classes present in ``label`` (ignore excluded)."""
     classes = torch.unique(label)
     classes = classes[classes != ignore_index]
@@ -114,7 +116,7 @@ class CrossDatasetMix:
 
     def __init__(self, region_fraction: float = 1 / 3, class_fraction: float = 1 / 3,
                  lambda_range: tuple[float, float] = (0.0, 1.0), same_dataset_fallback: bool = True,
-                 ignore_index: int = 255):
+                 ignore_index: int = IGNORE_INDEX):
         lo, hi = lambda_range
         if not 0.0 <= lo <= hi <= 1.0:
             raise ValueError(f"lambda_range must satisfy 0 <= min <= max <= 1, got {lambda_range}")

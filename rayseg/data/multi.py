@@ -2,8 +2,8 @@
 
 Label spaces are concatenated without any manual merging: the global id of local class ``c`` of dataset ``d`` is
 ``c + offset_d`` with ``offset_d = Σ_{d' < d} K_{d'}``, so ``K_total = Σ_d K_d`` and the "same" class of two
-datasets gets two ids. The ignore value 255 of every dataset stays 255 in global masks as long as
-``K_total <= 255``; beyond that 255 is a real class and ignored pixels are -1 (``LabelSpace.ignore_index``).
+datasets gets two ids. Ignored pixels are :data:`rayseg.ignore.IGNORE_INDEX` (-1) in local and global masks
+alike, so a union of any size (the paper's 342 classes) never confuses a class with ignore.
 
 Dataset specs (``mdp.datasets``) are strings:
 
@@ -32,11 +32,10 @@ from rayseg.data import IGNORE_INDEX, build_segmentation_dataset, segmentation_t
 from rayseg.data.folders import VOCSegmentationFolder
 from rayseg.data.synthetic import DOMAINS, SyntheticSegmentation
 
-__all__ = ["CLASS_NAMES_FILE", "LARGE_SPACE_IGNORE", "SAMPLING", "DatasetSpec", "LabelSpace", "MultiDataset", "build_multi_dataset",
+__all__ = ["CLASS_NAMES_FILE", "SAMPLING", "DatasetSpec", "LabelSpace", "MultiDataset", "build_multi_dataset",
            "parse_dataset_spec"]
 
 SAMPLING = ("proportional", "balanced")
-LARGE_SPACE_IGNORE = -1  # ignore value of global masks when K_total > 255 (see LabelSpace.ignore_index)
 CLASS_NAMES_FILE = "class_names.txt"  # optional, in a VOC root: one class name per line, line i = label id i
 
 
@@ -87,9 +86,8 @@ class LabelSpace:
 
     @property
     def ignore_index(self) -> int:
-        """The ignore value of global masks: 255 (the rayseg contract) while ``K_total <= 255``; with more classes
-        255 is a real global id (e.g. VOC + ADE20K + COCO-Stuff: 342), so ignored pixels become -1."""
-        return IGNORE_INDEX if self.num_classes <= IGNORE_INDEX else LARGE_SPACE_IGNORE
+        """The ignore value of global masks: :data:`rayseg.ignore.IGNORE_INDEX`, whatever ``K_total``."""
+        return IGNORE_INDEX
 
     def global_id(self, dataset: int, local_id: int) -> int:
         if not 0 <= local_id < self.sizes[dataset]:
@@ -98,9 +96,8 @@ class LabelSpace:
         return self.offsets[dataset] + local_id
 
     def to_global(self, mask: torch.Tensor, dataset: int) -> torch.Tensor:
-        """Local label ids of ``dataset`` -> global ids; the local ignore 255 becomes :attr:`ignore_index`."""
-        ignore = torch.full_like(mask, self.ignore_index)
-        return torch.where(mask == IGNORE_INDEX, ignore, mask + self.offsets[dataset])
+        """Local label ids of ``dataset`` -> global ids; ignored pixels stay ignored."""
+        return torch.where(mask == IGNORE_INDEX, mask, mask + self.offsets[dataset])
 
     def global_class_names(self) -> list[str]:
         """``"<dataset>/<class>"`` for every global id."""
@@ -188,7 +185,7 @@ def build_one(spec: DatasetSpec, data: DataSection, train: bool, transform) -> D
     num_classes, class_names = _voc_classes(root, data)
     return VOCSegmentationFolder(root, split=split, num_classes=num_classes, transform=transform,
                                  label_map=data.label_map or None, class_names=class_names,
-                                 skip_bad=data.skip_bad, ignore_index=IGNORE_INDEX)
+                                 skip_bad=data.skip_bad)
 
 
 # --------------------------------------------------------------------------------------------- the union
@@ -197,7 +194,7 @@ def build_one(spec: DatasetSpec, data: DataSection, train: bool, transform) -> D
 class MultiDataset(Dataset):
     """The union of segmentation datasets with masks in global ids and a ``"dataset"`` index per item.
 
-    Items: the member's item (``image``, ``mask``, ``id``) with ``mask`` mapped to global ids (255 kept) and
+    Items: the member's item (``image``, ``mask``, ``id``) with ``mask`` mapped to global ids (ignore kept) and
     ``"dataset"`` an int64 scalar tensor. Bad-sample markers of members built with ``skip_bad`` pass through.
 
     Sampling:

@@ -42,8 +42,8 @@ class PSSLDataset(SkipBadMixin, Dataset):
 
     Item ``i``: ``{"image": float 3xHxW, "mask": int64 HxW, "id": str}``. The mask is built from the decile map
     (nearest-resized to the image size, methods.md §3.1 item 7) by :func:`rayseg.labeling.ensemble.pseudo_label`:
-    ``D >= threshold`` -> the image's class, ``D = threshold-1`` -> 255 when ``ignore_d8``, the rest -> K
-    (background); ``transform(image, mask)`` is a joint transform (crop padding of the mask = 255).
+    ``D >= threshold`` -> the image's class, ``D = threshold-1`` -> ``IGNORE_INDEX`` when ``ignore_d8``, the rest -> K
+    (background); ``transform(image, mask)`` is a joint transform (crop padding of the mask = ``IGNORE_INDEX``).
     ``num_classes`` is K+1; ``class_names`` the K class names + ``"background"``. A missing or corrupt image (or
     decile PNG) raises ``BadSampleError`` naming it, or with ``skip_bad`` comes back as a marker for
     ``collate_skip_bad`` and is recorded in ``bad_samples``.

@@ -16,6 +16,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from rayseg.ignore import IGNORE_INDEX
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -108,7 +110,7 @@ class SegTrainTransform:
         color_jitter: float = 0.2,
         mean: Sequence[float] | None = IMAGENET_MEAN,
         std: Sequence[float] | None = IMAGENET_STD,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
     ):
         self.crop_size, self.ignore_index = crop_size, ignore_index
         steps: list[v2.Transform] = [

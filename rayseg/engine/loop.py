@@ -84,11 +84,12 @@ def _broadcast_buffers(module: torch.nn.Module) -> None:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, cfg: Config, device: torch.device, rank: int, world: int) -> dict:
-    """mIoU, per-class IoU and pixel accuracy on the val split; each rank scores a disjoint slice of images
-    and the confusion matrices are summed across ranks."""
+    """mIoU, per-class IoU, pixel accuracy and the confusion matrix on the val split; each rank scores a disjoint
+    slice of images and the confusion matrices are summed across ranks. Whole-image inference, one image at a
+    time, at each image's own size (real datasets mix sizes and aspect ratios)."""
     val_set = build_segmentation_dataset(cfg.data, train=False)
     shard = Subset(val_set, range(rank, len(val_set), world))
-    loader = DataLoader(shard, batch_size=cfg.train.batch_size, collate_fn=collate_skip_bad)
+    loader = DataLoader(shard, batch_size=1, collate_fn=collate_skip_bad)
     cm = ConfusionMatrix(val_set.num_classes, IGNORE_INDEX, device=device)
     _broadcast_buffers(model)
     was_training = model.training
@@ -236,6 +237,8 @@ def _train(cfg: Config, method_cls: type[Method], run: RunFolder) -> None:
                       f"pixel acc {100 * metrics['pixel_accuracy']:.2f}")
             log.scalars({"miou": metrics["miou"], "pixel_accuracy": metrics["pixel_accuracy"]}, global_step,
                         prefix="val/")
+            log.scalars({name: v for name, v in metrics["per_class_iou"].items() if v is not None}, global_step,
+                        prefix="val_iou/")
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0 and (last or (epoch + 1) % cfg.train.checkpoint_every == 0):

@@ -13,11 +13,12 @@ import math
 import torch
 import torch.distributed as dist
 
+from rayseg.ignore import IGNORE_INDEX
 from rayseg.tables import format_table
 
 
 class ConfusionMatrix:
-    def __init__(self, num_classes: int, ignore_index: int = 255, device: torch.device | str = "cpu"):
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX, device: torch.device | str = "cpu"):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
@@ -53,6 +54,7 @@ class ConfusionMatrix:
             "pixel_accuracy": float(tp.sum() / total) if total > 0 else float("nan"),
             "per_class_iou": {names[k]: (None if math.isnan(v) else float(v)) for k, v in enumerate(iou.tolist())},
             "num_pixels": int(total),
+            "confusion_matrix": self.matrix.cpu().tolist(),  # rows: true class, columns: predicted class
         }
 
 

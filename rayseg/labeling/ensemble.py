@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from rayseg.ignore import IGNORE_INDEX
+
 __all__ = ["deciles", "ensemble_mean", "minmax_normalize", "pseudo_label", "top_decile_mask"]
 
 
@@ -90,7 +92,7 @@ def pseudo_label(
     background_index: int,
     threshold: int = 9,
     ignore_d8: bool = False,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
 ) -> Tensor:
     """Pixel label map (int64, same shape as ``deciles``) of PSSL §3.1 step 6::
 

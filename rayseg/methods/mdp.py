@@ -6,7 +6,7 @@ Pipeline of one step:
    space (``K_total`` classes), plus the index of each image's dataset.
 2. Training only: cross-dataset mixing (:class:`rayseg.data.mixing.CrossDatasetMix`): a fraction of the images
    region-mixed, a fraction class-mixed, with partners from other datasets; labels mixed with the same mask.
-   Global masks mark ignored pixels with ``label_space.ignore_index`` (255, or -1 beyond 255 classes).
+   Global masks mark ignored pixels with ``IGNORE_INDEX`` (-1, :mod:`rayseg.ignore`), whatever the number of classes.
 3. ``z = n(head(backbone(x)["out"]))``: a ``D``-dim unit embedding per feature cell (``DenseHead``: 1x1 conv,
    BN, ReLU, 1x1 conv); the labels are nearest-downsampled to the feature grid (``nearest-exact``: the label at
    each cell's centre).

@@ -19,10 +19,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from rayseg.ignore import IGNORE_INDEX
 from rayseg.models.segmentation import SegmentationModel
 from rayseg.models.ssa import SCALE, SSAClassifier, SSAOutput, resize_labels
-
-IGNORE_INDEX = 255
 
 __all__ = [
     "MaskDiceLoss",
@@ -46,7 +45,7 @@ def label_boundaries(labels: torch.Tensor, border: int = 6) -> torch.Tensor:
     The official code runs OpenCV Canny on the uint8 label image (thresholds 0.1/0.2: every label change is an
     edge; non-maximum suppression keeps a one-pixel line), zeroes a ``border``-pixel frame, then dilates with a
     3x3 kernel. Here: a pixel is an edge when its label differs from its right or lower neighbour (the thin line
-    on the first side of each change; the ignore label 255 takes part like any label); edges within ``border``
+    on the first side of each change; the ignore label takes part like any label); edges within ``border``
     pixels of the image border are removed; then a 3x3 max-pool dilates. A map no larger than ``2·border`` in
     either side has no boundary pixels (the official helper fails below 12x12 and gives none at 12x12).
     """

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE_INDEX = 255
+from rayseg.ignore import IGNORE_INDEX
+
 SCALE = 15.0  # cosine-logit scale, hard-coded in the official code
 
 
@@ -73,7 +74,7 @@ class SSAClassifier(nn.Module):
     """Semantic- and spatial-adaptive classifier over decoder features (see the module docstring).
 
     ``forward(F)`` is the inference path (student only); ``forward_train(F, labels)`` adds the teacher branch
-    and returns an :class:`SSAOutput`. ``labels`` are ``B x H x W`` int64 at any resolution (255 = ignore);
+    and returns an :class:`SSAOutput`. ``labels`` are ``B x H x W`` int64 at any resolution (``IGNORE_INDEX`` = ignore);
     they are nearest-resized to the feature size.
     """
 
