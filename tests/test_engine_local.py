@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -56,6 +57,9 @@ def test_tensorboard_has_loss_lr_throughput_and_miou(finished_run):
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert {"loss/loss", "train/lr", "train/images_per_s", "val/miou"} <= tags
+    metrics = json.loads((Path(cfg.run_dir("pretrain")) / "metrics.json").read_text())
+    per_class = {f"val_iou/{name}" for name, v in metrics["per_class_iou"].items() if v is not None}
+    assert per_class and per_class <= tags  # one curve per class that was scored
     lrs = [e.value for e in acc.Scalars("train/lr")]
     assert lrs[-1] < lrs[0]  # poly decay
 
