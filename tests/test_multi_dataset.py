@@ -169,7 +169,7 @@ def test_duplicate_specs_get_unique_names():
 
 @pytest.mark.parametrize("text", ["A", "synthetic:", "coco:/x", ""])
 def test_bad_specs(text):
-    with pytest.raises(ValueError, match="expected 'synthetic:DOMAIN' or 'voc:ROOT'"):
+    with pytest.raises(ValueError, match="expected 'synthetic:DOMAIN' or 'KIND:ROOT'"):
         parse_dataset_spec(text)
 
 

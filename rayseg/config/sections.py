@@ -19,6 +19,9 @@ from rayseg import storage
 from rayseg.config.fields import ConfigError, Section, require, setting
 
 
+FOLDER_KINDS = ("voc", "ade20k", "cityscapes", "coco_stuff")  # labelled datasets read from a root folder
+
+
 def method_names() -> tuple[str, ...]:
     """The ``method`` choices: the keys of the method registry :data:`rayseg.methods.METHODS`."""
     from rayseg.methods import METHODS  # torch: imported when a config is checked, not when this module is
@@ -43,8 +46,12 @@ class RunSection(Section):
 
 @dataclass
 class DataSection(Section):
-    kind: str = setting("synthetic", "dataset reader", choices=("synthetic", "voc"))
-    root: str = setting("", "dataset folder (voc)")
+    kind: str = setting("synthetic", "dataset reader: the synthetic benchmark, or a folder in the dataset's own "
+                        "layout (rayseg.data.native); images: any folder of unlabelled images (pixcon, densecl)",
+                        choices=("synthetic", *FOLDER_KINDS, "images"))
+    root: str = setting("", "dataset folder (voc: VOC2012; ade20k: ADEChallengeData2016; cityscapes: the folder of "
+                        "leftImg8bit/ and gtFine/; coco_stuff: the folder of images/ and annotations/; images: any folder, e.g. COCO's "
+                        "train2017/)")
     domain: str = setting("A", "synthetic domain (A, B, C)")
     train_split: str = setting("train", "split used for training")
     val_split: str = setting("val", "split used for evaluation")
@@ -71,8 +78,9 @@ class DataSection(Section):
             require(0 <= key <= 255 and 0 <= value <= 255, "label_map", f"{key}: {value} is outside 0..255")
 
     def check_inputs(self) -> None:
+        if self.kind != "synthetic":
+            _folder("data.root", self.root, f"when data.kind is {self.kind}")
         if self.kind == "voc":
-            _folder("data.root", self.root, "when data.kind is voc")
             require(self.num_classes >= 1, "data.num_classes", "required (>= 1) when data.kind is voc")
 
 
@@ -336,8 +344,9 @@ class MDPSection(Section):
     """MDP multi-dataset pre-training (methods.md §1); defaults marked [PROPOSED] there are reconstructions."""
 
     datasets: list[str] = setting([], "datasets whose label spaces are concatenated: 'synthetic:DOMAIN' or "
-                                  "'voc:ROOT' (classes from ROOT/class_names.txt, else data.num_classes); the other "
-                                  "data.* keys apply to each; empty = the one dataset of data.*")
+                                  "'KIND:ROOT' with a data.kind (voc: classes from ROOT/class_names.txt, else "
+                                  "data.num_classes); the other data.* keys apply to each; empty = the one dataset "
+                                  "of data.*")
     sampling: str = setting("proportional", "proportional: plain union; balanced: smaller datasets repeated up to "
                             "the largest one's size", choices=("proportional", "balanced"))
     proj_hidden: int = setting(512, "hidden width of the dense projection head (1x1 conv, BN, ReLU, 1x1 conv)",
@@ -365,8 +374,9 @@ class MDPSection(Section):
     def check(self) -> None:
         for i, spec in enumerate(self.datasets):
             kind, sep, arg = str(spec).partition(":")
-            require(bool(sep) and kind in ("synthetic", "voc") and bool(arg.strip()), f"datasets[{i}]",
-                    f"expected 'synthetic:DOMAIN' or 'voc:ROOT', got {spec!r}")
+            require(bool(sep) and kind in ("synthetic", *FOLDER_KINDS) and bool(arg.strip()), f"datasets[{i}]",
+                    f"expected 'synthetic:DOMAIN' or 'KIND:ROOT' with KIND one of {', '.join(FOLDER_KINDS)}, "
+                    f"got {spec!r}")
         total = self.region_mix_fraction + self.class_mix_fraction
         require(total <= 1.0 + 1e-9, "region_mix_fraction",
                 f"region_mix_fraction + class_mix_fraction must be <= 1, got {total}")
@@ -374,10 +384,10 @@ class MDPSection(Section):
                 f"need lambda_min <= lambda_max, got {self.lambda_min}, {self.lambda_max}")
 
     def check_inputs(self) -> None:
-        """When method is mdp: every ``voc:ROOT`` folder exists."""
+        """When method is mdp: every ``KIND:ROOT`` folder exists."""
         for i, spec in enumerate(self.datasets):
             kind, _, arg = spec.partition(":")
-            if kind == "voc":
+            if kind != "synthetic":
                 _folder(f"mdp.datasets[{i}]", arg.strip(), "")
 
 

@@ -1,6 +1,7 @@
 """Datasets and transforms. Every segmentation dataset yields ``{"image": float 3xHxW, "mask": int64 HxW, "id"}``
-with ``IGNORE_INDEX`` (-1, :mod:`rayseg.ignore`) = ignore; see ``synthetic`` (the embedded benchmark), ``folders`` (VOC-style and ImageFolder trees)
-and ``transforms`` (joint image/mask augmentation)."""
+with ``IGNORE_INDEX`` (-1, :mod:`rayseg.ignore`) = ignore; see ``synthetic`` (the embedded benchmark), ``folders``
+(VOC and ImageFolder trees), ``native`` (ADE20K, Cityscapes, COCO-Stuff in their own layouts) and ``transforms``
+(joint image/mask augmentation)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from torch.utils.data import Dataset
 from rayseg.config import DataSection
 from rayseg.data.errors import BadSampleError
 from rayseg.data.folders import ImageFolderClassification, VOCSegmentationFolder, collate_skip_bad
+from rayseg.data.native import NATIVE_KINDS, build_native
 from rayseg.data.synthetic import SyntheticClassification, SyntheticSegmentation
 from rayseg.data.transforms import SegEvalTransform, SegTrainTransform
 from rayseg.ignore import IGNORE_INDEX
@@ -31,10 +33,14 @@ def build_segmentation_dataset(data: DataSection, train: bool) -> Dataset:
         return SyntheticSegmentation(domain=data.domain, split=split,
                                      num_images=data.num_train if train else data.num_val,
                                      image_size=data.image_size, seed=data.seed, transform=transform)
+    if data.kind in NATIVE_KINDS:
+        return build_native(data.kind, data.root, split, transform, data.skip_bad, data.class_names)
     if data.kind == "voc":
         return VOCSegmentationFolder(data.root, split=split, num_classes=data.num_classes, transform=transform,
                                      label_map=data.label_map or None, class_names=data.class_names or None,
                                      skip_bad=data.skip_bad)
+    if data.kind == "images":
+        raise ValueError("data.kind: images has no masks; it is for pixcon and densecl pre-training")
     raise ValueError(f"data.kind: unknown dataset kind {data.kind!r}")
 
 

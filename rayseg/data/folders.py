@@ -233,6 +233,33 @@ class VOCSegmentationFolder(SkipBadMixin, Dataset):
         return self._load_or_mark(self.ids[i], lambda: self._sample(i))
 
 
+class ImageFiles(SkipBadMixin, Dataset):
+    """Every image file (``IMAGE_EXTENSIONS``) under ``root``, at any depth, in sorted order, without labels: a COCO
+    ``train2017/`` folder or any other unlabelled collection (PixCon and DenseCL pre-training). Items:
+    ``{"image": float 3xHxW in [0, 1], "id": path relative to root}``; a corrupt file raises ``BadSampleError``
+    naming it, or with ``skip_bad`` is marked and counted."""
+
+    def __init__(self, root: str | os.PathLike, skip_bad: bool = False):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{self.root}: image folder not found")
+        self.ids = sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*")
+                          if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not self.ids:
+            raise FileNotFoundError(f"{self.root}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
+        self.skip_bad, self.bad_samples = bool(skip_bad), {}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict:
+        def load() -> dict:
+            image = torch.from_numpy(load_rgb(self.root / self.ids[i])).permute(2, 0, 1).contiguous()
+            return {"image": to_float_image(image), "id": self.ids[i]}
+
+        return self._load_or_mark(self.ids[i], load)
+
+
 class ImageFolderClassification(SkipBadMixin, Dataset):
     """Classification tree ``root/<class_name>/*.(png|jpg|jpeg)`` with torchvision ImageFolder semantics.
 

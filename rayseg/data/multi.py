@@ -12,6 +12,9 @@ Dataset specs (``mdp.datasets``) are strings:
 * ``voc:ROOT`` - a VOC-layout folder (``rayseg.data.folders.VOCSegmentationFolder``). Its classes are the lines of
   ``ROOT/class_names.txt`` when that file exists, else ``data.num_classes`` / ``data.class_names``;
   ``data.label_map`` and ``data.skip_bad`` apply.
+* ``ade20k:ROOT``, ``cityscapes:ROOT``, ``coco_stuff:ROOT`` - a dataset in its own layout
+  (:mod:`rayseg.data.native`), with its own classes (150, 19, 171); ``data.skip_bad`` applies. VOC + COCO-Stuff +
+  ADE20K + Cityscapes is the paper's union.
 
 The training augmentation of the ``data`` section (crop, scale, flip, jitter) applies to every dataset.
 """
@@ -30,6 +33,7 @@ from torch.utils.data import Dataset
 from rayseg.config import DataSection
 from rayseg.data import IGNORE_INDEX, build_segmentation_dataset, segmentation_transform
 from rayseg.data.folders import VOCSegmentationFolder
+from rayseg.data.native import NATIVE_KINDS, build_native
 from rayseg.data.synthetic import DOMAINS, SyntheticSegmentation
 
 __all__ = ["CLASS_NAMES_FILE", "SAMPLING", "DatasetSpec", "LabelSpace", "MultiDataset", "build_multi_dataset",
@@ -141,11 +145,13 @@ class DatasetSpec:
 
 
 def parse_dataset_spec(text: str) -> DatasetSpec:
-    """``"synthetic:A"`` / ``"voc:/data/VOC2012"`` -> :class:`DatasetSpec`; ValueError naming the format otherwise."""
+    """``"synthetic:A"`` / ``"voc:/data/VOC2012"`` / ``"ade20k:/data/ADEChallengeData2016"`` ... ->
+    :class:`DatasetSpec`; ValueError naming the format otherwise."""
     kind, sep, arg = str(text).partition(":")
     kind, arg = kind.strip(), arg.strip()
-    if not sep or kind not in ("synthetic", "voc") or not arg:
-        raise ValueError(f"dataset spec {text!r}: expected 'synthetic:DOMAIN' or 'voc:ROOT'")
+    if not sep or kind not in ("synthetic", "voc", *NATIVE_KINDS) or not arg:
+        raise ValueError(f"dataset spec {text!r}: expected 'synthetic:DOMAIN' or 'KIND:ROOT' (KIND: voc, "
+                         f"{', '.join(NATIVE_KINDS)})")
     return DatasetSpec(kind, arg)
 
 
@@ -181,7 +187,9 @@ def build_one(spec: DatasetSpec, data: DataSection, train: bool, transform) -> D
                                      image_size=data.image_size, seed=data.seed, transform=transform)
     root = Path(spec.arg)
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset spec 'voc:{spec.arg}': folder not found")
+        raise FileNotFoundError(f"dataset spec '{spec.kind}:{spec.arg}': folder not found")
+    if spec.kind in NATIVE_KINDS:
+        return build_native(spec.kind, root, split, transform, data.skip_bad)
     num_classes, class_names = _voc_classes(root, data)
     return VOCSegmentationFolder(root, split=split, num_classes=num_classes, transform=transform,
                                  label_map=data.label_map or None, class_names=class_names,

@@ -169,11 +169,17 @@ class TwoViewDataset(Dataset):
 
 
 def build_two_view_dataset(data: DataSection, views: ViewsSection) -> TwoViewDataset:
-    """Unlabeled training images of the ``data`` section (its training split) as two-view samples."""
-    from rayseg.data.folders import VOCSegmentationFolder
+    """Unlabeled training images of the ``data`` section (its training split; every image under ``data.root`` for
+    ``images``) as two-view samples; the masks of labelled kinds are not used."""
+    from rayseg.data.folders import ImageFiles, VOCSegmentationFolder
+    from rayseg.data.native import NATIVE_KINDS, build_native
     from rayseg.data.synthetic import SyntheticSegmentation
 
-    if data.kind == "synthetic":
+    if data.kind == "images":
+        base = ImageFiles(data.root, skip_bad=data.skip_bad)
+    elif data.kind in NATIVE_KINDS:
+        base = build_native(data.kind, data.root, data.train_split, skip_bad=data.skip_bad)
+    elif data.kind == "synthetic":
         base = SyntheticSegmentation(domain=data.domain, split=data.train_split, num_images=data.num_train,
                                      image_size=data.image_size, seed=data.seed)
     elif data.kind == "voc":
