@@ -167,3 +167,25 @@ def test_a_folder_of_unlabelled_images_feeds_two_view_pretraining(tmp_path):
     assert two_view[3]["bad"] and "broken.jpg" in two_view.base.bad_samples["broken.jpg"]
     with pytest.raises(ValueError, match="data.kind: images has no masks"):
         build_segmentation_dataset(load_config(None, ["data.kind=images", f"data.root={folder}"]).data, train=True)
+
+
+def test_voc_with_the_sbd_augmented_train_list(tmp_path):
+    """VOC2012 + SBD as DeepLab installs it: ``SegmentationClassAug/`` and ``train_aug.txt``; ids that only SBD
+    annotates read their mask from SegmentationClassAug."""
+    from rayseg.data.folders import VOCSegmentationFolder
+
+    voc = tmp_path / "VOC2012"
+    write_voc_folder(SyntheticSegmentation("A", num_images=2, image_size=32, seed=0), voc)
+    sbd_only = ["2008_000001", "2008_000002"]
+    for i, sample in enumerate(sbd_only):
+        h, w = SIZES[i]
+        Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(voc / "JPEGImages" / f"{sample}.jpg")
+        (voc / "SegmentationClassAug").mkdir(exist_ok=True)
+        Image.fromarray(np.full((h, w), 5 + i, np.uint8), mode="L").save(voc / "SegmentationClassAug" / f"{sample}.png")
+    listed = (voc / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
+    (voc / "ImageSets" / "Segmentation" / "train_aug.txt").write_text("\n".join(listed + sbd_only) + "\n")
+    ds = VOCSegmentationFolder(voc, split="train_aug", num_classes=21)
+    assert len(ds) == 4 and ds.mask_path(sbd_only[0]).parent.name == "SegmentationClassAug"
+    assert ds.mask_path(listed[0]).parent.name == "SegmentationClass"
+    assert [set(ds[i]["mask"].unique().tolist()) for i in (2, 3)] == [{5}, {6}]
+    assert [tuple(ds[i]["mask"].shape) for i in (2, 3)] == SIZES[:2]

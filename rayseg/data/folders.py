@@ -129,7 +129,10 @@ class VOCSegmentationFolder(SkipBadMixin, Dataset):
     """Segmentation dataset in PASCAL VOC layout.
 
     ``root/JPEGImages/<id>.(jpg|jpeg|png)``, ``root/SegmentationClass/<id>.png`` ("P" or "L" PNG whose pixel
-    values are label ids), ``root/ImageSets/Segmentation/<split>.txt`` (one id per line).
+    values are label ids), ``root/ImageSets/Segmentation/<split>.txt`` (one id per line). With the SBD
+    augmentation installed as usual (``SegmentationClassAug/`` and ``ImageSets/Segmentation/train_aug.txt``),
+    ``split="train_aug"`` reads it; an id without a ``SegmentationClass`` mask takes its ``SegmentationClassAug``
+    one.
 
     The raw value ``file_ignore`` (255, as VOC writes it) becomes :data:`rayseg.ignore.IGNORE_INDEX`.
     ``label_map`` remaps raw mask values Cityscapes-style (raw -> train id); raw values missing from it become
@@ -200,7 +203,11 @@ class VOCSegmentationFolder(SkipBadMixin, Dataset):
         return next((p for p in candidates if p.is_file()), candidates[0])
 
     def mask_path(self, sample_id: str) -> Path:
-        return self.root / "SegmentationClass" / f"{sample_id}.png"
+        """``SegmentationClass/<id>.png``, else the SBD-augmented ``SegmentationClassAug/<id>.png`` (the
+        ``train_aug`` split of 10,582 images lists ids that only SBD annotates)."""
+        voc = self.root / "SegmentationClass" / f"{sample_id}.png"
+        aug = self.root / "SegmentationClassAug" / f"{sample_id}.png"
+        return aug if not voc.is_file() and aug.is_file() else voc
 
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Load and validate sample ``i``: (uint8 HxWx3 image, int64 HxW remapped mask, ``IGNORE_INDEX`` = ignore).
