@@ -1,5 +1,6 @@
-"""A VOC tree whose images differ in size and aspect ratio (as VOC ships them) trains and evaluates: evaluation runs
-whole images at their own size, and metrics.json keeps the confusion matrix."""
+"""A VOC tree whose images differ in size and aspect ratio (as VOC ships them) trains and evaluates, in each
+inference mode (whole image, sliding windows with flip, shorter-side resize): metrics are at the labels' own
+size, metrics.json keeps the confusion matrix and the run folder has its PNG."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from rayseg.config import load_config
@@ -46,9 +48,11 @@ def write_mixed_voc(root: Path) -> int:
     return counted
 
 
-def test_finetune_on_images_of_different_sizes_evaluates_each_at_its_own_size(tmp_path):
+@pytest.mark.parametrize("inference", [[], ["eval.mode=slide", "eval.crop=32", "eval.stride=20", "eval.flip=true"],
+                                       ["eval.short_side=48"]], ids=["whole", "slide-flip", "short-side"])
+def test_finetune_on_images_of_different_sizes_evaluates_each_at_its_own_size(tmp_path, inference):
     val_pixels = write_mixed_voc(tmp_path / "voc")
-    cfg = load_config(None, [
+    cfg = load_config(None, [*inference,
         f"run.storage={tmp_path / 'runs'}", "run.name=mixed", "data.kind=voc", f"data.root={tmp_path / 'voc'}",
         "data.num_classes=3", "data.crop_size=32", "model.output_stride=16", "model.channels=16",
         "train.epochs=1", "train.batch_size=2", "train.num_workers=0", "train.log_every=1"])
@@ -60,6 +64,8 @@ def test_finetune_on_images_of_different_sizes_evaluates_each_at_its_own_size(tm
     assert {m.shape for m in masks} == set(SIZES)  # five sizes and aspect ratios in one val split
     assert matrix.sum(1).tolist() == [sum(int((m == c).sum()) for m in masks) for c in range(3)]  # true pixels
     assert summary["miou"] == metrics["miou"] and 0.0 <= metrics["miou"] <= 1.0
+    png = Image.open(Path(cfg.run_dir("finetune")) / "confusion_matrix.png")
+    assert png.format == "PNG" and min(png.size) >= 300
 
 
 def _val_mask(root: Path, i: int) -> np.ndarray:

@@ -13,11 +13,12 @@ or the path; the CLI prints it and exits with code 2.
 from rayseg.config.fields import ConfigError
 from rayseg.config.loader import (URI_KEYS, config_from_dict, explain, load_config, parse_override, read_yaml,
                                   save_config, set_dotted, validate)
-from rayseg.config.sections import (ClassifierSection, Config, DataSection, DenseCLSection, ExplainerSection,
-                                    LabelSection, MDPSection, ModelSection, OptimSection, PixConSection,
-                                    PSSLSection, RunSection, SSASection, TrainSection, ViewsSection)
+from rayseg.config.sections import (ClassifierSection, Config, DataSection, DenseCLSection, EvalSection,
+                                    ExplainerSection, LabelSection, MDPSection, ModelSection, OptimSection,
+                                    PixConSection, PSSLSection, RunSection, SSASection, TrainSection, ViewsSection)
 
-__all__ = ["URI_KEYS", "ClassifierSection", "Config", "ConfigError", "DataSection", "DenseCLSection",
+__all__ = ["ClassifierSection", "Config", "ConfigError", "DataSection", "DenseCLSection", "EvalSection",
            "ExplainerSection", "LabelSection", "MDPSection", "ModelSection", "OptimSection", "PSSLSection",
-           "PixConSection", "RunSection", "SSASection", "TrainSection", "ViewsSection", "config_from_dict",
-           "explain", "load_config", "parse_override", "read_yaml", "save_config", "set_dotted", "validate"]
+           "PixConSection", "RunSection", "SSASection", "TrainSection", "URI_KEYS", "ViewsSection",
+           "config_from_dict", "explain", "load_config", "parse_override", "read_yaml", "save_config", "set_dotted",
+           "validate"]

@@ -141,6 +141,25 @@ class TrainSection(Section):
 
 
 @dataclass
+class EvalSection(Section):
+    """How the val split is inferred (``rayseg.engine.inference``): whole images or sliding windows, at the image's
+    own size or resized by its shorter side, optionally averaged with the horizontal flip. Metrics are always
+    computed at the label's own resolution."""
+
+    mode: str = setting("whole", "whole: each image in one forward pass; slide: crop x crop windows every stride "
+                        "pixels, probabilities averaged where they overlap (large images, e.g. Cityscapes "
+                        "1024x2048)", choices=("whole", "slide"))
+    crop: int = setting(512, "slide: window side in pixels", ge=1)
+    stride: int = setting(341, "slide: step between windows in pixels (<= crop)", ge=1)
+    short_side: int = setting(0, "infer on the image resized so that its shorter side has this many pixels (the "
+                              "probabilities are resized back to the label's size); 0 = the image's own size", ge=0)
+    flip: bool = setting(False, "also infer on the horizontally flipped image and average the probabilities")
+
+    def check(self) -> None:
+        require(self.stride <= self.crop, "stride", f"must be <= eval.crop ({self.crop}), got {self.stride}")
+
+
+@dataclass
 class PSSLSection(Section):
     labels: str = setting("", "label-version folder written by `rayseg label` (holds shard-*.parquet)")
     images: str = setting("", "image root the label ids are relative to (the labelled ImageFolder tree)")
@@ -414,6 +433,7 @@ class Config(Section):
     model: ModelSection = field(default_factory=ModelSection)
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
     pssl: PSSLSection = field(default_factory=PSSLSection)
     classifier: ClassifierSection = field(default_factory=ClassifierSection)
     ssa: SSASection = field(default_factory=SSASection)
@@ -448,6 +468,6 @@ class Config(Section):
             self.mdp.check_inputs()
 
 
-__all__ = ["ClassifierSection", "Config", "DataSection", "DenseCLSection", "ExplainerSection", "LabelSection",
+__all__ = ["ClassifierSection", "Config", "DataSection", "DenseCLSection", "EvalSection", "ExplainerSection", "LabelSection",
            "MDPSection", "ModelSection", "OptimSection", "PSSLSection", "PixConSection", "RunSection", "SSASection",
            "TrainSection", "ViewsSection", "method_names"]

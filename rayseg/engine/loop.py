@@ -31,7 +31,8 @@ from rayseg.engine.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from rayseg.engine.metrics import ConfusionMatrix
+from rayseg.engine.inference import infer
+from rayseg.engine.metrics import ConfusionMatrix, confusion_matrix_png
 from rayseg.engine.optim import build_optimizer, build_scheduler, parameter_groups
 from rayseg.engine.progress import RankZeroLogger, StepMeter, format_duration
 from rayseg.engine.run_folder import RunFolder
@@ -85,8 +86,8 @@ def _broadcast_buffers(module: torch.nn.Module) -> None:
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, cfg: Config, device: torch.device, rank: int, world: int) -> dict:
     """mIoU, per-class IoU, pixel accuracy and the confusion matrix on the val split; each rank scores a disjoint
-    slice of images and the confusion matrices are summed across ranks. Whole-image inference, one image at a
-    time, at each image's own size (real datasets mix sizes and aspect ratios)."""
+    slice of images and the confusion matrices are summed across ranks. One image at a time (real datasets mix
+    sizes and aspect ratios), inferred as the ``eval`` section says (:func:`rayseg.engine.inference.infer`)."""
     val_set = build_segmentation_dataset(cfg.data, train=False)
     shard = Subset(val_set, range(rank, len(val_set), world))
     loader = DataLoader(shard, batch_size=1, collate_fn=collate_skip_bad)
@@ -100,8 +101,8 @@ def evaluate(model: torch.nn.Module, cfg: Config, device: torch.device, rank: in
         image = batch["image"].to(device)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16,
                             enabled=cfg.train.amp and device.type == "cuda"):
-            logits = model(image)
-        cm.update(logits.argmax(1), batch["mask"].to(device))
+            probs = infer(model, image, cfg.eval)
+        cm.update(probs.argmax(1), batch["mask"].to(device))
     cm.all_reduce()
     model.train(was_training)
     return cm.compute(val_set.class_names)
@@ -263,7 +264,8 @@ def _train(cfg: Config, method_cls: type[Method], run: RunFolder) -> None:
         _write_outputs(run, cfg, core, meta, metrics, skipped, last_losses, rates, global_step)
     log.close()  # flushes TensorBoard before the upload
     if rank == 0:
-        run.push("tensorboard", "export", "metrics.json", "bad_samples.txt", "summary.json")  # summary last
+        run.push("tensorboard", "export", "metrics.json", "confusion_matrix.png", "bad_samples.txt",
+                 "summary.json")  # summary last
 
 
 def _write_outputs(run: RunFolder, cfg: Config, core, meta: dict, metrics: dict, skipped: dict[str, str],
@@ -275,6 +277,7 @@ def _write_outputs(run: RunFolder, cfg: Config, core, meta: dict, metrics: dict,
     exported = {name: run.location_of(path) for name, path in core.export(export, meta).items()}
     if metrics:
         storage.write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+        storage.write_bytes(run_dir / "confusion_matrix.png", confusion_matrix_png(metrics))
     if skipped:
         storage.write_text(run_dir / "bad_samples.txt", "".join(f"{k}\t{v}\n" for k, v in sorted(skipped.items())))
     summary = {

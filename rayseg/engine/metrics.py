@@ -63,3 +63,33 @@ def format_metrics_table(metrics: dict) -> str:
     rows = [(name, "-" if v is None else f"{100 * v:.2f}") for name, v in metrics["per_class_iou"].items()]
     rows += [None, ("mIoU", f"{100 * metrics['miou']:.2f}"), ("pixel acc", f"{100 * metrics['pixel_accuracy']:.2f}")]
     return format_table(("class", "IoU"), rows, "<>")
+
+
+def confusion_matrix_png(metrics: dict, dpi: int = 100) -> bytes:
+    """The confusion matrix of ``metrics`` as a PNG: rows (true classes) normalised to sum 1, class names on the
+    axes (up to 40 classes; beyond, the indices only)."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    matrix = torch.tensor(metrics["confusion_matrix"], dtype=torch.float64)
+    rows = matrix / matrix.sum(1, keepdim=True).clamp_min(1)
+    k = rows.shape[0]
+    side = min(4 + 0.25 * k, 20)
+    fig = Figure(figsize=(side, side))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(rows.numpy(), cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(f"confusion (rows normalised), mIoU {100 * metrics['miou']:.2f}")
+    if k <= 40:
+        names = list(metrics["per_class_iou"])
+        ax.set_xticks(range(k), names, rotation=90, fontsize=7)
+        ax.set_yticks(range(k), names, fontsize=7)
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(out, format="png", dpi=dpi)
+    return out.getvalue()
