@@ -241,7 +241,7 @@ def test_stages_without_ray_decode_errors_and_iou_numbers(tiny, tmp_path):
     (images / "a" / "bad.png").write_bytes(b"not an image")
     batch = {"id": np.array(["a/good.png", "a/bad.png", "a/gone.png"], object), "shard": np.zeros(3, np.int64),
              "class_index": np.zeros(3, np.int64)}
-    out = pipeline_mod.decode_and_resize(batch, str(images), 16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    out = pipeline_mod.decode_and_resize(batch, str(images), 16, "square", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     assert out["image"].shape == (3, 3, 16, 16) and out["image"].dtype == np.float32
     assert out["status"][0] == "ok" and out["status"][1].startswith("a/bad.png: cannot decode image")
     assert out["status"][2].startswith("a/gone.png: cannot read file")
@@ -261,7 +261,7 @@ def test_stages_without_ray_decode_errors_and_iou_numbers(tiny, tmp_path):
     top[0, 1, :, 2:] = 1
     enc = pipeline_mod.encode_and_score({"id": np.array(["a/good.png", "a/bad.png"], object),
                                          "status": np.array(["ok", "a/bad.png: cannot decode"], object),
-                                         "deciles": dec, "member_top": top}, str(masks))
+                                         "deciles": dec, "member_top": top}, str(masks), "square")
     np.testing.assert_allclose(enc["iou"][0], [0.5, 1.0, 0.0])
     assert np.isnan(enc["iou"][1]).all() and enc["deciles_png"][1] == b""
     np.testing.assert_array_equal(shards.decode_deciles(enc["deciles_png"][0]), dec[0])
@@ -330,14 +330,14 @@ def test_decode_parquet_rows_shard_lookup_drops_committed_and_reports_bad_bytes(
     batch = {"id": np.array(["b", "a", "d", "c", "e"], object),
              "image": np.array([good, good, None, b"junk", good], object), "label": np.array([1, 0, 2, 1, 0])}
     # plan: [a, b] [c, d] [e]; shard 0 already committed
-    out = pipeline_mod.decode_parquet_rows(batch, ["a", "c", "e"], [1, 2], 16, (0.5,) * 3, (0.25,) * 3)
+    out = pipeline_mod.decode_parquet_rows(batch, ["a", "c", "e"], [1, 2], 16, "square", (0.5,) * 3, (0.25,) * 3)
     assert list(out["id"]) == ["d", "c", "e"] and list(out["shard"]) == [1, 1, 2]
     assert list(out["class_index"]) == [2, 1, 0] and out["image"].shape == (3, 3, 16, 16)
     assert out["status"][0] == "d: no image bytes (null)" and out["content_hash"][0] == ""
     assert out["status"][1].startswith("c: cannot decode image")
     assert out["content_hash"][1] == hashlib.sha256(b"junk").hexdigest()
     assert out["status"][2] == "ok" and out["content_hash"][2] == hashlib.sha256(good).hexdigest()
-    empty = pipeline_mod.decode_parquet_rows(batch, ["a", "c", "e"], [], 16, (0.5,) * 3, (0.25,) * 3)
+    empty = pipeline_mod.decode_parquet_rows(batch, ["a", "c", "e"], [], 16, "square", (0.5,) * 3, (0.25,) * 3)
     assert len(empty["id"]) == 0 and empty["image"].shape == (0, 3, 16, 16)
 
 

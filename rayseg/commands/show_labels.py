@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 from rayseg import storage
 from rayseg.config import ConfigError
 from rayseg.labeling import shards
+from rayseg.labeling.geometry import fit_image
 
 __all__ = ["show_labels"]
 
@@ -89,7 +90,7 @@ def show_labels(version_dir: str | os.PathLike, images_root: str | os.PathLike |
                 parquet: str | os.PathLike | None = None) -> Path:
     """Render ``count`` labelled images of ``version_dir`` (a ``<labels root>/<label_version>`` folder: a path or
     a URI) as a PNG
-    grid at ``out_png``: one row per image, columns = the image (resized to the decile map size), the decile heat
+    grid at ``out_png``: one row per image, columns = the image (as it was explained: ``label.geometry``), the decile heat
     map (0..9, fixed colour scale with a colorbar), the pseudo-mask (deciles >= ``threshold``, red over the
     image). Rows: the first ``count`` ids in sorted order, or a sample seeded by ``seed`` when given. Titles: id
     and class name (class folder of ``images_root``; ``class <index>`` for Parquet input). ``images_root`` may
@@ -108,11 +109,13 @@ def show_labels(version_dir: str | os.PathLike, images_root: str | os.PathLike |
     if not storage.is_dir(version_dir):
         raise FileNotFoundError(f"{version_dir}: label version folder not found")
     root, table_path = _source(version_dir, images_root, parquet)
-    all_ids = sorted(shards.read_labels(version_dir, columns=["id"]).column("id").to_pylist())
+    manifests = shards.committed_shards(version_dir)
+    geometry = shards.geometry_of(manifests)  # the image is shown as it was explained
+    all_ids = sorted(shards.read_labels(version_dir, columns=["id"], manifests=manifests).column("id").to_pylist())
     if not all_ids:
         raise ValueError(f"{version_dir}: no committed label shards")
     chosen = all_ids[:count] if seed is None else sorted(random.Random(seed).sample(all_ids, min(count, len(all_ids))))
-    labels = shards.read_labels(version_dir)
+    labels = shards.read_labels(version_dir, manifests=manifests)
     labels = labels.filter(pc.is_in(labels.column("id"), value_set=pa.array(chosen, pa.string())))
     rows = {r["id"]: r for r in labels.to_pylist()}
     contents = _image_bytes(chosen, root, table_path)
@@ -136,7 +139,7 @@ def show_labels(version_dir: str | os.PathLike, images_root: str | os.PathLike |
                 note = " (image changed)"
             try:
                 with Image.open(io.BytesIO(data)) as img:
-                    image = np.asarray(img.convert("RGB").resize((w, h), Image.BILINEAR))
+                    image = np.asarray(fit_image(img.convert("RGB"), w, geometry))
             except Exception:  # corrupt now: show grey, say so
                 note = " (image unreadable)"
         k = int(row["class_index"])

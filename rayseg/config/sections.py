@@ -17,6 +17,7 @@ from typing import Any
 
 from rayseg import storage
 from rayseg.config.fields import ConfigError, Section, require, setting
+from rayseg.labeling.geometry import GEOMETRIES
 
 
 FOLDER_KINDS = ("voc", "ade20k", "cityscapes", "coco_stuff")  # labelled datasets read from a root folder
@@ -217,7 +218,10 @@ class LabelSection(Section):
                                  "allow_random_weights)")
     allow_random_weights: bool = setting(False, "members without weights get random weights (tests only)")
     num_classes: int = setting(0, "classifier output classes; 0 = the number of class folders", ge=0)
-    input_size: int = setting(64, "images are resized to input_size x input_size for explanation", ge=1)
+    input_size: int = setting(64, "side S of the S x S input each image is explained at", ge=1)
+    geometry: str = setting("crop", "how an image becomes the S x S input (rayseg.labeling.geometry): crop: shorter "
+                            "side to S, centre crop (aspect kept; pixels outside the crop get no label); pad: longer "
+                            "side to S, padded; square: resized to S x S", choices=GEOMETRIES)
     explainer: ExplainerSection = field(default_factory=ExplainerSection)
     shard_size: int = setting(64, "images per committed shard", ge=1)
     batch_size: int = setting(8, "images per explain call", ge=1)

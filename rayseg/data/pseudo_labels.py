@@ -11,8 +11,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
-from torchvision.transforms.v2 import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
 from rayseg import storage
 from rayseg.data import IGNORE_INDEX
@@ -21,6 +19,7 @@ from rayseg.data.folders import SkipBadMixin, load_rgb
 from rayseg.data.transforms import to_float_pair
 from rayseg.labeling import shards
 from rayseg.labeling.ensemble import pseudo_label
+from rayseg.labeling.geometry import NO_DECILE, deciles_on_image
 
 __all__ = ["PSSLDataset"]
 
@@ -41,7 +40,8 @@ class PSSLDataset(SkipBadMixin, Dataset):
     are read once, here. ``images_root``: a local folder (or one every node mounts).
 
     Item ``i``: ``{"image": float 3xHxW, "mask": int64 HxW, "id": str}``. The mask is built from the decile map
-    (nearest-resized to the image size, methods.md §3.1 item 7) by :func:`rayseg.labeling.ensemble.pseudo_label`:
+    (laid back onto the image as ``label.geometry`` placed it, nearest; methods.md §3.1 item 7; pixels outside an
+    explained crop are ignore) by :func:`rayseg.labeling.ensemble.pseudo_label`:
     ``D >= threshold`` -> the image's class, ``D = threshold-1`` -> ``IGNORE_INDEX`` when ``ignore_d8``, the rest -> K
     (background); ``transform(image, mask)`` is a joint transform (crop padding of the mask = ``IGNORE_INDEX``).
     ``num_classes`` is K+1; ``class_names`` the K class names + ``"background"``. A missing or corrupt image (or
@@ -64,7 +64,9 @@ class PSSLDataset(SkipBadMixin, Dataset):
         if not 1 <= threshold <= 9:
             raise ValueError(f"threshold must be in 1..9, got {threshold}")
         self.labels_dir, self.images_root = str(labels_dir), Path(images_root)
-        table = shards.read_labels(self.labels_dir, columns=["id", "class_index", "deciles_png"])
+        manifests = shards.committed_shards(self.labels_dir)
+        table = shards.read_labels(self.labels_dir, columns=["id", "class_index", "deciles_png"], manifests=manifests)
+        self.geometry = shards.geometry_of(manifests)  # how the decile maps lie on the images
         if table.num_rows == 0:
             raise ValueError(f"no committed label shards in {self.labels_dir}: run `rayseg label` first")
         # plain python lists: cheap to pickle to DataLoader workers (no Arrow table)
@@ -87,15 +89,15 @@ class PSSLDataset(SkipBadMixin, Dataset):
     def pseudo_mask(self, i: int, size: tuple[int, int]) -> torch.Tensor:
         """The int64 ``size`` pseudo-mask of item ``i`` (before any transform)."""
         try:
-            deciles = torch.from_numpy(shards.decode_deciles(self.deciles_png[i]))
+            deciles = shards.decode_deciles(self.deciles_png[i])
         except Exception as exc:  # noqa: BLE001 - PIL raises many kinds on a corrupt PNG
             raise BadSampleError(self._label_of(i), f"cannot decode the decile map ({exc})") from None
-        if deciles.ndim != 2:
-            raise BadSampleError(self._label_of(i), f"decile map of shape {tuple(deciles.shape)}, not HxW")
-        if tuple(deciles.shape) != tuple(size):
-            deciles = TF.resize(deciles[None], list(size), interpolation=InterpolationMode.NEAREST)[0]
-        return pseudo_label(deciles, self.class_index[i], background_index=self.num_image_classes,
-                            threshold=self.threshold, ignore_d8=self.ignore_d8, ignore_index=IGNORE_INDEX)
+        if deciles.ndim != 2 or deciles.shape[0] != deciles.shape[1]:
+            raise BadSampleError(self._label_of(i), f"decile map of shape {tuple(deciles.shape)}, not S x S")
+        on_image = torch.from_numpy(deciles_on_image(deciles, size[0], size[1], self.geometry))
+        label = pseudo_label(on_image, self.class_index[i], background_index=self.num_image_classes,
+                             threshold=self.threshold, ignore_d8=self.ignore_d8, ignore_index=IGNORE_INDEX)
+        return label.masked_fill_(on_image == NO_DECILE, IGNORE_INDEX)  # outside the explained crop
 
     def _label_of(self, i: int) -> str:
         """The name of item ``i``'s label in error messages: ``<labels_dir>/<id>``."""

@@ -129,14 +129,16 @@ def load_members(members: Sequence[Member], num_classes: int, device: str | torc
     return models
 
 
-def label_version(members: Sequence[Member], explainer: ExplainerSection, input_size: int, num_classes: int) -> str:
+def label_version(members: Sequence[Member], explainer: ExplainerSection, input_size: int, num_classes: int,
+                  geometry: str = "square") -> str:
     """12 hex digits of a sha256 over: member architectures and the sha256 of each weights file (``"random"``
-    when there is none), the explainer settings, the input size, the class count and ``rayseg.__version__``."""
+    when there is none), the explainer settings, the input size and geometry, the class count and
+    ``rayseg.__version__`` (the square geometry adds nothing, so versions written before it existed stay valid)."""
     payload = {
         "members": [[m.arch, m.sha256] for m in members],
         "explainer": dataclasses.asdict(explainer),
         "input_size": int(input_size),
-        "extra": {"num_classes": int(num_classes)},
+        "extra": {"num_classes": int(num_classes), **({"geometry": geometry} if geometry != "square" else {})},
         "code": rayseg.__version__,
     }
     blob = json.dumps(payload, sort_keys=True, default=str).encode()

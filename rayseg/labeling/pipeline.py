@@ -26,8 +26,9 @@ stale temporary files (local output only: an object store has none) and re-does 
 killed run followed by a re-run labels every image exactly once; re-running a finished job starts no Ray work.
 The output (``label.output``) is a :mod:`rayseg.storage` location: a path or a URI such as ``s3://...``.
 
-Images are explained at ``input_size x input_size`` (resized with bilinear filtering, aspect ratio not kept):
-the decile maps have that size. Noise of SmoothGrad is drawn from a generator seeded by ``seed`` and the ids of
+Images are explained at ``input_size x input_size`` as ``label.geometry`` places them (:mod:`rayseg.labeling.geometry`:
+centre crop of the shorter side by default, aspect kept): the decile maps have that size, and every manifest
+records the geometry so that readers lay the map back onto the image. Noise of SmoothGrad is drawn from a generator seeded by ``seed`` and the ids of
 the batch, so a run is reproducible for a given batching.
 
 Parquet input (``images_parquet``: a file or a folder of files with columns ``id`` string, ``image`` binary =
@@ -174,7 +175,7 @@ def plan_labeling(label: LabelSection) -> LabelingPlan:
         members = check_members(label.member_specs(), num_classes)
     except WeightsError as e:
         raise ConfigError(str(e), "label.members") from None
-    version = label_version(members, label.explainer, label.input_size, num_classes)
+    version = label_version(members, label.explainer, label.input_size, num_classes, label.geometry)
     try:
         version_dir = _version_dir(label.output, version)
     except OSError as e:
@@ -279,7 +280,8 @@ def _run_pipeline(label: LabelSection, plan: LabelingPlan, num_actors: int, seed
     # their remote args differ from the actor stage's: otherwise Ray Data fuses decoding into the explainer
     # actors, and on GPU actors the decoding would no longer overlap with the explanation.
     cpu_args: dict = {"max_calls": 0, "num_cpus": float(label.cpus_per_task)}
-    norm = {"input_size": int(label.input_size), "mean": tuple(IMAGENET_MEAN), "std": tuple(IMAGENET_STD)}
+    norm = {"input_size": int(label.input_size), "geometry": label.geometry, "mean": tuple(IMAGENET_MEAN),
+            "std": tuple(IMAGENET_STD)}
     if label.images_parquet:
         ds = ray.data.read_parquet(str(label.images_parquet)).select_columns(list(PARQUET_COLUMNS))
         ds = ds.map_batches(decode_parquet_rows, batch_size=label.batch_size, batch_format="numpy", **cpu_args,
@@ -309,7 +311,7 @@ def _run_pipeline(label: LabelSection, plan: LabelingPlan, num_actors: int, seed
         **explain_kwargs,
     )
     ds = ds.map_batches(encode_and_score, batch_size=label.batch_size, batch_format="numpy", **cpu_args,
-                        fn_kwargs={"true_masks": str(label.true_masks or "")})
+                        fn_kwargs={"true_masks": str(label.true_masks or ""), "geometry": label.geometry})
 
     names = member_names(plan.members)
     pending: dict[int, list[dict]] = defaultdict(list)
@@ -322,7 +324,7 @@ def _run_pipeline(label: LabelSection, plan: LabelingPlan, num_actors: int, seed
             pending[index].append(row)
             if len(pending[index]) == len(plan.shards[index]):
                 manifest = shards.commit_shard(plan.version_dir, index, plan.shards[index], pending.pop(index),
-                                        plan.version, names, bool(label.true_masks))
+                                               plan.version, names, bool(label.true_masks), label.geometry)
                 written += manifest.pop("bytes")
                 committed.append(manifest)
     if pending:

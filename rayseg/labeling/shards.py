@@ -122,10 +122,21 @@ def _read_tables(version_dir: str | os.PathLike, names: list[str], schema: pa.Sc
     return pa.concat_tables(_read_all(read, (storage.join(version_dir, n) for n in names)))
 
 
-def read_labels(version_dir: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
-    """All rows of the committed shards of one label version (an empty table with SCHEMA when none)."""
-    names = [m["labels_file"] for m in committed_shards(version_dir)]
+def read_labels(version_dir: str | os.PathLike, columns: list[str] | None = None,
+                manifests: list[dict] | None = None) -> pa.Table:
+    """All rows of the committed shards of one label version (an empty table with SCHEMA when none);
+    ``manifests``: the committed shards' manifests when already read."""
+    names = [m["labels_file"] for m in (committed_shards(version_dir) if manifests is None else manifests)]
     return _read_tables(version_dir, names, SCHEMA, columns)
+
+
+def geometry_of(manifests: list[dict]) -> str:
+    """The ``label.geometry`` the shards were explained with (``square`` for shards written before it was
+    recorded); ``ValueError`` if the shards disagree."""
+    found = {m.get("geometry", "square") for m in manifests}
+    if len(found) > 1:
+        raise ValueError(f"label shards with different geometries {sorted(found)}")
+    return found.pop() if found else "square"
 
 
 def read_errors(version_dir: str | os.PathLike) -> pa.Table:
@@ -145,7 +156,7 @@ def _write_table(table: pa.Table, location: str) -> int:
 
 
 def commit_shard(version_dir: str, index: int, planned: list[str], rows: list[dict], version: str,
-                  names: list[str], score: bool) -> dict:
+                 names: list[str], score: bool, geometry: str = "square") -> dict:
     """Write one shard's Parquet files, then its manifest (the commit) into ``version_dir`` (a location).
     Returns the manifest (plus ``bytes`` written)."""
     rows = sorted(rows, key=lambda r: r["id"])
@@ -169,7 +180,7 @@ def commit_shard(version_dir: str, index: int, planned: list[str], rows: list[di
                                        "label_version": [version] * len(bad)}, schema=ERRORS_SCHEMA)
         written += _write_table(errors, storage.join(version_dir, errors_file))
     manifest = {"shard": index, "labels_file": f"{name}.parquet", "errors_file": errors_file, "rows": len(good),
-                "errors": len(bad), "ids": planned, "label_version": version}
+                "errors": len(bad), "ids": planned, "label_version": version, "geometry": geometry}
     if score:
         ious = np.asarray([r["iou"] for r in good], np.float64).reshape(-1, len(names) + 1)
         ious = ious[~np.isnan(ious).any(axis=1)]

@@ -17,11 +17,12 @@ import numpy as np
 from PIL import Image
 
 from rayseg.labeling import shards
+from rayseg.labeling.geometry import NO_DECILE, deciles_on_image, fit_image
 
 __all__ = ["decode_and_resize", "decode_parquet_rows", "encode_and_score"]
 
 
-def decode_and_resize(batch: dict, images_root: str, input_size: int, mean: tuple, std: tuple) -> dict:
+def decode_and_resize(batch: dict, images_root: str, input_size: int, geometry: str, mean: tuple, std: tuple) -> dict:
     """CPU stage: read, hash, decode (RGB) and resize every image; normalise with ``mean``/``std`` (the driver
     passes the ImageNet ones of :mod:`rayseg.data.transforms`, so that this module's import stays light for
     the task workers: no torchvision). A file that cannot be read or decoded becomes a row with ``status`` =
@@ -32,11 +33,11 @@ def decode_and_resize(batch: dict, images_root: str, input_size: int, mean: tupl
             contents.append((Path(images_root) / str(rel)).read_bytes())
         except OSError as exc:
             contents.append(f"{rel}: cannot read file ({type(exc).__name__}: {exc.strerror or exc})")
-    return _decode_rows(batch["id"], batch["shard"], batch["class_index"], contents, input_size, mean, std)
+    return _decode_rows(batch["id"], batch["shard"], batch["class_index"], contents, input_size, geometry, mean, std)
 
 
-def decode_parquet_rows(batch: dict, shard_starts: list[str], todo: list[int], input_size: int, mean: tuple,
-                        std: tuple) -> dict:
+def decode_parquet_rows(batch: dict, shard_starts: list[str], todo: list[int], input_size: int, geometry: str,
+                        mean: tuple, std: tuple) -> dict:
     """CPU stage for Parquet input: ``batch`` has the table's ``id``, ``image`` (bytes) and ``label`` columns.
     Each row's shard is found by bisecting ``shard_starts`` (the first id of every planned shard, sorted);
     rows of shards not in ``todo`` (already committed) are dropped. Then as :func:`decode_and_resize`: sha256
@@ -53,10 +54,11 @@ def decode_parquet_rows(batch: dict, shard_starts: list[str], todo: list[int], i
         shard.append(index)
         labels.append(int(label))
         contents.append(f"{rel}: no image bytes (null)" if data is None else bytes(data))
-    return _decode_rows(ids, shard, labels, contents, input_size, mean, std)
+    return _decode_rows(ids, shard, labels, contents, input_size, geometry, mean, std)
 
 
-def _decode_rows(ids, shard, class_index, contents: list, input_size: int, mean: tuple, std: tuple) -> dict:
+def _decode_rows(ids, shard, class_index, contents: list, input_size: int, geometry: str, mean: tuple,
+                 std: tuple) -> dict:
     """``contents[i]``: the encoded bytes of image ``ids[i]``, or a str = the reason it has none."""
     mean = np.asarray(mean, np.float32).reshape(3, 1, 1)
     std = np.asarray(std, np.float32).reshape(3, 1, 1)
@@ -72,7 +74,7 @@ def _decode_rows(ids, shard, class_index, contents: list, input_size: int, mean:
         try:
             with Image.open(io.BytesIO(data)) as img:
                 rgb = img.convert("RGB")  # forces the decode of the whole file
-            rgb = rgb.resize((input_size, input_size), Image.BILINEAR)
+            rgb = fit_image(rgb, input_size, geometry)
         except Exception as exc:  # PIL raises many types for corrupt data
             msg = str(exc).splitlines()[0] if str(exc) else ""
             status.append(f"{rel}: cannot decode image ({type(exc).__name__}: {msg})")
@@ -95,9 +97,10 @@ def _iou(pred: np.ndarray, true: np.ndarray) -> float:
     return float(np.logical_and(pred, true).sum() / union) if union else 1.0
 
 
-def encode_and_score(batch: dict, true_masks: str) -> dict:
+def encode_and_score(batch: dict, true_masks: str, geometry: str) -> dict:
     """CPU stage: PNG-encode the decile maps; with ``true_masks`` also the IoU of the top-decile mask (ensemble,
-    then each member; resized to the true mask's size, nearest) with the true mask (NaN when unavailable)."""
+    then each member; laid back on the true mask's pixels with ``geometry``, where unexplained pixels count as
+    background) with the true mask (NaN when unavailable)."""
     dec = batch.pop("deciles")
     member_top = batch.pop("member_top")
     n, m = member_top.shape[:2]
@@ -115,12 +118,10 @@ def encode_and_score(batch: dict, true_masks: str) -> dict:
                 true = np.asarray(img.convert("L")) > 127
         except (OSError, ValueError):
             continue
-        size = (true.shape[1], true.shape[0])
-        preds = [dec[i] >= 9] + [member_top[i, k].astype(bool) for k in range(m)]
-        for k, pred in enumerate(preds):
-            if pred.shape != true.shape:
-                pred = np.asarray(Image.fromarray(pred.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 127
-            iou[i, k] = _iou(pred, true)
+        maps = [dec[i]] + [member_top[i, k] * 9 for k in range(m)]  # a member's top-decile mask as deciles 0 / 9
+        for k, deciles in enumerate(maps):
+            on_image = deciles_on_image(deciles, true.shape[0], true.shape[1], geometry)
+            iou[i, k] = _iou((on_image >= 9) & (on_image != NO_DECILE), true)
     batch["deciles_png"] = np.asarray(pngs, dtype=object)
     batch["height"] = np.full(n, dec.shape[1], np.int32)
     batch["width"] = np.full(n, dec.shape[2], np.int32)
