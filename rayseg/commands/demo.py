@@ -10,7 +10,8 @@ fine-tuning budget? Starts:
   the top-decile pseudo masks train a (K+1)-way segmentation network;
 * ``MDP-A+B`` / ``MDP-A``: multi-dataset pre-training on labelled domains A and B (half of the images each), and
   the same method on A alone (the single-dataset row);
-* ``PixCon-SR`` / ``DenseCL``: self-supervised dense contrast on the unlabelled scenes of domain A.
+* ``PixCon-SR`` / ``DenseCL``: self-supervised dense contrast on the unlabelled scenes of domain A (PixCon with
+  BYOL's asymmetric views, DenseCL as published: MoCo-v2's symmetric views and heads without BatchNorm).
 
 Each start is fine-tuned on C with the plain 1x1 classifier and with the SSA head, for every seed of the
 budget (the fine-tune seed changes initialisation of the new layers, data order and augmentation; each start is
@@ -70,6 +71,8 @@ PRETRAIN = {"num_workers": 0, "cpus_per_worker": 2.0, "batch_size": 16, "log_eve
 FINETUNE = {"num_workers": 0, "cpus_per_worker": 2.0, "batch_size": 8, "log_every": 20, "keep_checkpoints": 1}
 DATA = {"kind": "synthetic", "image_size": 64, "crop_size": 64, "scale_min": 0.75, "scale_max": 1.5}
 SGD = {"name": "sgd", "weight_decay": 1e-4, "schedule": "poly", "warmup_steps": 10}
+# DenseCL as published trains with MoCo-v2's symmetric views (PixCon with BYOL's asymmetric ones, the defaults)
+MOCO_V2_VIEWS = {"jitter": [0.4, 0.4, 0.4, 0.1], "blur_prob": [0.5, 0.5], "solarize_prob": [0.0, 0.0]}
 
 
 def _pretrain(storage: str, b: DemoBudget, name: str, method: str, data: dict, lr: float = 0.05, **sections) -> Config:
@@ -100,7 +103,7 @@ def pretrain_configs(storage: str, b: DemoBudget) -> dict[str, Config]:
                                pixcon={"variant": "sr", "queue_size": max(32, b.source_images // 2),
                                        "proj_hidden_dim": 512, "pred_hidden_dim": 512}),
         "DenseCL": _pretrain(storage, b, "densecl", "densecl", {"domain": "A", "num_train": b.source_images},
-                             views=contrastive_views,
+                             views={**contrastive_views, **MOCO_V2_VIEWS},
                              densecl={"queue_size": max(32, b.source_images // 2), "proj_hidden_dim": 512,
                                       "dense_warmup_steps": max(1, b.pretrain_epochs * b.source_images // 16 // 20)}),
     }

@@ -38,7 +38,8 @@ def member_config(cfg: Config, arch: str, command: str = "train-classifiers") ->
     data["classifier"]["archs"] = [arch]
     data["run"]["name"] = ""
     member = config_from_dict(data)
-    member.run.name = f"{cfg.run.name}-{arch}" if cfg.run.name else f"{command}-{arch}-{member.fingerprint()}"
+    folder = arch.replace("/", "-")  # timm/<model> names one folder
+    member.run.name = f"{cfg.run.name}-{folder}" if cfg.run.name else f"{command}-{folder}-{member.fingerprint()}"
     return member
 
 

@@ -139,6 +139,11 @@ class TrainSection(Section):
     max_failures: int = setting(0, "worker-group restarts Ray Train may do from the last checkpoint; -1 = "
                                 "no limit", ge=-1)
     max_steps_per_epoch: int = setting(0, "cap steps per epoch (quick runs); 0 = whole epoch", ge=0)
+    sync_bn: bool = setting(False, "convert every BatchNorm of the method (backbone, heads, predictors, momentum "
+                            "target) to SyncBatchNorm under DDP, as the contrastive papers' code does (GPU workers)")
+
+    def check(self) -> None:
+        require(not self.sync_bn or self.use_gpu, "sync_bn", "needs train.use_gpu: true (SyncBatchNorm runs on GPUs)")
 
 
 @dataclass
@@ -214,8 +219,8 @@ class LabelSection(Section):
                                   "image bytes), label (int: class index); used instead of label.images")
     output: str = setting("rayseg_labels", "labels root; shards go to <output>/<label_version>/")
     true_masks: str = setting("", "optional tree of true object masks (same relative paths) to score the labels")
-    members: list[str] = setting([], "ensemble members as ARCH:WEIGHTS_FILE (ARCH alone with "
-                                 "allow_random_weights)")
+    members: list[str] = setting([], "ensemble members as ARCH:WEIGHTS_FILE, ARCH a torchvision classifier or "
+                                 "timm/<model> (ARCH alone with allow_random_weights)")
     allow_random_weights: bool = setting(False, "members without weights get random weights (tests only)")
     num_classes: int = setting(0, "classifier output classes; 0 = the number of class folders", ge=0)
     input_size: int = setting(64, "side S of the S x S input each image is explained at", ge=1)
@@ -274,12 +279,12 @@ class ClassifierSection(Section):
 
     def check_inputs(self) -> None:
         """When classifiers are trained: every architecture is a torchvision classifier."""
-        from rayseg.models.segmentation import CLASSIFIERS  # torchvision's model list
+        from rayseg.models.segmentation import is_classifier  # torchvision's and timm's model lists
 
         for key, arch in [("classifier.arch", self.arch),
                           *((f"classifier.archs[{i}]", a) for i, a in enumerate(self.archs))]:
-            require(arch in CLASSIFIERS, key, f"unknown torchvision classifier {arch!r} (e.g. resnet18, "
-                    "mobilenet_v3_small, shufflenet_v2_x1_0)")
+            require(is_classifier(arch), key, f"unknown classifier {arch!r} (torchvision: e.g. resnet18, "
+                    "mobilenet_v3_small, shufflenet_v2_x1_0; timm: timm/<model>)")
         if self.images:
             _folder("classifier.images", self.images, "")
 
@@ -357,6 +362,8 @@ class DenseCLSection(Section):
     queue_size: int = setting(65536, "entries of each FIFO queue (global keys; per-image pooled dense keys)", ge=1)
     proj_dim: int = setting(128, "output width of the global and dense heads", ge=1)
     proj_hidden_dim: int = setting(2048, "hidden width of the global and dense heads", ge=1)
+    head_batch_norm: bool = setting(False, "BatchNorm in the global and dense heads; DenseCL's neck (MoCo-v2's MLP) "
+                                    "has none; true gives PixCon's BYOL-style heads")
     momentum: float = setting(0.999, "target EMA momentum (MoCo-v2)", ge=0, le=1)
     momentum_schedule: str = setting("constant", "constant (MoCo-v2) or cosine (rising to 1)",
                                      choices=("cosine", "constant"))

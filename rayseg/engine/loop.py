@@ -136,6 +136,8 @@ def _train(cfg: Config, method_cls: type[Method], run: RunFolder) -> None:
     method = method_cls.from_config(cfg, train_set).to(device)
     if cfg.train.channels_last:
         method = method.to(memory_format=torch.channels_last)
+    if cfg.train.sync_bn and world > 1:  # batch statistics over every worker's images, not each worker's own
+        method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
     # Built (and restored) after the move, so the optimizer state lives on the parameters' device.
     optimizer = build_optimizer(parameter_groups(method, cfg.optim), cfg.optim)
 

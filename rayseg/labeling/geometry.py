@@ -58,4 +58,4 @@ def deciles_on_image(deciles: np.ndarray, height: int, width: int, geometry: str
     on_resized[dst_top:dst_top + h, dst_left:dst_left + w] = deciles[src_top:src_top + h, src_left:src_left + w]
     if (rh, rw) == (height, width):
         return on_resized
-    return np.asarray(Image.fromarray(on_resized).resize((width, height), Image.NEAREST))
+    return np.array(Image.fromarray(on_resized).resize((width, height), Image.NEAREST))  # a writable copy

@@ -123,11 +123,11 @@ class EncoderOutput(NamedTuple):
 class ContrastiveEncoder(nn.Module):
     """Backbone (its deepest level) + global head (avgpool -> MLP) + dense head (per-position MLP), §4.1."""
 
-    def __init__(self, backbone: Backbone, proj_hidden_dim: int, proj_dim: int):
+    def __init__(self, backbone: Backbone, proj_hidden_dim: int, proj_dim: int, head_batch_norm: bool = True):
         super().__init__()
         self.backbone = backbone
-        self.global_head = MLPHead(backbone.out_channels, proj_hidden_dim, proj_dim)
-        self.dense_head = DenseHead(backbone.out_channels, proj_hidden_dim, proj_dim)
+        self.global_head = MLPHead(backbone.out_channels, proj_hidden_dim, proj_dim, batch_norm=head_batch_norm)
+        self.dense_head = DenseHead(backbone.out_channels, proj_hidden_dim, proj_dim, batch_norm=head_batch_norm)
 
     def forward(self, x: torch.Tensor) -> EncoderOutput:
         f = self.backbone(x)["out"]
@@ -173,10 +173,11 @@ class MomentumContrast(Method):
         return build_two_view_dataset(cfg.data, cfg.views)
 
     @staticmethod
-    def encoder_from_config(cfg: Config, proj_hidden_dim: int, proj_dim: int) -> tuple[ContrastiveEncoder, dict]:
+    def encoder_from_config(cfg: Config, proj_hidden_dim: int, proj_dim: int,
+                            head_batch_norm: bool = True) -> tuple[ContrastiveEncoder, dict]:
         """The online encoder on ``cfg.model``'s backbone (``model.init_weights`` loaded when set) and the arch."""
         model = build_model_from_config(cfg.model, num_classes=1)
-        encoder = ContrastiveEncoder(model.backbone, proj_hidden_dim, proj_dim)
+        encoder = ContrastiveEncoder(model.backbone, proj_hidden_dim, proj_dim, head_batch_norm)
         encoder.init_report = model.init_report  # printed by the CLI's preflight
         arch = {k: v for k, v in model.arch.items() if k != "num_classes"}
         return encoder, arch

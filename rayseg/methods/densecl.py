@@ -49,7 +49,7 @@ class DenseCL(MomentumContrast):
     @classmethod
     def from_config(cls, cfg: Config, train_set: TwoViewDataset) -> DenseCL:
         d = cfg.densecl
-        encoder, arch = cls.encoder_from_config(cfg, d.proj_hidden_dim, d.proj_dim)
+        encoder, arch = cls.encoder_from_config(cfg, d.proj_hidden_dim, d.proj_dim, d.head_batch_norm)
         return cls(encoder, arch, temperature=d.temperature, loss_lambda=d.loss_lambda,
                    dense_warmup_steps=d.dense_warmup_steps, symmetric=d.symmetric, queue_size=d.queue_size,
                    momentum=d.momentum, momentum_schedule=d.momentum_schedule)

@@ -96,14 +96,31 @@ def build_model(
 
 
 CLASSIFIERS = tuple(sorted(tvm.list_models(module=tvm)))  # torchvision image-classification architectures
+TIMM_PREFIX = "timm/"  # "timm/<model>": any classifier of the timm library (e.g. timm/convnext_tiny)
+
+
+def is_classifier(name: str) -> bool:
+    """``name`` is a torchvision classifier, or ``timm/<model>`` with a model timm knows."""
+    if name.startswith(TIMM_PREFIX):
+        import timm
+
+        return timm.is_model(name[len(TIMM_PREFIX):])
+    return name in CLASSIFIERS
 
 
 def build_classifier(name: str, num_classes: int) -> nn.Module:
-    """Randomly initialised torchvision image classifier ``name`` (e.g. resnet18, densenet121) for ``num_classes``."""
-    if name not in CLASSIFIERS:
+    """Randomly initialised image classifier ``name`` for ``num_classes``: a torchvision model (resnet18,
+    densenet121, ...) or ``timm/<model>`` from timm (its weights come from local files, as every member's: timm
+    downloads nothing here)."""
+    if not is_classifier(name):
         raise ValueError(
             f"unknown classifier {name!r}; use a torchvision classification model, e.g. resnet18, resnet50, "
             f"mobilenet_v3_large, densenet121, efficientnet_b0, vgg11_bn, regnet_y_400mf "
-            f"({len(CLASSIFIERS)} in torchvision.models.list_models(module=torchvision.models))"
+            f"({len(CLASSIFIERS)} in torchvision.models.list_models(module=torchvision.models)), or timm/<model> "
+            f"for a timm classifier"
         )
+    if name.startswith(TIMM_PREFIX):
+        import timm
+
+        return timm.create_model(name[len(TIMM_PREFIX):], pretrained=False, num_classes=num_classes)
     return tvm.get_model(name, weights=None, num_classes=num_classes)
