@@ -100,8 +100,8 @@ def read_weight_file(path: str | os.PathLike, data: bytes | None = None) -> Any:
     if data is None and not storage.is_file(path):
         raise WeightsError(f"weights file not found: {path}")
     try:
-        return torch.load(io.BytesIO(data) if data is not None else storage.readable(path), map_location="cpu",
-                          weights_only=True)
+        source = io.BytesIO(data) if data is not None else storage.readable(path)
+        return torch.load(source, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure to read is one line for the user
         raise WeightsError(f"cannot read weights file {path}: {_why_unreadable(err)}") from None
 
