@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from rayseg.config import ExplainerSection  # noqa: E402
 
 from rayseg.labeling.explainers import explain_ensemble, prepare_for_explanation  # noqa: E402
-from rayseg.labeling.members import MemberSpec, load_members  # noqa: E402
+from rayseg.labeling.members import Member, load_members  # noqa: E402
 
 ARCHS = ("resnet18", "mobilenet_v3_small", "shufflenet_v2_x1_0")
 BATCH, SAMPLES, SIZE, CALLS = 8, 16, 64, 3
@@ -58,7 +58,7 @@ def main() -> None:
     device = torch.device(args.device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        raw = load_members([MemberSpec(arch=a) for a in archs], 10, allow_random_weights=True, device=device)
+        raw = load_members([Member(arch=a) for a in archs], 10, device=device)  # random weights, seeded by index
     on = ExplainerSection(samples=SAMPLES)
     off = dataclasses.replace(on, polyphase_stem=False)
     arms = {"polyphase": [prepare_for_explanation(m, on) for m in raw],

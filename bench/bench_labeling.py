@@ -77,13 +77,14 @@ import torch  # noqa: E402
 from rayseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from rayseg.labeling import shards  # noqa: E402
 from rayseg.labeling.ensemble import deciles, ensemble_mean  # noqa: E402
-from rayseg.config import ExplainerSection  # noqa: E402
+from rayseg.config import ExplainerSection, LabelSection  # noqa: E402
 from rayseg.labeling.explainers import explain_ensemble, prepare_for_explanation  # noqa: E402
 from rayseg.labeling.members import Member, check_members, load_members  # noqa: E402
 
 ARCHS = ("resnet18", "mobilenet_v3_small", "shufflenet_v2_x1_0")
 SIZE, BATCH, BATCH_CAP, THREADS = 64, 8, 256, 2
 LAYOUTS = {"1x2": (1, 2), "2x1": (2, 1)}  # explainer actors x CPUs (= torch threads) per actor
+GEOMETRY = LabelSection().geometry  # the label section's default, as rayseg end to end uses it
 FULL = {"num_images": 128, "samples": 16}
 QUICK = {"num_images": 16, "samples": 4}
 MEMORY_BATCHES = {"full": (4, 16), "quick": (2, 6)}  # explain_ensemble calls before each peak-RSS reading
@@ -110,7 +111,7 @@ def decoded(images: Path) -> tuple[list[str], torch.Tensor, torch.Tensor]:
 
     ids, class_of = list_images(images)
     out = decode_and_resize({"id": ids, "shard": [0] * len(ids), "class_index": [class_of[i] for i in ids]},
-                            str(images), SIZE, tuple(IMAGENET_MEAN), tuple(IMAGENET_STD))
+                            str(images), SIZE, GEOMETRY, tuple(IMAGENET_MEAN), tuple(IMAGENET_STD))
     assert all(s == "ok" for s in out["status"]), out["status"]
     return ids, torch.from_numpy(out["image"]), torch.from_numpy(out["class_index"])
 
@@ -131,7 +132,7 @@ def naive_loop(models: list, images: Path, cfg: ExplainerSection) -> dict:
     start = time.perf_counter()
     for rel in ids:
         one = decode_and_resize({"id": [rel], "shard": [0], "class_index": [class_of[rel]]}, str(images), SIZE,
-                                tuple(IMAGENET_MEAN), tuple(IMAGENET_STD))
+                                GEOMETRY, tuple(IMAGENET_MEAN), tuple(IMAGENET_STD))
         x = torch.from_numpy(one["image"])
         label = int(one["class_index"][0])
         sigma = cfg.noise_level * float(x.max() - x.min())
