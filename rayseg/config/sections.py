@@ -51,8 +51,8 @@ class DataSection(Section):
                         "layout (rayseg.data.native); images: any folder of unlabelled images (pixcon, densecl)",
                         choices=("synthetic", *FOLDER_KINDS, "images"))
     root: str = setting("", "dataset folder (voc: VOC2012; ade20k: ADEChallengeData2016; cityscapes: the folder of "
-                        "leftImg8bit/ and gtFine/; coco_stuff: the folder of images/ and annotations/; images: any folder, e.g. COCO's "
-                        "train2017/)")
+                        "leftImg8bit/ and gtFine/; coco_stuff: the folder of images/ and annotations/; images: any "
+                        "folder, e.g. COCO's train2017/)")
     domain: str = setting("A", "synthetic domain (A, B, C)")
     train_split: str = setting("train", "split used for training")
     val_split: str = setting("val", "split used for evaluation")
@@ -60,7 +60,8 @@ class DataSection(Section):
     num_val: int = setting(128, "synthetic: number of validation images", ge=1)
     image_size: int = setting(64, "synthetic: image side in pixels", ge=8)
     seed: int = setting(0, "synthetic: generator seed (fixed while run.seed varies)")
-    num_classes: int = setting(0, "voc: number of classes (label ids 0..num_classes-1; 255 in the mask files = ignore)", ge=0)
+    num_classes: int = setting(0, "voc: number of classes (label ids 0..num_classes-1; 255 in the mask files = "
+                               "ignore)", ge=0)
     class_names: list[str] = setting([], "voc: optional class names")
     label_map: dict[int, int] = setting({}, "raw label id -> train id (Cityscapes style); unmapped ids become ignore")
     skip_bad: bool = setting(False, "skip and count unreadable or inconsistent samples instead of failing")
@@ -479,6 +480,6 @@ class Config(Section):
             self.mdp.check_inputs()
 
 
-__all__ = ["ClassifierSection", "Config", "DataSection", "DenseCLSection", "EvalSection", "ExplainerSection", "LabelSection",
-           "MDPSection", "ModelSection", "OptimSection", "PSSLSection", "PixConSection", "RunSection", "SSASection",
-           "TrainSection", "ViewsSection", "method_names"]
+__all__ = ["ClassifierSection", "Config", "DataSection", "DenseCLSection", "EvalSection", "ExplainerSection",
+           "LabelSection", "MDPSection", "ModelSection", "OptimSection", "PSSLSection", "PixConSection", "RunSection",
+           "SSASection", "TrainSection", "ViewsSection", "method_names"]

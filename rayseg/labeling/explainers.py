@@ -62,7 +62,8 @@ def _explaining(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _fast_path(model: nn.Module, images: Tensor, cfg: ExplainerSection) -> tuple[contextlib.AbstractContextManager, bool]:
+def _fast_path(model: nn.Module, images: Tensor,
+               cfg: ExplainerSection) -> tuple[contextlib.AbstractContextManager, bool]:
     """(autocast context, use channels_last) for this device: autocast only on CUDA."""
     on_cuda = images.is_cuda
     use_cl = bool(cfg.channels_last and images.ndim == 4)

@@ -26,10 +26,11 @@ stale temporary files (local output only: an object store has none) and re-does 
 killed run followed by a re-run labels every image exactly once; re-running a finished job starts no Ray work.
 The output (``label.output``) is a :mod:`rayseg.storage` location: a path or a URI such as ``s3://...``.
 
-Images are explained at ``input_size x input_size`` as ``label.geometry`` places them (:mod:`rayseg.labeling.geometry`:
-centre crop of the shorter side by default, aspect kept): the decile maps have that size, and every manifest
-records the geometry so that readers lay the map back onto the image. Noise of SmoothGrad is drawn from a generator seeded by ``seed`` and the ids of
-the batch, so a run is reproducible for a given batching.
+Images are explained at ``input_size x input_size`` as ``label.geometry`` places them
+(:mod:`rayseg.labeling.geometry`: centre crop of the shorter side by default, aspect kept): the decile maps have
+that size, and every manifest records the geometry so that readers lay the map back onto the image. Noise of
+SmoothGrad is drawn from a generator seeded by ``seed`` and the ids of the batch, so a run is reproducible for a
+given batching.
 
 Parquet input (``images_parquet``: a file or a folder of files with columns ``id`` string, ``image`` binary =
 encoded image bytes, ``label`` int = class index): the driver reads only ``id`` and ``label`` (pyarrow) to build

@@ -6,9 +6,9 @@ Layout under the labeling output root::
     <root>/<label_version>/shard-00007.errors.parquet images of the shard that could not be labelled (ERRORS_SCHEMA)
     <root>/<label_version>/_manifests/shard-00007.json  written last: the shard is committed
 
-:func:`commit_shard` writes a shard (its files, then the manifest); :func:`committed_shards`, :func:`read_labels`
-and :func:`read_errors` read them. A shard counts only once its manifest exists; the manifest names the shard's files and row counts and the ids it
-was planned with, so a re-run skips committed shards and a crash mid-run leaves no half shard visible.
+:func:`commit_shard` writes a shard (its files, then the manifest); :func:`committed_shards`,
+:func:`read_labels` and :func:`read_errors` read them. A shard counts only once its manifest exists; the manifest
+names the shard's files and row counts, the ids it was planned with and the geometry they were explained with, so a re-run skips committed shards and a crash mid-run leaves no half shard visible.
 ``label_version`` hashes everything that changes the labels (models, explainer settings, code version), so runs
 with different settings never mix.
 

@@ -3,10 +3,10 @@
 ``rayseg label`` writes one decile map per image (pseudo-label shards, ``rayseg.labeling.shards``), which
 :class:`rayseg.data.pseudo_labels.PSSLDataset` reads. Every
 pixel with ``D(x) >= threshold`` (the top decile by default) becomes the image's class ``c ∈ {0..K-1}``, every other
-pixel the background class ``K``, crop padding ``IGNORE_INDEX`` (-1, so K may be 1000 or more); the network predicts K+1 classes and is
-trained with the background-weighted cross-entropy of PSSL Eq. 3. The exported model carries the (K+1)-way
-classifier; fine-tuning on a target dataset drops it (``rayseg.models.weights`` drops a classifier of another
-class count) and keeps backbone + decoder.
+pixel the background class ``K``, crop padding ``IGNORE_INDEX`` (-1, so K may be 1000 or more); the network
+predicts K+1 classes and is trained with the background-weighted cross-entropy of PSSL Eq. 3. The exported model
+carries the (K+1)-way classifier; fine-tuning on a target dataset drops it (``rayseg.models.weights`` drops a
+classifier of another class count) and keeps backbone + decoder.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ from rayseg.models.from_config import build_model_from_config
 
 
 class Supervised(Method):
-    """``L = mean over non-ignored pixels x of -log softmax(f(I))_{y(x)}`` (``F.cross_entropy``, ``IGNORE_INDEX`` = ignore).
+    """``L = mean over non-ignored pixels x of -log softmax(f(I))_{y(x)}`` (``F.cross_entropy``; ignore:
+    ``IGNORE_INDEX``).
 
     With an SSA classifier (``model.classifier: ssa``) the SSA terms of ``ssa_loss`` are added (``ssa_losses``).
     """
