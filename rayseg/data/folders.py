@@ -26,6 +26,7 @@ from rayseg.ignore import FILE_IGNORE, IGNORE_INDEX
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "PairedSegmentation",
     "ImageFolderClassification",
     "VOCSegmentationFolder",
     "collate_skip_bad",
@@ -125,20 +126,68 @@ class SkipBadMixin:
             return {"bad": True, "id": sample_id, "reason": str(exc)}
 
 
-class VOCSegmentationFolder(SkipBadMixin, Dataset):
+class PairedSegmentation(SkipBadMixin, Dataset):
+    """Images with 8-bit label PNGs: ``pairs`` of ``(id, image file, mask file)`` and ``lut``, 256 int64 entries that
+    map each raw mask value to a train id in ``0..num_classes-1`` or :data:`rayseg.ignore.IGNORE_INDEX`.
+
+    Samples: ``{"image": float 3xHxW, "mask": int64 HxW, "id": str}``. A missing or corrupt file, a mask of another
+    size than its image, or a raw value whose train id is out of range raises ``BadSampleError`` naming the file;
+    with ``skip_bad`` the sample is returned as a marker (see ``collate_skip_bad``) and recorded in
+    ``self.bad_samples`` (id -> reason; per process, so DataLoader workers keep their own)."""
+
+    def __init__(self, pairs: Sequence[tuple[str, Path, Path]], lut: np.ndarray, class_names: Sequence[str],
+                 transform: Callable | None = None, skip_bad: bool = False):
+        if lut.shape != (256,):
+            raise ValueError(f"lut must have 256 entries (one per raw 8-bit value), got shape {lut.shape}")
+        self.pairs, self.lut = list(pairs), lut.astype(np.int64)
+        self.class_names, self.num_classes = list(class_names), len(class_names)
+        self.transform, self.skip_bad, self.bad_samples = transform, bool(skip_bad), {}
+        _warn_if_truncation_allowed()
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def paths(self, i: int) -> tuple[Path, Path]:
+        """The image and mask files of sample ``i``."""
+        return self.pairs[i][1], self.pairs[i][2]
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Load and validate sample ``i``: (uint8 HxWx3 image, int64 HxW train ids, ``IGNORE_INDEX`` = ignore).
+        Raises BadSampleError."""
+        image_path, mask_path = self.paths(i)
+        image, raw = load_rgb(image_path), load_mask(mask_path)
+        if raw.shape != image.shape[:2]:
+            raise BadSampleError(mask_path, f"mask size {raw.shape[0]}x{raw.shape[1]} (HxW) does not match image "
+                                            f"size {image.shape[0]}x{image.shape[1]} of {image_path}")
+        present = np.flatnonzero(np.bincount(raw.ravel(), minlength=256))  # raw values
+        bad = self.lut[present][self.lut[present] >= self.num_classes]
+        if bad.size:
+            raise BadSampleError(mask_path, f"label values {bad.tolist()} out of range for "
+                                            f"num_classes={self.num_classes}")
+        return image, self.lut[raw]
+
+    def __getitem__(self, i: int) -> dict:
+        return self._load_or_mark(self.pairs[i][0], lambda: self._sample(i))
+
+    def _sample(self, i: int) -> dict:
+        image, mask = self.load(i)
+        image_t = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1).contiguous())
+        image_t, mask_t = (self.transform or to_float_pair)(image_t, tv_tensors.Mask(torch.from_numpy(mask)))
+        return {"image": image_t, "mask": mask_t, "id": self.pairs[i][0]}
+
+
+class VOCSegmentationFolder(PairedSegmentation):
     """Segmentation dataset in PASCAL VOC layout.
 
     ``root/JPEGImages/<id>.(jpg|jpeg|png)``, ``root/SegmentationClass/<id>.png`` ("P" or "L" PNG whose pixel
     values are label ids), ``root/ImageSets/Segmentation/<split>.txt`` (one id per line). With the SBD
     augmentation installed as usual (``SegmentationClassAug/`` and ``ImageSets/Segmentation/train_aug.txt``),
     ``split="train_aug"`` reads it; an id without a ``SegmentationClass`` mask takes its ``SegmentationClassAug``
-    one.
+    one. Files are found when a sample is read.
 
     The raw value ``file_ignore`` (255, as VOC writes it) becomes :data:`rayseg.ignore.IGNORE_INDEX`.
     ``label_map`` remaps raw mask values Cityscapes-style (raw -> train id); raw values missing from it become
-    ignore. Samples: ``{"image": float 3xHxW, "mask": int64 HxW, "id": str}``. With ``skip_bad``
-    a bad sample is returned as a marker (see ``collate_skip_bad``) and recorded in ``self.bad_samples``
-    (id -> reason; per process, so DataLoader workers keep their own).
+    ignore.
     """
 
     def __init__(
@@ -169,16 +218,14 @@ class VOCSegmentationFolder(SkipBadMixin, Dataset):
         split_file = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
         if not split_file.is_file():
             raise FileNotFoundError(f"{split_file}: split file not found")
-        self.split, self.num_classes, self.file_ignore = split, num_classes, file_ignore
-        self.class_names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)]
-        self.transform, self.skip_bad = transform, skip_bad
+        self.split, self.file_ignore = split, file_ignore
         self.ids = split_file.read_text().split()
         self.label_map = dict(label_map) if label_map is not None else None
-        self._lut = self._build_lut(self.label_map)
-        self.bad_samples = {}
-        _warn_if_truncation_allowed()
+        names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)]
+        super().__init__([(i, None, None) for i in self.ids], self._build_lut(num_classes, self.label_map), names,
+                         transform, skip_bad)
 
-    def _build_lut(self, label_map: dict[int, int] | None) -> np.ndarray:
+    def _build_lut(self, num_classes: int, label_map: dict[int, int] | None) -> np.ndarray:
         """256-entry raw value -> int64 label lookup table: identity with ``file_ignore`` -> ``IGNORE_INDEX``, or
         ``label_map`` with every other raw value -> ``IGNORE_INDEX``."""
         if label_map is None:
@@ -189,13 +236,14 @@ class VOCSegmentationFolder(SkipBadMixin, Dataset):
         for raw, label in label_map.items():
             if not 0 <= raw <= 255:
                 raise ValueError(f"label_map key {raw} is not a uint8 mask value")
-            if not (0 <= label < self.num_classes or label in (IGNORE_INDEX, self.file_ignore)):
-                raise ValueError(f"label_map maps {raw} -> {label}, out of range for num_classes={self.num_classes}")
+            if not (0 <= label < num_classes or label in (IGNORE_INDEX, self.file_ignore)):
+                raise ValueError(f"label_map maps {raw} -> {label}, out of range for num_classes={num_classes}")
             lut[raw] = IGNORE_INDEX if label == self.file_ignore else label
         return lut
 
-    def __len__(self) -> int:
-        return len(self.ids)
+    def paths(self, i: int) -> tuple[Path, Path]:
+        sample_id = self.ids[i]
+        return self.image_path(sample_id), self.mask_path(sample_id)
 
     def image_path(self, sample_id: str) -> Path:
         """The image file of ``sample_id`` (first existing of .jpg/.jpeg/.png; the .jpg path if none exist)."""
@@ -208,36 +256,6 @@ class VOCSegmentationFolder(SkipBadMixin, Dataset):
         voc = self.root / "SegmentationClass" / f"{sample_id}.png"
         aug = self.root / "SegmentationClassAug" / f"{sample_id}.png"
         return aug if not voc.is_file() and aug.is_file() else voc
-
-    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Load and validate sample ``i``: (uint8 HxWx3 image, int64 HxW remapped mask, ``IGNORE_INDEX`` = ignore).
-        Raises BadSampleError."""
-        sample_id = self.ids[i]
-        image_path, mask_path = self.image_path(sample_id), self.mask_path(sample_id)
-        image = load_rgb(image_path)
-        mask = load_mask(mask_path)
-        if mask.shape != image.shape[:2]:
-            raise BadSampleError(
-                mask_path,
-                f"mask size {mask.shape[0]}x{mask.shape[1]} (HxW) does not match image size "
-                f"{image.shape[0]}x{image.shape[1]} of {image_path}",
-            )
-        present = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))  # raw values
-        bad = present[(self._lut[present] >= self.num_classes)]
-        if bad.size:
-            raise BadSampleError(mask_path, f"label values {self._lut[bad].tolist()} out of range for "
-                                            f"num_classes={self.num_classes}")
-        return image, self._lut[mask]
-
-    def _sample(self, i: int) -> dict:
-        image, mask = self.load(i)
-        image_t = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1).contiguous())
-        mask_t = tv_tensors.Mask(torch.from_numpy(mask))
-        image_t, mask_t = (self.transform or to_float_pair)(image_t, mask_t)
-        return {"image": image_t, "mask": mask_t, "id": self.ids[i]}
-
-    def __getitem__(self, i: int) -> dict:
-        return self._load_or_mark(self.ids[i], lambda: self._sample(i))
 
 
 class ImageFiles(SkipBadMixin, Dataset):

@@ -27,16 +27,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
-from torchvision import tv_tensors
 
-from rayseg.data.errors import BadSampleError
-from rayseg.data.folders import SkipBadMixin, load_mask, load_rgb
-from rayseg.data.transforms import to_float_pair
+from rayseg.data.folders import PairedSegmentation
 from rayseg.ignore import IGNORE_INDEX
 
-__all__ = ["CITYSCAPES_CLASSES", "NATIVE_KINDS", "PairedSegmentation", "ade20k", "build_native", "cityscapes",
+__all__ = ["CITYSCAPES_CLASSES", "NATIVE_KINDS", "ade20k", "build_native", "cityscapes",
            "coco_stuff"]
 
 # cityscapesscripts' labels.py: labelId -> trainId of the 19 evaluated classes
@@ -49,37 +44,6 @@ CITYSCAPES_CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "
 COCO_STUFF_UNUSED = (11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90)
 ADE20K_SPLITS = {"train": "training", "val": "validation"}
 COCO_SPLITS = {"train": "train2017", "val": "val2017"}
-
-
-class PairedSegmentation(SkipBadMixin, Dataset):
-    """Images and label PNGs given as ``pairs`` of ``(id, image file, mask file)``; ``lut`` (256 int64 entries)
-    maps each raw mask value to a train id in ``0..num_classes-1`` or ``IGNORE_INDEX``. A missing, corrupt or
-    mismatched file raises ``BadSampleError`` naming it, or with ``skip_bad`` is marked and counted."""
-
-    def __init__(self, pairs: Sequence[tuple[str, Path, Path]], lut: np.ndarray, class_names: Sequence[str],
-                 transform: Callable | None = None, skip_bad: bool = False):
-        if lut.shape != (256,) or int(lut.max()) >= len(class_names):
-            raise ValueError(f"lut must map 256 raw values into 0..{len(class_names) - 1} or IGNORE_INDEX")
-        self.pairs, self.lut = list(pairs), lut.astype(np.int64)
-        self.class_names, self.num_classes = list(class_names), len(class_names)
-        self.transform, self.skip_bad, self.bad_samples = transform, bool(skip_bad), {}
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, i: int) -> dict:
-        return self._load_or_mark(self.pairs[i][0], lambda: self._sample(i))
-
-    def _sample(self, i: int) -> dict:
-        sample_id, image_path, mask_path = self.pairs[i]
-        image, raw = load_rgb(image_path), load_mask(mask_path)
-        if raw.shape != image.shape[:2]:
-            raise BadSampleError(mask_path, f"mask size {raw.shape[0]}x{raw.shape[1]} (HxW) does not match image "
-                                            f"size {image.shape[0]}x{image.shape[1]} of {image_path}")
-        image_t = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1).contiguous())
-        mask_t = tv_tensors.Mask(torch.from_numpy(self.lut[raw]))
-        image_t, mask_t = (self.transform or to_float_pair)(image_t, mask_t)
-        return {"image": image_t, "mask": mask_t, "id": sample_id}
 
 
 def _lut(train_ids: dict[int, int]) -> np.ndarray:
