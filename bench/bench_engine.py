@@ -41,7 +41,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from rayseg.config import Config, load_config  # noqa: E402
-from rayseg.data import IGNORE_INDEX, build_segmentation_dataset, collate_skip_bad  # noqa: E402
+from rayseg.data import build_segmentation_dataset, collate_skip_bad  # noqa: E402
+from rayseg.ignore import IGNORE_INDEX  # noqa: E402
 from rayseg.engine.runner import ensure_ray, train  # noqa: E402
 from rayseg.methods import METHODS  # noqa: E402
 from rayseg.models import build_model  # noqa: E402

@@ -13,7 +13,6 @@ from rayseg.data.folders import ImageFolderClassification, VOCSegmentationFolder
 from rayseg.data.native import NATIVE_KINDS, build_native
 from rayseg.data.synthetic import SyntheticClassification, SyntheticSegmentation
 from rayseg.data.transforms import SegEvalTransform, SegTrainTransform
-from rayseg.ignore import IGNORE_INDEX
 
 
 def segmentation_transform(data: DataSection, train: bool):
@@ -21,7 +20,7 @@ def segmentation_transform(data: DataSection, train: bool):
     if train:
         return SegTrainTransform(crop_size=data.crop_size, base_size=data.base_size or None,
                                  scale_range=(data.scale_min, data.scale_max), hflip_prob=data.hflip,
-                                 color_jitter=data.color_jitter, ignore_index=IGNORE_INDEX)
+                                 color_jitter=data.color_jitter)
     return SegEvalTransform()
 
 
@@ -45,7 +44,7 @@ def build_segmentation_dataset(data: DataSection, train: bool) -> Dataset:
 
 
 __all__ = [
-    "IGNORE_INDEX", "BadSampleError", "ImageFolderClassification", "SegEvalTransform", "SegTrainTransform",
+    "BadSampleError", "ImageFolderClassification", "SegEvalTransform", "SegTrainTransform",
     "SyntheticClassification", "SyntheticSegmentation", "VOCSegmentationFolder", "build_segmentation_dataset",
     "collate_skip_bad",
 ]

@@ -31,10 +31,11 @@ import torch
 from torch.utils.data import Dataset
 
 from rayseg.config import DataSection
-from rayseg.data import IGNORE_INDEX, build_segmentation_dataset, segmentation_transform
+from rayseg.data import build_segmentation_dataset, segmentation_transform
 from rayseg.data.folders import VOCSegmentationFolder
 from rayseg.data.native import NATIVE_KINDS, build_native
 from rayseg.data.synthetic import DOMAINS, SyntheticSegmentation
+from rayseg.ignore import IGNORE_INDEX
 
 __all__ = ["CLASS_NAMES_FILE", "SAMPLING", "DatasetSpec", "LabelSpace", "MultiDataset", "build_multi_dataset",
            "parse_dataset_spec"]

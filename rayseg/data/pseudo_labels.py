@@ -13,10 +13,10 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from rayseg import storage
-from rayseg.data import IGNORE_INDEX
 from rayseg.data.errors import BadSampleError
 from rayseg.data.folders import SkipBadMixin, load_rgb
 from rayseg.data.transforms import to_float_pair
+from rayseg.ignore import IGNORE_INDEX
 from rayseg.labeling import shards
 from rayseg.labeling.ensemble import pseudo_label
 from rayseg.labeling.geometry import NO_DECILE, deciles_on_image

@@ -25,17 +25,14 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from rayseg import storage
 from rayseg.config import Config
-from rayseg.data import IGNORE_INDEX, build_segmentation_dataset, collate_skip_bad
-from rayseg.engine.checkpoint import (
-    LocalCheckpointStore,
-    load_checkpoint,
-    save_checkpoint,
-)
+from rayseg.data import build_segmentation_dataset, collate_skip_bad
+from rayseg.engine.checkpoint import LocalCheckpointStore, load_checkpoint, save_checkpoint
 from rayseg.engine.inference import infer
 from rayseg.engine.metrics import ConfusionMatrix, confusion_matrix_png
 from rayseg.engine.optim import build_optimizer, build_scheduler, parameter_groups
 from rayseg.engine.progress import RankZeroLogger, StepMeter, format_duration
 from rayseg.engine.run_folder import RunFolder
+from rayseg.ignore import IGNORE_INDEX
 
 if TYPE_CHECKING:  # the engine is handed its method; it imports no method module
     from rayseg.methods.base import Method

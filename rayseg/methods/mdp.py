@@ -34,9 +34,9 @@ from torch.utils.data import Dataset
 
 from rayseg import storage
 from rayseg.config import Config
-from rayseg.data import IGNORE_INDEX
 from rayseg.data.mixing import CrossDatasetMix
 from rayseg.data.multi import LabelSpace, MultiDataset, build_multi_dataset
+from rayseg.ignore import IGNORE_INDEX
 from rayseg.methods.base import Method
 from rayseg.models import SegmentationModel, build_model
 from rayseg.models.from_config import build_model_from_config

@@ -17,8 +17,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from rayseg.config import Config
-from rayseg.data import IGNORE_INDEX, segmentation_transform
+from rayseg.data import segmentation_transform
 from rayseg.data.pseudo_labels import PSSLDataset
+from rayseg.ignore import IGNORE_INDEX
 from rayseg.methods.base import Method
 from rayseg.methods.ssa_losses import SSALoss, segmentation_losses
 from rayseg.models import SegmentationModel

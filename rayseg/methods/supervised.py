@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from rayseg.config import Config
-from rayseg.data import IGNORE_INDEX, build_segmentation_dataset
+from rayseg.data import build_segmentation_dataset
+from rayseg.ignore import IGNORE_INDEX
 from rayseg.methods.base import Method
 from rayseg.methods.ssa_losses import SSALoss, segmentation_losses
 from rayseg.models import SegmentationModel
