@@ -12,24 +12,22 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable
-from functools import partial
-
-from rayseg.commands.args import add_config_args
 from rayseg.config import ConfigError
 
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
 
-# name: (help, how to add its arguments, "module:function" that runs it). Modules are imported when their
-# command runs, so `rayseg --help` and `rayseg config` do not import torch or Ray.
-SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | str, str]] = {
-    "pretrain": ("pre-train a segmentation network with one method",
-                 partial(add_config_args, method=True), "train:run_pretrain"),
-    "finetune": ("fine-tune (optionally from pre-trained weights) and evaluate mIoU",
-                 add_config_args, "train:run_finetune"),
-    "train-classifiers": ("train the classifiers of a PSSL explanation ensemble",
-                          add_config_args, "train_members:run"),
-    "label": ("pseudo-label an ImageFolder with an explanation ensemble (Ray Data)", add_config_args, "label:run"),
+# name: (help, "module:function" that adds its arguments, "module:function" that runs it), in rayseg.commands.
+# Argument functions live in light modules (commands/args.py), so `rayseg --help` imports no torch.
+SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
+    "pretrain": ("pre-train a segmentation network with one method", "args:add_method_config_args",
+                 "train:run_pretrain"),
+    "finetune": ("fine-tune (optionally from pre-trained weights) and evaluate mIoU", "args:add_config_args",
+                 "train:run_finetune"),
+    "train-classifiers": ("train the classifiers of a PSSL explanation ensemble", "args:add_config_args",
+                          "train_members:run"),
+    "label": ("pseudo-label an ImageFolder with an explanation ensemble (Ray Data)", "args:add_config_args",
+              "label:run"),
     "show-labels": ("render a PNG grid: image, decile heat map, pseudo-mask",
                     "show_labels:add_arguments", "show_labels:run"),
     "sweep": ("Ray Tune search over config keys (one Train run per trial)", "sweep:add_arguments", "sweep:run"),
@@ -51,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, add_arguments, _) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text)
-        (_command_function(add_arguments) if isinstance(add_arguments, str) else add_arguments)(p)
+        _command_function(add_arguments)(p)
     return parser
 
 

@@ -78,3 +78,14 @@ def test_no_private_name_crosses_modules(path):
     private = [f"{m}.{n}" for m, names in _imports(path) if m.startswith("rayseg")
                for n in names if n.startswith("_") and not n.startswith("__")]
     assert not private, f"{path.name} imports private names {private}"
+
+
+def test_the_cli_parser_imports_neither_torch_nor_ray():
+    """``rayseg --help`` and argument errors stay fast: building the parser imports no heavy library."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from rayseg.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'ray', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent, check=True)
+    assert out.stdout.strip() == "[]"

@@ -15,6 +15,11 @@ def add_config_args(p: argparse.ArgumentParser, method: bool = False) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.epochs=3")
 
 
+def add_method_config_args(p: argparse.ArgumentParser) -> None:
+    """:func:`add_config_args` with ``--method`` (pretrain, sweep)."""
+    add_config_args(p, method=True)
+
+
 def resolve(args: argparse.Namespace) -> Config:
     """The config file with the overrides (and ``--method``) applied, every key and input checked."""
     overrides = list(args.overrides)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from rayseg.commands.args import add_config_args, resolve
+from rayseg.commands.args import add_method_config_args, resolve
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", required=True, help="search-space YAML (see tune_spaces/)")
-    add_config_args(p, method=True)
+    add_method_config_args(p)
 
 
 def run(args: argparse.Namespace) -> int:
