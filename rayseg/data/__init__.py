@@ -5,6 +5,8 @@ with ``IGNORE_INDEX`` (-1, :mod:`rayseg.ignore`) = ignore; see ``synthetic`` (th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch.utils.data import Dataset
 
 from rayseg.config import DataSection
@@ -26,7 +28,12 @@ def segmentation_transform(data: DataSection, train: bool):
 
 def build_segmentation_dataset(data: DataSection, train: bool) -> Dataset:
     """The training (augmented) or evaluation split described by the ``data`` config section."""
-    transform = segmentation_transform(data, train)
+    return read_segmentation_split(data, train, segmentation_transform(data, train))
+
+
+def read_segmentation_split(data: DataSection, train: bool, transform: Callable | None) -> Dataset:
+    """The reader of ``data.kind`` for the training or the evaluation split, with the joint ``transform`` (None:
+    float image in [0, 1] and int64 mask, as read)."""
     split = data.train_split if train else data.val_split
     if data.kind == "synthetic":
         return SyntheticSegmentation(domain=data.domain, split=split,
@@ -46,5 +53,6 @@ def build_segmentation_dataset(data: DataSection, train: bool) -> Dataset:
 __all__ = [
     "BadSampleError", "ImageFolderClassification", "SegEvalTransform", "SegTrainTransform",
     "SyntheticClassification", "SyntheticSegmentation", "VOCSegmentationFolder", "build_segmentation_dataset",
+    "read_segmentation_split",
     "collate_skip_bad",
 ]

@@ -171,20 +171,11 @@ class TwoViewDataset(Dataset):
 def build_two_view_dataset(data: DataSection, views: ViewsSection) -> TwoViewDataset:
     """Unlabeled training images of the ``data`` section (its training split; every image under ``data.root`` for
     ``images``) as two-view samples; the masks of labelled kinds are not used."""
-    from rayseg.data.folders import ImageFiles, VOCSegmentationFolder
-    from rayseg.data.native import NATIVE_KINDS, build_native
-    from rayseg.data.synthetic import SyntheticSegmentation
+    from rayseg.data import read_segmentation_split
+    from rayseg.data.folders import ImageFiles
 
     if data.kind == "images":
         base = ImageFiles(data.root, skip_bad=data.skip_bad)
-    elif data.kind in NATIVE_KINDS:
-        base = build_native(data.kind, data.root, data.train_split, skip_bad=data.skip_bad)
-    elif data.kind == "synthetic":
-        base = SyntheticSegmentation(domain=data.domain, split=data.train_split, num_images=data.num_train,
-                                     image_size=data.image_size, seed=data.seed)
-    elif data.kind == "voc":
-        base = VOCSegmentationFolder(data.root, split=data.train_split, num_classes=data.num_classes,
-                                     label_map=data.label_map or None, skip_bad=data.skip_bad)
     else:
-        raise ValueError(f"data.kind: unknown dataset kind {data.kind!r}")
+        base = read_segmentation_split(data, train=True, transform=None)
     return TwoViewDataset(base, TwoViewTransform(views))
