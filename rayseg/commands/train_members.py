@@ -70,7 +70,7 @@ def train_members(cfg: Config, command: str = "train-classifiers", address: str 
     ``{"arch", "weights", "accuracy", "split", "images", "skipped", "run_dir"}``."""
     from rayseg.data.classification import build_classification_dataset
     from rayseg.engine.runner import train
-    from rayseg.labeling.members import check_members, load_members
+    from rayseg.labeling.members import Member, load_members
     from rayseg.methods import METHODS
     from rayseg.models.weights import read_weight_file
 
@@ -83,7 +83,7 @@ def train_members(cfg: Config, command: str = "train-classifiers", address: str 
         summary = train(member, command, METHODS["classifier"], address=address)
         weights = summary["export"]["classifier"]
         num_classes = int(read_weight_file(weights)["num_classes"])
-        (model,) = load_members(check_members([(member.classifier.arch, weights)], num_classes), num_classes)
+        (model,) = load_members([Member(member.classifier.arch, weights)], num_classes)  # checks the fit
         if eval_set is None:
             eval_set = build_classification_dataset(member, train=False, split="val" if held_out else "train",
                                                     num_images=member.classifier.num_val if held_out else None)
