@@ -171,6 +171,23 @@ def test_missing_weights_fail_on_the_driver_before_ray_work(tiny, tmp_path, monk
     assert not (tmp_path / "labels").exists()
 
 
+def test_planning_reads_each_member_file_once(tiny, tmp_path, monkeypatch):
+    """The driver checks and hashes each member from one read of its bytes (no second load to validate)."""
+    from rayseg import storage
+
+    root, weights = tiny
+    reads: list[str] = []
+    real = storage.read_bytes
+    monkeypatch.setattr(storage, "read_bytes", lambda location: reads.append(str(location)) or real(location))
+    loads: list[str] = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **k: loads.append(type(f).__name__) or real_load(f, *a, **k))
+    plan = pipeline_mod.plan_labeling(make_job(root, weights, tmp_path / "labels"))
+    assert sorted(r for r in reads if r.endswith(".pt")) == sorted(weights)
+    assert loads == ["BytesIO", "BytesIO"]  # parsed from the bytes already read, never from the file again
+    assert [m.sha256 for m in plan.members] == [hashlib.sha256(Path(w).read_bytes()).hexdigest() for w in weights]
+
+
 def test_unfit_or_unsafe_member_files_fail_on_the_driver_with_one_line(tiny, tmp_path):
     """Wrong architecture, wrong class count, a pickle with code, a non-tensor file, an unknown architecture:
     each is one ConfigError line naming the file before any Ray work."""

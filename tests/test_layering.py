@@ -89,3 +89,12 @@ def test_the_cli_parser_imports_neither_torch_nor_ray():
             "print(sorted(m for m in ('torch', 'ray', 'torchvision') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("path", MODULES, ids=_rel)
+def test_files_are_written_atomically_by_storage_only(path):
+    """One atomic writer: temp-name-and-rename lives in rayseg/storage.py (and the checkpoint folder commit)."""
+    if _rel(path) in ("storage.py", "engine/checkpoint.py"):
+        return
+    source = path.read_text()
+    assert "os.replace(" not in source and ".rename(" not in source, f"{_rel(path)} renames files itself"
