@@ -17,50 +17,7 @@ from rayseg.data.multi import build_multi_dataset
 from rayseg.data.native import ade20k, cityscapes, coco_stuff
 from rayseg.data.synthetic import SyntheticSegmentation, write_voc_folder
 from rayseg.ignore import IGNORE_INDEX
-
-SIZES = [(30, 44), (48, 36), (40, 40)]  # (height, width): landscape, portrait, square
-
-
-def _write(image_path: Path, mask_path: Path, size: tuple[int, int], raw_values: list[int], jpeg: bool) -> None:
-    """An image and an 'L' mask whose columns cycle through ``raw_values``."""
-    h, w = size
-    image_path.parent.mkdir(parents=True, exist_ok=True)
-    mask_path.parent.mkdir(parents=True, exist_ok=True)
-    rgb = np.random.default_rng(h * w).integers(0, 255, (h, w, 3), dtype=np.uint8)
-    Image.fromarray(rgb).save(image_path, **({"quality": 95} if jpeg else {}))
-    columns = np.asarray(raw_values, np.uint8)[np.arange(w) % len(raw_values)]
-    Image.fromarray(np.broadcast_to(columns, (h, w)).copy(), mode="L").save(mask_path)
-
-
-def write_ade20k(root: Path, raw: list[int]) -> Path:
-    root = root / "ADEChallengeData2016"
-    for split, folder in (("train", "training"), ("val", "validation")):
-        for i, size in enumerate(SIZES):
-            name = f"ADE_{folder[:5]}_{i:08d}"
-            _write(root / "images" / folder / f"{name}.jpg", root / "annotations" / folder / f"{name}.png", size,
-                   raw, jpeg=True)
-    return root
-
-
-def write_cityscapes(root: Path, raw: list[int]) -> Path:
-    root = root / "cityscapes"
-    for split in ("train", "val"):
-        for i, size in enumerate(SIZES):
-            city = ("aachen", "bochum")[i % 2]
-            name = f"{city}_{i:06d}_000019"
-            _write(root / "leftImg8bit" / split / city / f"{name}_leftImg8bit.png",
-                   root / "gtFine" / split / city / f"{name}_gtFine_labelIds.png", size, raw, jpeg=False)
-    return root
-
-
-def write_coco_stuff(root: Path, raw: list[int]) -> Path:
-    root = root / "coco_stuff164k"
-    for split in ("train2017", "val2017"):
-        for i, size in enumerate(SIZES):
-            name = f"{i:012d}"
-            _write(root / "images" / split / f"{name}.jpg", root / "annotations" / split / f"{name}.png", size, raw,
-                   jpeg=True)
-    return root
+from tests.native_trees import SIZES, write_ade20k, write_cityscapes, write_coco_stuff
 
 
 def _mask_values(dataset) -> set[int]:

@@ -1,0 +1,113 @@
+"""Small datasets written in each dataset's own on-disk layout, with images of different sizes and aspect ratios
+(tests and ``bench/paper_configs.py``). Masks are vertical stripes cycling through given raw ids. Each writer takes
+``sizes`` (validation images; also training unless ``train_sizes`` is given)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from rayseg.data.folders import voc_palette
+
+SIZES = [(30, 44), (48, 36), (40, 40)]  # (height, width): landscape, portrait, square
+
+
+def striped_mask(size: tuple[int, int], raw_values: list[int], stripe: int = 1) -> np.ndarray:
+    h, w = size
+    columns = np.asarray(raw_values, np.uint8)[(np.arange(w) // stripe) % len(raw_values)]
+    return np.broadcast_to(columns, (h, w)).copy()
+
+
+def write_pair(image_path: Path, mask_path: Path, size: tuple[int, int], raw_values: list[int], jpeg: bool,
+               stripe: int = 1, palette: np.ndarray | None = None) -> None:
+    """A random image and a mask PNG (``L``, or ``P`` with ``palette``) whose columns cycle through ``raw_values``."""
+    h, w = size
+    image_path.parent.mkdir(parents=True, exist_ok=True)
+    mask_path.parent.mkdir(parents=True, exist_ok=True)
+    rgb = np.random.default_rng(h * w).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(image_path, **({"quality": 95} if jpeg else {}))
+    mask = Image.fromarray(striped_mask(size, raw_values, stripe), mode="L")
+    if palette is not None:
+        mask = mask.convert("P")
+        mask.putpalette(palette.reshape(-1).tolist())
+    mask.save(mask_path)
+
+
+def _split_sizes(split: str, sizes, train_sizes):
+    """Image sizes of one split: ``sizes`` for validation, ``train_sizes`` (default ``sizes``) for training."""
+    return sizes if train_sizes is None or split.startswith("val") else train_sizes
+
+
+def write_ade20k(root: Path, raw: list[int], sizes=SIZES, stripe: int = 1, train_sizes=None) -> Path:
+    """``ADEChallengeData2016/{images,annotations}/{training,validation}/ADE_*.{jpg,png}``."""
+    root = root / "ADEChallengeData2016"
+    for folder in ("training", "validation"):
+        for i, size in enumerate(_split_sizes(folder, sizes, train_sizes)):
+            name = f"ADE_{folder[:5]}_{i:08d}"
+            write_pair(root / "images" / folder / f"{name}.jpg", root / "annotations" / folder / f"{name}.png", size,
+                       raw, jpeg=True, stripe=stripe)
+    return root
+
+
+def write_cityscapes(root: Path, raw: list[int], sizes=SIZES, stripe: int = 1, train_sizes=None) -> Path:
+    """``cityscapes/leftImg8bit/<split>/<city>/*_leftImg8bit.png`` and ``gtFine/.../*_gtFine_labelIds.png``."""
+    root = root / "cityscapes"
+    for split in ("train", "val"):
+        for i, size in enumerate(_split_sizes(split, sizes, train_sizes)):
+            city = ("aachen", "bochum")[i % 2]
+            name = f"{city}_{i:06d}_000019"
+            write_pair(root / "leftImg8bit" / split / city / f"{name}_leftImg8bit.png",
+                       root / "gtFine" / split / city / f"{name}_gtFine_labelIds.png", size, raw, jpeg=False,
+                       stripe=stripe)
+    return root
+
+
+def write_coco_stuff(root: Path, raw: list[int], sizes=SIZES, stripe: int = 1, train_sizes=None) -> Path:
+    """``coco_stuff164k/{images,annotations}/{train2017,val2017}/<12 digits>.{jpg,png}``."""
+    root = root / "coco_stuff164k"
+    for split in ("train2017", "val2017"):
+        for i, size in enumerate(_split_sizes(split, sizes, train_sizes)):
+            name = f"{i:012d}"
+            write_pair(root / "images" / split / f"{name}.jpg", root / "annotations" / split / f"{name}.png", size,
+                       raw, jpeg=True, stripe=stripe)
+    return root
+
+
+def write_voc_aug(root: Path, raw: list[int], sizes=SIZES, stripe: int = 1, train_sizes=None) -> Path:
+    """``VOCdevkit/VOC2012`` with JPEG images, palette masks, ``train``/``val`` lists and the SBD-augmented
+    ``train_aug`` list whose extra ids have masks only in ``SegmentationClassAug``."""
+    root = root / "VOCdevkit" / "VOC2012"
+    palette = voc_palette()
+    lists: dict[str, list[str]] = {"train": [], "val": [], "train_aug": []}
+    for split in ("train", "val", "sbd"):
+        for i, size in enumerate(_split_sizes(split, sizes, train_sizes)):
+            sample = f"{2007 + ('train', 'val', 'sbd').index(split)}_{i:06d}"
+            folder = "SegmentationClassAug" if split == "sbd" else "SegmentationClass"
+            write_pair(root / "JPEGImages" / f"{sample}.jpg", root / folder / f"{sample}.png", size, raw, jpeg=True,
+                       stripe=stripe, palette=palette)
+            lists["val" if split == "val" else "train_aug"].append(sample)
+            if split == "train":
+                lists["train"].append(sample)
+    for split, ids in lists.items():
+        path = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(f"{s}\n" for s in ids))
+    return root
+
+
+def write_imagenet(root: Path, images_per_class: dict[int, int], sizes=SIZES, num_classes: int = 1000) -> Path:
+    """``train/<wnid>/<wnid>_<n>.JPEG``: ``num_classes`` class folders (sorted wnid order = class index), images only
+    in the classes of ``images_per_class``, cycling through ``sizes``."""
+    root = root / "imagenet" / "train"
+    k = 0
+    for index in range(num_classes):
+        folder = root / f"n{index:08d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for n in range(images_per_class.get(index, 0)):
+            h, w = sizes[k % len(sizes)]
+            rgb = np.random.default_rng(k).integers(0, 255, (h, w, 3), dtype=np.uint8)
+            Image.fromarray(rgb).save(folder / f"n{index:08d}_{n}.JPEG", quality=90)
+            k += 1
+    return root
