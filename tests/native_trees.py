@@ -7,9 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
 from rayseg.data.folders import voc_palette
+from rayseg.labeling import shards
 
 SIZES = [(30, 44), (48, 36), (40, 40)]  # (height, width): landscape, portrait, square
 
@@ -111,3 +114,30 @@ def write_imagenet(root: Path, images_per_class: dict[int, int], sizes=SIZES, nu
             Image.fromarray(rgb).save(folder / f"n{index:08d}_{n}.JPEG", quality=90)
             k += 1
     return root
+
+
+# ------------------------------------------------------------------------------------------ PSSL pseudo labels
+
+
+def gradient_deciles(height: int, width: int) -> np.ndarray:
+    """D(y, x) = floor(10 x / width): the rightmost columns are the top decile."""
+    cols = (10 * np.arange(width)) // width
+    return np.broadcast_to(cols, (height, width)).astype(np.uint8).copy()
+
+
+def write_labels(version_dir: Path, images_root: Path, decile_size: tuple[int, int] = (32, 32),
+                 per_shard: int = 4) -> list[tuple[str, int]]:
+    """Label every image of an ImageFolder tree with the gradient decile map; returns (id, class index) rows."""
+    classes = sorted(p.name for p in images_root.iterdir() if p.is_dir())
+    items = [(f"{c}/{f.name}", i) for i, c in enumerate(classes) for f in sorted((images_root / c).iterdir())]
+    png = shards.encode_deciles(gradient_deciles(*decile_size))
+    for index, start in enumerate(range(0, len(items), per_shard)):
+        chunk = items[start:start + per_shard]
+        rows = [{"id": image_id, "content_hash": "0" * 64, "class_index": cls, "height": decile_size[0],
+                 "width": decile_size[1], "deciles_png": png, "label_version": "v-test"} for image_id, cls in chunk]
+        name = f"{shards.shard_name(index)}.parquet"
+        version_dir.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(rows, schema=shards.SCHEMA), version_dir / name)
+        shards.write_manifest(version_dir, index, {"labels_file": name, "rows": len(rows),
+                                                   "ids": [image_id for image_id, _ in chunk]})
+    return items

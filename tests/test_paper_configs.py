@@ -138,7 +138,7 @@ def test_mdp_on_the_four_dataset_union(ray_cluster, trees, tmp_path):
     _, run_dir = run_two_steps(cfg, "pretrain")
     state = torch.load(run_dir / "export" / "backbone.pt", map_location="cpu", weights_only=True)
     assert state["state_dict"]["backbone.layer4.2.conv3.weight"].shape == (2048, 512, 1, 1)
-    checkpoint = max(run_dir.glob("checkpoint_*")) / "state.pt"
+    checkpoint = max(run_dir.glob("checkpoint_*/state.pt"))
     prototypes = next(t for k, t in torch.load(checkpoint, map_location="cpu", weights_only=True)["method"].items()
                       if k.endswith("prototypes"))
     assert prototypes.shape == (21 + 171 + 150 + 19, 128)

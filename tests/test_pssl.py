@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import math
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,11 +17,11 @@ from rayseg.data.errors import BadSampleError
 from rayseg.data.pseudo_labels import PSSLDataset
 from rayseg.data.synthetic import SyntheticClassification, write_image_folder
 from rayseg.data.transforms import SegTrainTransform
-from rayseg.labeling import shards
+from rayseg.ignore import IGNORE_INDEX
 from rayseg.methods import METHODS
 from rayseg.methods.pssl import PSSL, BackgroundWeightedCrossEntropy
 from rayseg.models import build_model, export_weights, load_weights
-from rayseg.ignore import IGNORE_INDEX
+from tests.native_trees import gradient_deciles, write_labels
 
 K = 3
 SIZE = 32
@@ -101,36 +99,12 @@ def test_weighted_ce_rejects_wrong_channel_count():
 # ---------------------------------------------------------------------------------------------- dataset
 
 
-def gradient_deciles(height: int, width: int) -> np.ndarray:
-    """D(y, x) = floor(10 x / width): the rightmost columns are the top decile."""
-    cols = (10 * np.arange(width)) // width
-    return np.broadcast_to(cols, (height, width)).astype(np.uint8).copy()
-
-
 def expected_mask(deciles: np.ndarray, cls: int, threshold: int = 9, ignore_d8: bool = False) -> np.ndarray:
     mask = np.full(deciles.shape, K, np.int64)
     mask[deciles >= threshold] = cls
     if ignore_d8:
         mask[deciles == threshold - 1] = IGNORE_INDEX
     return mask
-
-
-def write_labels(version_dir: Path, images_root: Path, decile_size: tuple[int, int] = (SIZE, SIZE),
-                 per_shard: int = 4) -> list[tuple[str, int]]:
-    """Label every image of an ImageFolder tree with the gradient decile map; returns (id, class index) rows."""
-    classes = sorted(p.name for p in images_root.iterdir() if p.is_dir())
-    items = [(f"{c}/{f.name}", i) for i, c in enumerate(classes) for f in sorted((images_root / c).iterdir())]
-    png = shards.encode_deciles(gradient_deciles(*decile_size))
-    for index, start in enumerate(range(0, len(items), per_shard)):
-        chunk = items[start:start + per_shard]
-        rows = [{"id": image_id, "content_hash": "0" * 64, "class_index": cls, "height": decile_size[0],
-                 "width": decile_size[1], "deciles_png": png, "label_version": "v-test"} for image_id, cls in chunk]
-        name = f"{shards.shard_name(index)}.parquet"
-        version_dir.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist(rows, schema=shards.SCHEMA), version_dir / name)
-        shards.write_manifest(version_dir, index, {"labels_file": name, "rows": len(rows),
-                                                   "ids": [image_id for image_id, _ in chunk]})
-    return items
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,11 @@ from rayseg.commands.show_labels import show_labels
 from rayseg.config import ConfigError, ExplainerSection, LabelSection
 from rayseg.data.pseudo_labels import PSSLDataset
 from rayseg.data.synthetic import SyntheticClassification, write_image_folder
+from rayseg.ignore import IGNORE_INDEX
 from rayseg.labeling import pipeline, shards
 from rayseg.methods.pssl import PSSL
-from rayseg.ignore import IGNORE_INDEX
-from tests.test_pssl import SIZE, K, pssl_config, write_labels
+from tests.native_trees import write_labels
+from tests.test_pssl import SIZE, K, pssl_config
 
 
 @pytest.fixture(params=["path", "s3"])
