@@ -71,7 +71,7 @@ def write_trees(root: Path) -> dict[str, Path]:
         "imagenet": write_imagenet(root, {0: 2, 254: 2, 255: 2, 999: 2}, sizes=TRAIN_SIZES),
     }
     trees["pssl_labels"] = root / "labels" / "v-bench"
-    write_labels(trees["pssl_labels"], trees["imagenet"], decile_size=(224, 298))
+    write_labels(trees["pssl_labels"], trees["imagenet"], decile_size=(298, 298))
     return trees
 
 

@@ -3,7 +3,8 @@ each of 2 Ray Train workers, everything else as shipped (image and crop sizes, K
 on small trees in the datasets' own layouts with images of different sizes, and one evaluation for the fine-tunes.
 
 Only what cannot run here is overridden: the data and weight paths, GPUs (CPU workers over gloo; SyncBatchNorm needs
-CUDA), the worker count, batch and length, and the labelling job's actors and its memory cap ``batch_cap``.
+CUDA), the worker count, batch and length, and the labelling job's actors, shard size (2 shards, one per actor) and
+memory cap ``batch_cap``.
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ def test_pssl_paper_pipeline_label_pretrain_finetune_voc(ray_cluster, trees, wei
     label_cfg = paper_config(
         "pssl_label_imagenet.yaml", tmp_path, f"label.images={trees['imagenet']}",
         f"label.output={tmp_path / 'labels'}", f"label.members=[{', '.join(members)}]", "label.num_actors=2",
-        "label.gpus_per_actor=0", "label.cpus_per_actor=1", "label.explainer.batch_cap=50", short_run=False)
+        "label.gpus_per_actor=0", "label.cpus_per_actor=1", "label.explainer.batch_cap=50", "label.shard_size=4",
+        short_run=False)
     assert (label_cfg.label.input_size, label_cfg.label.explainer.samples, label_cfg.label.num_classes) == (298, 50,
                                                                                                           1000)
     labelled = label_images(label_cfg.label)
