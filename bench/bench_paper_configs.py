@@ -12,7 +12,8 @@ CUDA; ``forward -> sum of losses -> backward -> step``. Measured:
   allocated CUDA memory on GPU;
 - FLOPs of one step (``torch.utils.flop_counter``: forward and backward, real FLOPs = 2 x multiply-adds).
 
-Each config is measured at batch 1 and 2 per worker; the difference is the memory of one more image, which gives
+Each config is measured at batch 2 and 3 per worker (DeepLabV3's image pooling needs 2 images per BatchNorm); the
+difference is the memory of one more image, which gives
 the memory at the paper's per-GPU batch (an estimate: CPU fp32 here, bf16 activations on a GPU take less). The GPU
 time of a full run is estimated from the FLOPs at an assumed sustained rate (``--gpu-tflops``, default 250 TFLOP/s:
 about a quarter of an H100's dense bf16 peak, typical of convolutional segmentation training). These are estimates,
@@ -161,10 +162,11 @@ def measure_one(name: str, overrides: list[str], device_name: str, steps: int) -
             "paper_epochs": load_config(PAPER / name).train.epochs}
 
 
-def gpu_estimate(b1: dict, b2: dict, gpu_tflops: float) -> dict:
-    """Memory at the paper's per-GPU batch (linear in the batch) and the GPU-hours of the full schedule."""
-    per_image = max(0, b2["peak_bytes"] - b1["peak_bytes"])
-    fixed = b1["peak_bytes"] - per_image
+def gpu_estimate(b2: dict, b3: dict, gpu_tflops: float) -> dict:
+    """Memory at the paper's per-GPU batch (linear in the batch, from batches 2 and 3) and the GPU-hours of the full
+    schedule."""
+    per_image = max(0, b3["peak_bytes"] - b2["peak_bytes"])
+    fixed = b2["peak_bytes"] - 2 * per_image
     batch = b2["paper_batch_per_gpu"]
     flops_per_image = b2["flops_per_step"] / b2["batch"]
     total = flops_per_image * DATASET_IMAGES[b2["config"]] * b2["paper_epochs"]
@@ -196,7 +198,7 @@ def main() -> None:
         trees = {k: str(v) for k, v in write_trees(Path(tmp)).items()}
         for name in args.configs:
             row = {}
-            for batch in (1, 2):
+            for batch in (2, 3):
                 child = subprocess.run(
                     [sys.executable, __file__, "--one", name, "--overrides", json.dumps(overrides_for(name, trees,
                                                                                                       batch)),
@@ -205,7 +207,7 @@ def main() -> None:
                 if child.returncode:
                     sys.exit(f"error: {name} batch {batch} failed:\n{child.stderr[-3000:]}")
                 row[batch] = json.loads(child.stdout.strip().splitlines()[-1])
-            row["gpu"] = gpu_estimate(row[1], row[2], args.gpu_tflops)
+            row["gpu"] = gpu_estimate(row[2], row[3], args.gpu_tflops)
             results.append(row)
             b2, gpu = row[2], row["gpu"]
             print(f"{name:28s} batch 2: {b2['step_s']:6.2f} s/step (data {b2['data_s']:.2f} s), peak "

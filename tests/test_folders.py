@@ -116,7 +116,7 @@ def test_bad_masks_raise_with_path_and_reason(voc):
     expected = {
         0: "mask size 16x16 (HxW) does not match image size 32x32",
         1: "label values [7, 9] out of range for num_classes=7",
-        2: "mask must be a single-channel 'P' or 'L' image, got mode 'RGB'",
+        2: "mask must be a single-channel 'P', 'L' or 16-bit image, got mode 'RGB'",
         3: "cannot decode mask",
     }
     for i, reason in expected.items():

@@ -3,11 +3,17 @@ other in every loss, the metrics, pseudo labels, crop padding, mixing and MDP; o
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torchvision import tv_tensors
 
+from rayseg.config import ConfigError, load_config
+from rayseg.data import build_segmentation_dataset
+from rayseg.data.errors import BadSampleError
+from rayseg.data.folders import VOCSegmentationFolder
 from rayseg.data.mixing import class_mix_mask
 from rayseg.data.transforms import SegTrainTransform
 from rayseg.engine.metrics import ConfusionMatrix
@@ -111,3 +117,39 @@ def test_class_mixing_treats_255_as_a_class():
         mask = class_mix_mask(label, torch.Generator().manual_seed(seed))
         chosen |= set(label[mask].unique().tolist())
     assert chosen == {254, 255, 256}  # never the ignore value, every class at some seed
+
+
+# ------------------------------------------------------------------------------------------ 16-bit mask files
+
+
+def _voc_tree_16_bit(root, masks: dict[str, np.ndarray]):
+    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for name, mask in masks.items():
+        Image.fromarray(np.zeros((*mask.shape, 3), np.uint8)).save(root / "JPEGImages" / f"{name}.png")
+        Image.fromarray(mask.astype(np.uint16)).save(root / "SegmentationClass" / f"{name}.png")  # mode I;16
+    (root / "ImageSets" / "Segmentation" / "train.txt").write_text("".join(f"{n}\n" for n in masks))
+    return root
+
+
+def test_a_voc_layout_dataset_of_300_classes_reads_16_bit_masks(tmp_path):
+    """More than 255 classes need 16-bit mask files: 254, 255 and 256 are classes, 65535 is the file's ignore."""
+    row = [0, 254, 255, 256, 299, 65535]
+    root = _voc_tree_16_bit(tmp_path / "voc", {"a": np.array([row] * 3), "b": np.array([[0, 300]] * 2)})
+    cfg = load_config(None, ["data.kind=voc", f"data.root={root}", "data.num_classes=300", "data.train_split=train",
+                             "data.val_split=train"])
+    dataset = build_segmentation_dataset(cfg.data, train=False)
+    assert dataset[0]["mask"].tolist() == [[0, 254, 255, 256, 299, IGNORE_INDEX]] * 3
+    with pytest.raises(BadSampleError, match=r"b\.png: label values \[300\] out of range for num_classes=300"):
+        dataset[1]
+    # An 8-bit label space keeps 255 as its ignore value; a 16-bit file's values past it are named.
+    small = VOCSegmentationFolder(root, "train", num_classes=21)
+    with pytest.raises(BadSampleError, match=r"a\.png: label values \[254, 256, 299, 65535\] out of range"):
+        small[0]
+
+
+def test_deeplabv3_needs_two_images_per_worker():
+    with pytest.raises(ConfigError, match="train.batch_size: model.head deeplabv3 needs 2 or more images"):
+        load_config(None, ["model.head=deeplabv3", "train.batch_size=1"])
+    assert load_config(None, ["model.head=fcn", "train.batch_size=1"]).train.batch_size == 1
+    assert load_config(None, ["model.head=deeplabv3", "train.batch_size=1", "method=pixcon"]).method == "pixcon"

@@ -60,8 +60,9 @@ class DataSection(Section):
     num_val: int = setting(128, "synthetic: number of validation images", ge=1)
     image_size: int = setting(64, "synthetic: image side in pixels", ge=8)
     seed: int = setting(0, "synthetic: generator seed (fixed while run.seed varies)")
-    num_classes: int = setting(0, "voc: number of classes (label ids 0..num_classes-1; 255 in the mask files = "
-                               "ignore)", ge=0)
+    num_classes: int = setting(0, "voc: number of classes (label ids 0..num_classes-1; 255 in 8-bit mask files = "
+                               "ignore; more than 255 classes need 16-bit mask files, where 65535 = ignore)", ge=0,
+                               le=65535)
     class_names: list[str] = setting([], "voc: optional class names")
     label_map: dict[int, int] = setting({}, "raw label id -> train id (Cityscapes style); unmapped ids become ignore")
     skip_bad: bool = setting(False, "skip and count unreadable or inconsistent samples instead of failing")
@@ -77,7 +78,8 @@ class DataSection(Section):
         require(self.scale_min <= self.scale_max, "scale_min/scale_max",
                 f"need scale_min <= scale_max, got {self.scale_min}, {self.scale_max}")
         for key, value in self.label_map.items():
-            require(0 <= key <= 255 and 0 <= value <= 255, "label_map", f"{key}: {value} is outside 0..255")
+            require(0 <= key <= 65535 and 0 <= value <= 65535, "label_map",
+                    f"{key}: {value} is outside 0..65535 (8- or 16-bit mask values)")
 
     def check_inputs(self) -> None:
         if self.kind != "synthetic":
@@ -467,6 +469,15 @@ class Config(Section):
     def run_dir(self, command: str) -> str:
         name = self.run.name or f"{command}-{self.method}-{self.fingerprint()}"
         return storage.join(storage.absolute(self.run.storage), name)
+
+    def check(self) -> None:
+        # DeepLabV3's image pooling leaves one value per channel and image: its BatchNorm cannot train on one image
+        # (unless SyncBatchNorm pools the batch over several workers). Only these methods train the decode head.
+        pooled = self.train.sync_bn and self.train.num_workers > 1
+        require(not (self.method in ("supervised", "pssl") and self.model.head == "deeplabv3"
+                     and self.train.batch_size < 2 and not pooled), "train.batch_size",
+                "model.head deeplabv3 needs 2 or more images per worker (its image-pooling BatchNorm trains on one "
+                "value per image), got 1")
 
     def check_inputs(self) -> None:
         """The inputs of a training run exist (on the driver, before Ray starts)."""

@@ -22,7 +22,7 @@ from torchvision.datasets.folder import find_classes, make_dataset
 
 from rayseg.data.errors import BadSampleError
 from rayseg.data.transforms import to_float_image, to_float_pair
-from rayseg.ignore import FILE_IGNORE, IGNORE_INDEX
+from rayseg.ignore import FILE_IGNORE, FILE_IGNORE_16, IGNORE_INDEX
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -54,6 +54,9 @@ def _reason(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
+
+
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
     """Fully decode an image as uint8 HxWx3; raise ``BadSampleError`` if it is missing or corrupt."""
     try:
@@ -66,17 +69,22 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
 
 
 def load_mask(path: str | os.PathLike) -> np.ndarray:
-    """Decode a single-channel ("P" or "L") label PNG as uint8 HxW of raw pixel values (palette indices)."""
+    """Decode a single-channel label PNG as HxW raw pixel values: uint8 for "P" (palette indices) and "L", uint16 for
+    16-bit files ("I;16", or "I" with values in 0..65535: label spaces beyond 255 classes)."""
     try:
         with Image.open(path) as img:
             mode = img.mode
-            mask = np.array(img) if mode in ("P", "L") else None
+            mask = np.array(img) if mode in ("P", "L", *SIXTEEN_BIT_MODES) else None
     except FileNotFoundError:
         raise BadSampleError(path, "file not found") from None
     except _DECODE_ERRORS as exc:
         raise BadSampleError(path, f"cannot decode mask ({_reason(exc)})") from None
     if mask is None:
-        raise BadSampleError(path, f"mask must be a single-channel 'P' or 'L' image, got mode {mode!r}")
+        raise BadSampleError(path, f"mask must be a single-channel 'P', 'L' or 16-bit image, got mode {mode!r}")
+    if mode in SIXTEEN_BIT_MODES:
+        if mask.size and (mask.min() < 0 or mask.max() > 65535):
+            raise BadSampleError(path, f"mask values {int(mask.min())}..{int(mask.max())} outside 0..65535")
+        mask = mask.astype(np.uint16)
     return mask
 
 
@@ -127,8 +135,9 @@ class SkipBadMixin:
 
 
 class PairedSegmentation(SkipBadMixin, Dataset):
-    """Images with 8-bit label PNGs: ``pairs`` of ``(id, image file, mask file)`` and ``lut``, 256 int64 entries that
-    map each raw mask value to a train id in ``0..num_classes-1`` or :data:`rayseg.ignore.IGNORE_INDEX`.
+    """Images with label PNGs: ``pairs`` of ``(id, image file, mask file)`` and ``lut``, int64 entries (256 for 8-bit
+    mask files, 65536 for 16-bit ones) that map each raw mask value to a train id in ``0..num_classes-1`` or
+    :data:`rayseg.ignore.IGNORE_INDEX`.
 
     Samples: ``{"image": float 3xHxW, "mask": int64 HxW, "id": str}``. A missing or corrupt file, a mask of another
     size than its image, or a raw value whose train id is out of range raises ``BadSampleError`` naming the file;
@@ -137,8 +146,9 @@ class PairedSegmentation(SkipBadMixin, Dataset):
 
     def __init__(self, pairs: Sequence[tuple[str, Path, Path]], lut: np.ndarray, class_names: Sequence[str],
                  transform: Callable | None = None, skip_bad: bool = False):
-        if lut.shape != (256,):
-            raise ValueError(f"lut must have 256 entries (one per raw 8-bit value), got shape {lut.shape}")
+        if lut.shape not in ((256,), (65536,)):
+            raise ValueError(f"lut must have 256 or 65536 entries (one per raw 8- or 16-bit value), got shape "
+                             f"{lut.shape}")
         self.pairs, self.lut = list(pairs), lut.astype(np.int64)
         self.class_names, self.num_classes = list(class_names), len(class_names)
         self.transform, self.skip_bad, self.bad_samples = transform, bool(skip_bad), {}
@@ -160,6 +170,9 @@ class PairedSegmentation(SkipBadMixin, Dataset):
             raise BadSampleError(mask_path, f"mask size {raw.shape[0]}x{raw.shape[1]} (HxW) does not match image "
                                             f"size {image.shape[0]}x{image.shape[1]} of {image_path}")
         present = np.flatnonzero(np.bincount(raw.ravel(), minlength=256))  # raw values
+        if present[-1] >= len(self.lut):
+            raise BadSampleError(mask_path, f"raw mask value {int(present[-1])} does not fit this dataset's "
+                                            f"{len(self.lut).bit_length() - 1}-bit label ids")
         bad = self.lut[present][self.lut[present] >= self.num_classes]
         if bad.size:
             raise BadSampleError(mask_path, f"label values {bad.tolist()} out of range for "
@@ -185,7 +198,8 @@ class VOCSegmentationFolder(PairedSegmentation):
     ``split="train_aug"`` reads it; an id without a ``SegmentationClass`` mask takes its ``SegmentationClassAug``
     one. Files are found when a sample is read.
 
-    The raw value ``file_ignore`` (255, as VOC writes it) becomes :data:`rayseg.ignore.IGNORE_INDEX`.
+    The raw value ``file_ignore`` (255, as VOC writes it) becomes :data:`rayseg.ignore.IGNORE_INDEX`. More than 255
+    classes need 16-bit mask files; their ignore value defaults to 65535 (:data:`rayseg.ignore.FILE_IGNORE_16`).
     ``label_map`` remaps raw mask values Cityscapes-style (raw -> train id); raw values missing from it become
     ignore.
     """
@@ -199,7 +213,7 @@ class VOCSegmentationFolder(PairedSegmentation):
         label_map: Mapping[int, int] | None = None,
         class_names: Sequence[str] | None = None,
         skip_bad: bool = False,
-        file_ignore: int = FILE_IGNORE,
+        file_ignore: int | None = None,
     ):
         if num_classes is None:
             if class_names is None:
@@ -207,11 +221,11 @@ class VOCSegmentationFolder(PairedSegmentation):
             num_classes = len(class_names)
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} entries but num_classes={num_classes}")
-        if not 0 < num_classes <= 255 or not 0 <= file_ignore <= 255 or file_ignore < num_classes:
-            raise ValueError(
-                f"need 0 < num_classes <= 255 and num_classes <= file_ignore <= 255 (8-bit mask files), "
-                f"got num_classes={num_classes}, file_ignore={file_ignore}"
-            )
+        if file_ignore is None:
+            file_ignore = FILE_IGNORE if num_classes <= FILE_IGNORE else FILE_IGNORE_16
+        if not 0 < num_classes <= FILE_IGNORE_16 or not num_classes <= file_ignore <= FILE_IGNORE_16:
+            raise ValueError(f"need 0 < num_classes <= 65535 and num_classes <= file_ignore <= 65535, got "
+                             f"num_classes={num_classes}, file_ignore={file_ignore}")
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"{self.root}: dataset root not found")
@@ -226,16 +240,16 @@ class VOCSegmentationFolder(PairedSegmentation):
                          transform, skip_bad)
 
     def _build_lut(self, num_classes: int, label_map: dict[int, int] | None) -> np.ndarray:
-        """256-entry raw value -> int64 label lookup table: identity with ``file_ignore`` -> ``IGNORE_INDEX``, or
-        ``label_map`` with every other raw value -> ``IGNORE_INDEX``."""
+        """65536-entry raw value -> int64 label lookup table (8- and 16-bit mask files): identity with
+        ``file_ignore`` -> ``IGNORE_INDEX``, or ``label_map`` with every other raw value -> ``IGNORE_INDEX``."""
         if label_map is None:
-            lut = np.arange(256, dtype=np.int64)
+            lut = np.arange(65536, dtype=np.int64)
             lut[self.file_ignore] = IGNORE_INDEX
             return lut
-        lut = np.full(256, IGNORE_INDEX, np.int64)
+        lut = np.full(65536, IGNORE_INDEX, np.int64)
         for raw, label in label_map.items():
-            if not 0 <= raw <= 255:
-                raise ValueError(f"label_map key {raw} is not a uint8 mask value")
+            if not 0 <= raw <= 65535:
+                raise ValueError(f"label_map key {raw} is not a 8- or 16-bit mask value")
             if not (0 <= label < num_classes or label in (IGNORE_INDEX, self.file_ignore)):
                 raise ValueError(f"label_map maps {raw} -> {label}, out of range for num_classes={num_classes}")
             lut[raw] = IGNORE_INDEX if label == self.file_ignore else label
