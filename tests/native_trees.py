@@ -43,38 +43,47 @@ def _split_sizes(split: str, sizes, train_sizes):
     return sizes if train_sizes is None or split.startswith("val") else train_sizes
 
 
+def _write_splits(splits: tuple[str, str], files, raw: list[int], sizes, train_sizes, stripe: int, jpeg: bool) -> None:
+    """Write the pairs of the (train, val) ``splits``; ``files(split, i)`` gives the image and mask paths of one."""
+    for split in splits:
+        for i, size in enumerate(_split_sizes(split, sizes, train_sizes)):
+            write_pair(*files(split, i), size, raw, jpeg=jpeg, stripe=stripe)
+
+
 def write_ade20k(root: Path, raw: list[int], sizes=SIZES, stripe: int = 1, train_sizes=None) -> Path:
     """``ADEChallengeData2016/{images,annotations}/{training,validation}/ADE_*.{jpg,png}``."""
     root = root / "ADEChallengeData2016"
-    for folder in ("training", "validation"):
-        for i, size in enumerate(_split_sizes(folder, sizes, train_sizes)):
-            name = f"ADE_{folder[:5]}_{i:08d}"
-            write_pair(root / "images" / folder / f"{name}.jpg", root / "annotations" / folder / f"{name}.png", size,
-                       raw, jpeg=True, stripe=stripe)
+
+    def files(folder: str, i: int) -> tuple[Path, Path]:
+        name = f"ADE_{folder[:5]}_{i:08d}"
+        return root / "images" / folder / f"{name}.jpg", root / "annotations" / folder / f"{name}.png"
+
+    _write_splits(("training", "validation"), files, raw, sizes, train_sizes, stripe, jpeg=True)
     return root
 
 
 def write_cityscapes(root: Path, raw: list[int], sizes=SIZES, stripe: int = 1, train_sizes=None) -> Path:
     """``cityscapes/leftImg8bit/<split>/<city>/*_leftImg8bit.png`` and ``gtFine/.../*_gtFine_labelIds.png``."""
     root = root / "cityscapes"
-    for split in ("train", "val"):
-        for i, size in enumerate(_split_sizes(split, sizes, train_sizes)):
-            city = ("aachen", "bochum")[i % 2]
-            name = f"{city}_{i:06d}_000019"
-            write_pair(root / "leftImg8bit" / split / city / f"{name}_leftImg8bit.png",
-                       root / "gtFine" / split / city / f"{name}_gtFine_labelIds.png", size, raw, jpeg=False,
-                       stripe=stripe)
+
+    def files(split: str, i: int) -> tuple[Path, Path]:
+        city = ("aachen", "bochum")[i % 2]
+        name = f"{city}_{i:06d}_000019"
+        return (root / "leftImg8bit" / split / city / f"{name}_leftImg8bit.png",
+                root / "gtFine" / split / city / f"{name}_gtFine_labelIds.png")
+
+    _write_splits(("train", "val"), files, raw, sizes, train_sizes, stripe, jpeg=False)
     return root
 
 
 def write_coco_stuff(root: Path, raw: list[int], sizes=SIZES, stripe: int = 1, train_sizes=None) -> Path:
     """``coco_stuff164k/{images,annotations}/{train2017,val2017}/<12 digits>.{jpg,png}``."""
     root = root / "coco_stuff164k"
-    for split in ("train2017", "val2017"):
-        for i, size in enumerate(_split_sizes(split, sizes, train_sizes)):
-            name = f"{i:012d}"
-            write_pair(root / "images" / split / f"{name}.jpg", root / "annotations" / split / f"{name}.png", size,
-                       raw, jpeg=True, stripe=stripe)
+
+    def files(split: str, i: int) -> tuple[Path, Path]:
+        return root / "images" / split / f"{i:012d}.jpg", root / "annotations" / split / f"{i:012d}.png"
+
+    _write_splits(("train2017", "val2017"), files, raw, sizes, train_sizes, stripe, jpeg=True)
     return root
 
 
