@@ -1,10 +1,18 @@
-"""The plain-text table every rayseg command prints."""
+"""Plain-text output shared by every command: the table printer and the duration format of progress lines."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["format_table"]
+__all__ = ["format_duration", "format_table"]
+
+
+def format_duration(seconds: float) -> str:
+    """``1h02m03s`` / ``2m03s`` / ``3s``."""
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[object] | None],

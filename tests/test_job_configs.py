@@ -175,3 +175,20 @@ def test_paper_label_config_is_the_15_member_ensemble(tmp_path):
     assert (cfg.label.num_classes, cfg.label.input_size, cfg.label.geometry, cfg.label.explainer.samples,
             cfg.label.explainer.noise_level, cfg.label.explainer.target) == (1000, 298, "pad", 50, 0.1,
                                                                              "probability")
+
+
+def test_cluster_templates_authenticate_and_keep_the_dashboard_private():
+    cluster = yaml.safe_load((CLUSTER / "cluster.yaml").read_text())
+    head, workers = " ".join(cluster["head_start_ray_commands"]), " ".join(cluster["worker_start_ray_commands"])
+    for command in (head, workers):
+        assert "RAY_AUTH_MODE=token" in command and "RAY_AUTH_TOKEN_PATH=/home/ubuntu/.rayseg/ray_token" in command
+    assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head
+    assert cluster["file_mounts"] == {"/home/ubuntu/.rayseg/ray_token": "~/.rayseg/ray_token"}
+    # the shared filesystem is mounted on the host and bound into the (unprivileged) container
+    assert any("mount -t efs" in c for c in cluster["initialization_commands"])
+    assert "-v /mnt/shared:/mnt/shared" in cluster["docker"]["run_options"]
+    assert not any("mount" in c for c in cluster.get("setup_commands", []))
+    for node in cluster["available_node_types"].values():
+        assert "IamInstanceProfile" in node["node_config"]  # s3:// storage through roles, not keys
+    job = yaml.safe_load((CLUSTER / "rayjob.yaml").read_text())
+    assert job["spec"]["rayClusterSpec"]["authOptions"] == {"mode": "token"}

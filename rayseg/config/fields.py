@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import re
 from collections.abc import Callable
 from dataclasses import field
 from typing import Any
@@ -35,10 +37,18 @@ _BOUNDS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
 
 
 def setting(default: Any, doc: str = "", choices: Choices | None = None, *, ge: float | None = None,
-            gt: float | None = None, le: float | None = None, lt: float | None = None) -> Any:
+            gt: float | None = None, le: float | None = None, lt: float | None = None,
+            path: str | None = None) -> Any:
     """A config field: its default, one line of doc, and the rules its value must follow. ``choices`` may be a
-    function returning them (read when checked, e.g. the method registry)."""
+    function returning them (read when checked, e.g. the method registry). ``path`` marks a location: ``"input"``
+    and ``"spec"`` (each list item ``KIND:PATH``) are made absolute when the section is built
+    (:func:`absolute_location`); an ``"output"`` is made absolute where the command uses it (:func:`output_location`),
+    so that an output a command does not write is never refused."""
     meta: dict[str, Any] = {"doc": doc}
+    if path is not None:
+        if path not in PATH_KINDS:
+            raise ValueError(f"path must be one of {PATH_KINDS}, got {path!r}")
+        meta["path"] = path
     if choices is not None:
         meta["choices"] = choices
     meta.update({name: bound for name, bound in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt))
@@ -75,14 +85,72 @@ def check_field(f: dataclasses.Field, value: Any) -> None:
             raise ConfigError(f"must be {symbol} {bound}, got {value}", f.name)
 
 
+PATH_KINDS = ("input", "output", "spec")
+URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
+
+
+BASE_DIR_ENV = "RAYSEG_BASE_DIR"
+
+
+def in_ray_job() -> bool:
+    """True in the entrypoint of ``ray job submit`` (its supervisor sets the job's config in the environment), where
+    the working directory is the job's package folder, deleted with the Ray session."""
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
+def _from_base(value: str) -> str:
+    """``value`` absolute: ``~`` expanded, a relative path joined to ``$RAYSEG_BASE_DIR`` (else the current
+    directory)."""
+    return os.path.abspath(os.path.join(os.environ.get(BASE_DIR_ENV) or os.getcwd(), os.path.expanduser(value)))
+
+
+def absolute_location(value: str, name: str) -> str:
+    """An input location as an absolute path; URIs and empty values unchanged. Each process that reads a config
+    resolves relative paths against its own working directory, and Ray workers have their own: so every input is
+    made absolute where the config is built, on the driver."""
+    if not value or URI.match(value):
+        return value
+    return _from_base(value)
+
+
+def output_location(value: str, name: str) -> str:
+    """An output location as the command will write it: absolute, or a URI. Relative inside a Ray job without
+    ``$RAYSEG_BASE_DIR`` it is refused: it would be written into the job's temporary package folder, deleted with
+    the Ray session."""
+    if not value or URI.match(value):
+        return value
+    if not os.path.isabs(os.path.expanduser(value)) and in_ray_job() and not os.environ.get(BASE_DIR_ENV):
+        raise ConfigError(f"relative path {value!r} inside a Ray job would be written into the job's temporary "
+                          f"package folder, deleted with the Ray session; give an absolute path on a filesystem "
+                          f"every node mounts or an object-store URI, or set {BASE_DIR_ENV} (a shared folder "
+                          f"relative paths are resolved against) in the job's runtime_env env_vars", name)
+    return _from_base(value)
+
+
+def _absolute_spec(item: str, name: str) -> str:
+    """``KIND:PATH`` with PATH absolute; ``synthetic:DOMAIN`` and items without a path unchanged."""
+    kind, sep, arg = str(item).partition(":")
+    if not sep or not arg or kind.strip() == "synthetic":
+        return item
+    return f"{kind}:{absolute_location(arg.strip(), name)}"
+
+
 class Section:
-    """Base of every config section (a dataclass): checks declared rules, then :meth:`check`, on creation."""
+    """Base of every config section (a dataclass): makes its locations absolute, checks declared rules, then
+    :meth:`check`, on creation."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, Section):
                 continue  # checked when it was created
+            kind = f.metadata.get("path")
+            if kind == "spec" and isinstance(value, list):
+                value = [_absolute_spec(item, f.name) for item in value]
+            elif kind == "input" and isinstance(value, str):
+                value = absolute_location(value, f.name)
+            if kind:
+                setattr(self, f.name, value)
             check_field(f, value)
         self.check()
 

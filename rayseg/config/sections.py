@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rayseg import storage
-from rayseg.config.fields import ConfigError, Section, require, setting
+from rayseg.config.fields import ConfigError, Section, output_location, require, setting
 from rayseg.labeling.geometry import GEOMETRIES
 
 
@@ -41,7 +41,8 @@ def _folder(key: str, value: str, required_when: str) -> None:
 @dataclass
 class RunSection(Section):
     name: str = setting("", "run folder name under storage; empty = <command>-<method>-<hash of the config>")
-    storage: str = setting("rayseg_runs", "root folder (or shared filesystem path) for every run's outputs")
+    storage: str = setting("rayseg_runs", "root folder (or shared filesystem path) for every run's outputs",
+                           path="output")
     seed: int = setting(0, "seed of data order, augmentation and initialisation")
 
 
@@ -52,7 +53,7 @@ class DataSection(Section):
                         choices=("synthetic", *FOLDER_KINDS, "images"))
     root: str = setting("", "dataset folder (voc: VOC2012; ade20k: ADEChallengeData2016; cityscapes: the folder of "
                         "leftImg8bit/ and gtFine/; coco_stuff: the folder of images/ and annotations/; images: any "
-                        "folder, e.g. COCO's train2017/)")
+                        "folder, e.g. COCO's train2017/)", path="input")
     domain: str = setting("A", "synthetic domain (A, B, C)")
     train_split: str = setting("train", "split used for training")
     val_split: str = setting("val", "split used for evaluation")
@@ -96,7 +97,8 @@ class ModelSection(Section):
     output_stride: int = setting(8, "backbone output stride", choices=(8, 16, 32))
     channels: int = setting(128, "decode head width", ge=1)
     dropout: float = setting(0.1, "dropout before the classifier", ge=0, lt=1)
-    init_weights: str = setting("", "local weights file (backbone-only or backbone+head); empty = random init")
+    init_weights: str = setting("", "local weights file (backbone-only or backbone+head); empty = random init",
+                                path="input")
     classifier: str = setting("linear", "pixel classifier on the decoder features: linear (1x1 conv) or ssa "
                               "(SSA-Seg head; its losses are set in the ssa section)", choices=("linear", "ssa"))
 
@@ -170,8 +172,10 @@ class EvalSection(Section):
 
 @dataclass
 class PSSLSection(Section):
-    labels: str = setting("", "label-version folder written by `rayseg label` (holds shard-*.parquet)")
-    images: str = setting("", "image root the label ids are relative to (the labelled ImageFolder tree)")
+    labels: str = setting("", "label-version folder written by `rayseg label` (holds shard-*.parquet)",
+                          path="input")
+    images: str = setting("", "image root the label ids are relative to (the labelled ImageFolder tree)",
+                          path="input")
     num_classes: int = setting(0, "K image classes; the network predicts K+1 (index K = background)", ge=0)
     bg_weight: float = setting(0.1, "cross-entropy weight of the background class (PSSL w_bg)", ge=0)
     threshold_decile: int = setting(9, "deciles >= this are the image's class, the rest background", ge=1, le=9)
@@ -217,13 +221,15 @@ class ExplainerSection(Section):
 
 @dataclass
 class LabelSection(Section):
-    images: str = setting("", "ImageFolder root to label (root/<class>/<image>)")
+    images: str = setting("", "ImageFolder root to label (root/<class>/<image>)", path="input")
     images_parquet: str = setting("", "Parquet file or folder with columns id (string), image (binary: encoded "
-                                  "image bytes), label (int: class index); used instead of label.images")
-    output: str = setting("rayseg_labels", "labels root; shards go to <output>/<label_version>/")
-    true_masks: str = setting("", "optional tree of true object masks (same relative paths) to score the labels")
+                                  "image bytes), label (int: class index); used instead of label.images",
+                                  path="input")
+    output: str = setting("rayseg_labels", "labels root; shards go to <output>/<label_version>/", path="output")
+    true_masks: str = setting("", "optional tree of true object masks (same relative paths) to score the labels",
+                              path="input")
     members: list[str] = setting([], "ensemble members as ARCH:WEIGHTS_FILE, ARCH a torchvision classifier or "
-                                 "timm/<model> (ARCH alone with allow_random_weights)")
+                                 "timm/<model> (ARCH alone with allow_random_weights)", path="spec")
     allow_random_weights: bool = setting(False, "members without weights get random weights (tests only)")
     num_classes: int = setting(0, "classifier output classes; 0 = the number of class folders", ge=0)
     input_size: int = setting(64, "side S of the S x S input each image is explained at", ge=1)
@@ -269,7 +275,8 @@ class ClassifierSection(Section):
     arch: str = setting("resnet18", "torchvision classifier architecture (method classifier)")
     archs: list[str] = setting(["resnet18", "mobilenet_v3_small", "shufflenet_v2_x1_0"],
                                "ensemble members trained by `rayseg train-classifiers`")
-    images: str = setting("", "ImageFolder root to train on; empty = the synthetic classification set")
+    images: str = setting("", "ImageFolder root to train on; empty = the synthetic classification set",
+                          path="input")
     num_images: int = setting(1024, "synthetic classification set: training images", ge=1)
     num_val: int = setting(256, "synthetic classification set: held-out images for accuracy", ge=1)
     image_size: int = setting(64, "input side in pixels (images are resized to it)", ge=8)
@@ -379,7 +386,7 @@ class MDPSection(Section):
     datasets: list[str] = setting([], "datasets whose label spaces are concatenated: 'synthetic:DOMAIN' or "
                                   "'KIND:ROOT' with a data.kind (voc: classes from ROOT/class_names.txt, else "
                                   "data.num_classes); the other data.* keys apply to each; empty = the one dataset "
-                                  "of data.*")
+                                  "of data.*", path="spec")
     sampling: str = setting("proportional", "proportional: plain union; balanced: smaller datasets repeated up to "
                             "the largest one's size", choices=("proportional", "balanced"))
     proj_hidden: int = setting(512, "hidden width of the dense projection head (1x1 conv, BN, ReLU, 1x1 conv)",
@@ -468,7 +475,7 @@ class Config(Section):
 
     def run_dir(self, command: str) -> str:
         name = self.run.name or f"{command}-{self.method}-{self.fingerprint()}"
-        return storage.join(storage.absolute(self.run.storage), name)
+        return storage.join(output_location(self.run.storage, "run.storage"), name)
 
     def check(self) -> None:
         # DeepLabV3's image pooling leaves one value per channel and image: its BatchNorm cannot train on one image

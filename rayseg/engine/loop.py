@@ -30,7 +30,8 @@ from rayseg.engine.checkpoint import LocalCheckpointStore, load_checkpoint, save
 from rayseg.engine.inference import infer
 from rayseg.engine.metrics import ConfusionMatrix, confusion_matrix_png
 from rayseg.engine.optim import build_optimizer, build_scheduler, parameter_groups
-from rayseg.engine.progress import RankZeroLogger, StepMeter, format_duration
+from rayseg.engine.progress import RankZeroLogger, StepMeter
+from rayseg.tables import format_duration
 from rayseg.engine.run_folder import RunFolder
 from rayseg.ignore import IGNORE_INDEX
 
@@ -126,7 +127,9 @@ def _train(cfg: Config, method_cls: type[Method], run: RunFolder) -> None:
     device = ray.train.torch.get_device()
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
-    log = RankZeroLogger(rank == 0, str(run.local / "tensorboard"))
+    if rank == 0:
+        run.pull("log.txt")  # a resumed run appends to its log
+    log = RankZeroLogger(rank == 0, str(run.local / "tensorboard"), run.local / "log.txt")
     torch.manual_seed(cfg.run.seed)  # identical initialisation on every rank
 
     train_set = method_cls.train_dataset(cfg)
@@ -250,7 +253,7 @@ def _train(cfg: Config, method_cls: type[Method], run: RunFolder) -> None:
             ray.train.report(report, checkpoint=checkpoint)
         if rank == 0:
             log.flush()
-            run.push("tensorboard")
+            run.push("tensorboard", "log.txt")
 
     if core.evaluates and not metrics:  # finished before, but killed before its outputs were written
         metrics = evaluate(core.segmentation_model(), cfg, device, rank, world)
@@ -263,7 +266,7 @@ def _train(cfg: Config, method_cls: type[Method], run: RunFolder) -> None:
         _write_outputs(run, cfg, core, meta, metrics, skipped, last_losses, rates, global_step)
     log.close()  # flushes TensorBoard before the upload
     if rank == 0:
-        run.push("tensorboard", "export", "metrics.json", "confusion_matrix.png", "bad_samples.txt",
+        run.push("tensorboard", "log.txt", "export", "metrics.json", "confusion_matrix.png", "bad_samples.txt",
                  "summary.json")  # summary last
 
 

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections import defaultdict
 
 import torch
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
 class StepMeter:
@@ -47,11 +41,12 @@ class StepMeter:
 
 
 class RankZeroLogger:
-    """Prints progress and writes TensorBoard scalars when ``enabled`` (rank 0); silent otherwise. The event file
-    is opened with the first scalar, so a run that has nothing to do leaves none behind."""
+    """Prints progress, appends it with a timestamp to ``log_file`` (the run folder's ``log.txt``) and writes
+    TensorBoard scalars when ``enabled`` (rank 0); silent otherwise. The event file is opened with the first scalar,
+    so a run that has nothing to do leaves none behind."""
 
-    def __init__(self, enabled: bool, tb_dir: str | None):
-        self.enabled, self.tb_dir = enabled, tb_dir
+    def __init__(self, enabled: bool, tb_dir: str | None, log_file: str | os.PathLike | None = None):
+        self.enabled, self.tb_dir, self.log_file = enabled, tb_dir, log_file
         self.writer = None
 
     def print(self, text: str) -> None:
@@ -60,6 +55,9 @@ class RankZeroLogger:
         if self.enabled:
             sys.stdout.write(text + "\n")
             sys.stdout.flush()
+            if self.log_file:
+                with open(self.log_file, "a") as f:
+                    f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
 
     def scalars(self, values: dict[str, float], step: int, prefix: str = "") -> None:
         if not (self.enabled and self.tb_dir):

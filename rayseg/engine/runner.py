@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import time
 from typing import TYPE_CHECKING
 
 from rayseg import storage
-from rayseg.config import Config, save_config
+from rayseg.config import Config, ConfigError, save_config
 
 if TYPE_CHECKING:  # the engine is handed its method; it imports no method module
     from rayseg.methods.base import Method
@@ -44,7 +45,28 @@ def ensure_ray(address: str | None = None) -> None:
         ray.init(address="local", logging_level=logging.WARNING, include_dashboard=dashboard,
                  dashboard_host="127.0.0.1")
     else:
+        check_address(address)
         ray.init(address=address, logging_level=logging.WARNING)
+
+
+def check_address(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, with one line, on an address no Ray cluster answers at (``ray.init`` would retry for a
+    minute and then print a traceback). ``auto`` and ``ray://`` client addresses are left to Ray."""
+    if address == "auto" or address.startswith("ray://"):
+        return
+    key = "--address (or RAY_ADDRESS)"
+    if address.startswith(("http://", "https://")):
+        raise ConfigError(f"{address} is a dashboard (job submission) address; join the cluster at its GCS "
+                          f"address HOST:PORT (`ray start --head` prints it; default port 6379), or leave "
+                          f"--address out inside `ray job submit`", key)
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"{address!r} is not HOST:PORT", key)
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ConfigError(f"no Ray cluster answers at {address} ({e.strerror or e}); check the head node's address "
+                          f"and port (`ray status` on the head prints it)", key) from None
 
 
 def train(cfg: Config, command: str, method: type[Method], address: str | None = None,

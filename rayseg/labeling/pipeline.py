@@ -57,7 +57,8 @@ import numpy as np
 import pyarrow as pa
 
 from rayseg import storage
-from rayseg.config import ConfigError, ExplainerSection, LabelSection
+from rayseg.tables import format_duration
+from rayseg.config import ConfigError, ExplainerSection, LabelSection, output_location
 from rayseg.labeling import shards
 from rayseg.labeling.explainers import prepare_for_explanation
 from rayseg.labeling.members import Member, check_members, label_version, load_members, member_names
@@ -177,10 +178,11 @@ def plan_labeling(label: LabelSection) -> LabelingPlan:
     except WeightsError as e:
         raise ConfigError(str(e), "label.members") from None
     version = label_version(members, label.explainer, label.input_size, num_classes, label.geometry)
+    output = output_location(label.output, "label.output")
     try:
-        version_dir = _version_dir(label.output, version)
+        version_dir = _version_dir(output, version)
     except OSError as e:
-        raise ConfigError(f"cannot create {storage.join(label.output, version)} ({e.strerror or e})",
+        raise ConfigError(f"cannot create {storage.join(output, version)} ({e.strerror or e})",
                           "label.output") from None
     shards.clean_tmp(version_dir)
     plan = plan_shards(ids, label.shard_size)
@@ -317,6 +319,8 @@ def _run_pipeline(label: LabelSection, plan: LabelingPlan, num_actors: int, seed
     names = member_names(plan.members)
     pending: dict[int, list[dict]] = defaultdict(list)
     committed, written = [], 0
+    total = sum(len(plan.shards[i]) for i in plan.todo)
+    start = time.perf_counter()
     for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
         columns = list(batch)
         for j in range(len(batch["id"])):
@@ -328,10 +332,20 @@ def _run_pipeline(label: LabelSection, plan: LabelingPlan, num_actors: int, seed
                                                plan.version, names, bool(label.true_masks), label.geometry)
                 written += manifest.pop("bytes")
                 committed.append(manifest)
+                _print_progress(committed, len(plan.todo), total, time.perf_counter() - start)
     if pending:
         raise RuntimeError(f"labelling pipeline ended with incomplete shards {sorted(pending)} "
                            f"({sum(map(len, pending.values()))} rows); re-run to finish them")
     return committed, written
+
+
+def _print_progress(committed: list[dict], shards_todo: int, images_todo: int, seconds: float) -> None:
+    """One line per committed shard, on a terminal or not (job logs): shards and images done, rate, ETA."""
+    done = sum(m["rows"] + m["errors"] for m in committed)
+    rate = done / seconds if seconds > 0 else 0.0
+    eta = format_duration((images_todo - done) / rate) if rate > 0 else "?"
+    print(f"[rayseg] shard {committed[-1]['shard']} committed: {len(committed)}/{shards_todo} shards, "
+          f"{done}/{images_todo} images, {rate:.1f} images/s, ETA {eta}", flush=True)
 
 
 def actors_for_cluster(label: LabelSection, cluster: dict[str, float]) -> int:

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from rayseg import storage, tables
-from rayseg.config import Config, ConfigError, config_from_dict, set_dotted, load_config, save_config
+from rayseg.config import Config, ConfigError, config_from_dict, load_config, output_location, save_config, set_dotted
 from rayseg.tune.space import SearchSpace
 
 __all__ = ["EPOCHS", "driver_resources", "largest_trial", "max_concurrent_trials", "run_sweep", "run_trial",
@@ -203,6 +203,7 @@ def run_sweep(cfg: Config, space: SearchSpace, address: str | None = None) -> di
     from rayseg.engine.runner import ensure_ray
     from rayseg.tune.reaper import start_reaper, stop_reaper
 
+    root = output_location(cfg.run.storage, "run.storage")  # refused before Ray starts when it cannot be used
     ensure_ray(address)
     import ray
     from ray import tune
@@ -210,7 +211,6 @@ def run_sweep(cfg: Config, space: SearchSpace, address: str | None = None) -> di
 
     concurrency = max_concurrent_trials(cfg, ray.cluster_resources(), space)
     name = sweep_name(cfg, space)
-    root = storage.absolute(cfg.run.storage)
     sweep_dir = storage.join(root, name)
     ray_storage = storage.ray_storage(sweep_dir)
     restore_args = {"path": ray_storage["storage_path"], "storage_filesystem": ray_storage.get("storage_filesystem")}

@@ -1,0 +1,112 @@
+"""Locations in a config: inputs are made absolute where the config is built (Ray workers have other working
+directories), outputs where the command writes them, and a relative output inside a Ray job is refused unless
+RAYSEG_BASE_DIR names the shared folder to resolve it against. A wrong --address fails in seconds."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rayseg.config import ConfigError, load_config, output_location
+from rayseg.engine.runner import check_address
+from tests.engine_helpers import REPO
+
+IN_JOB = {"RAY_JOB_CONFIG_JSON_ENV_VAR": "{}"}  # what Ray's job supervisor puts in the entrypoint's environment
+
+
+@pytest.fixture
+def elsewhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAYSEG_BASE_DIR", raising=False)
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    (tmp_path / "data" / "coco").mkdir(parents=True)
+    (tmp_path / "w.pt").write_bytes(b"")
+    return tmp_path
+
+
+def test_relative_inputs_become_absolute_against_the_working_directory(elsewhere):
+    cfg = load_config(None, ["data.kind=images", "data.root=data/coco", "model.init_weights=./w.pt",
+                             "label.members=[resnet18:w.pt, resnet34]", "label.allow_random_weights=true", "pssl.labels=s3://bucket/labels/v1",
+                             "mdp.datasets=[synthetic:A, voc:data/voc]", "label.images=~/imagenet"])
+    assert cfg.data.root == str(elsewhere / "data" / "coco")
+    assert cfg.model.init_weights == str(elsewhere / "w.pt")
+    assert cfg.label.members == [f"resnet18:{elsewhere / 'w.pt'}", "resnet34"]
+    assert cfg.mdp.datasets == ["synthetic:A", f"voc:{elsewhere / 'data' / 'voc'}"]
+    assert cfg.pssl.labels == "s3://bucket/labels/v1"  # URIs as given
+    assert cfg.label.images == os.path.expanduser("~/imagenet")
+    assert cfg.run_dir("pretrain").startswith(str(elsewhere / "rayseg_runs") + os.sep)
+    # the resolved config is what the workers read: loading it again elsewhere changes nothing
+    again = load_config(None, [f"data.kind=images", f"data.root={cfg.data.root}"])
+    assert again.data.root == cfg.data.root
+
+
+def test_rayseg_base_dir_is_what_relative_paths_mean(elsewhere, monkeypatch):
+    monkeypatch.setenv("RAYSEG_BASE_DIR", "/mnt/shared")
+    cfg = load_config(None, ["pssl.labels=rayseg_labels/v1"])
+    assert cfg.pssl.labels == "/mnt/shared/rayseg_labels/v1"
+    assert cfg.run_dir("finetune").startswith("/mnt/shared/rayseg_runs/finetune-")
+    assert output_location("rayseg_labels", "label.output") == "/mnt/shared/rayseg_labels"
+
+
+def test_a_relative_output_inside_a_ray_job_is_refused_unless_a_base_dir_is_set(elsewhere, monkeypatch):
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")
+    cfg = load_config(None, [])  # building the config is fine: label.output is not this command's output
+    with pytest.raises(ConfigError, match=r"^run.storage: relative path 'rayseg_runs' inside a Ray job would be "
+                                          r"written into the job's temporary package folder"):
+        cfg.run_dir("pretrain")
+    assert load_config(None, ["run.storage=/mnt/shared/runs"]).run_dir("pretrain").startswith("/mnt/shared/runs/")
+    assert output_location("s3://bucket/runs", "run.storage") == "s3://bucket/runs"
+    monkeypatch.setenv("RAYSEG_BASE_DIR", "/mnt/shared")
+    assert cfg.run_dir("pretrain").startswith("/mnt/shared/rayseg_runs/")
+
+
+def _rayseg(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAYSEG_BASE_DIR")}
+    return subprocess.run([sys.executable, "-m", "rayseg", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**clean, **(env or {})}, timeout=120)
+
+
+@pytest.mark.parametrize("command, key", [(["pretrain"], "run.storage"),
+                                          (["label", "label.images=imgs", "label.allow_random_weights=true",
+                                            "label.members=[resnet18]"], "label.output")])
+def test_cli_refuses_a_relative_output_in_a_job_before_ray(tmp_path, command, key):
+    (tmp_path / "imgs" / "cat").mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "cat" / "a.png")
+    r = _rayseg(command, tmp_path, IN_JOB)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and r.stderr.startswith(f"error: {key}: relative path")
+    assert not (tmp_path / "rayseg_runs").exists() and not (tmp_path / "rayseg_labels").exists()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when the socket is
+
+
+def test_an_address_where_no_cluster_answers_fails_in_one_line(tmp_path):
+    port = _closed_port()
+    with pytest.raises(ConfigError, match=rf"no Ray cluster answers at 127.0.0.1:{port}"):
+        check_address(f"127.0.0.1:{port}")
+    with pytest.raises(ConfigError, match="is a dashboard \\(job submission\\) address"):
+        check_address("http://127.0.0.1:8265")
+    with pytest.raises(ConfigError, match="is not HOST:PORT"):
+        check_address("headnode")
+    r = _rayseg(["pretrain", "--address", f"127.0.0.1:{port}", "train.num_workers=1"], tmp_path)
+    assert r.returncode == 2 and r.stderr.startswith("error: --address (or RAY_ADDRESS): no Ray cluster answers")
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = _rayseg(["pretrain", "train.num_workers=1"], tmp_path, {"RAY_ADDRESS": f"127.0.0.1:{port}"})
+    assert r.returncode == 2 and "no Ray cluster answers" in r.stderr
+
+
+def test_jobs_entry_points_work_from_any_directory(tmp_path):
+    r = subprocess.run([sys.executable, str(REPO / "jobs" / "pretrain.py"), "train.epochs=0"], capture_output=True,
+                       text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error: train.epochs: must be >= 1")
