@@ -99,6 +99,10 @@ def test_progress_lines_show_loss_rate_and_eta(tmp_path):
     lines = [line for line in r.stdout.splitlines() if line.startswith("[rayseg] epoch 1/1 step")]
     assert len(lines) == 4  # every 2 of 8 steps
     assert re.search(r"loss \d+\.\d{4} lr \S+ \d+\.\d img/s ETA \d+s", lines[-1])
+    # the run folder keeps what the run printed, with timestamps
+    logged = (tmp_path / "p" / "log.txt").read_text().splitlines()
+    assert [line.split(" ", 2)[2] for line in logged if "epoch 1/1 step" in line] == lines
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[rayseg\]", logged[0])
 
 
 def test_killed_local_run_resumes_to_the_same_result(tmp_path):

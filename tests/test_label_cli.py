@@ -1,6 +1,7 @@
 """`rayseg label`: config checks before Ray, and a run through the CLI on the session cluster."""
 
 import json
+import re
 
 import pytest
 
@@ -38,6 +39,9 @@ def test_label_command_writes_shards_and_scores_them(ray_cluster, image_folder, 
     assert r.returncode == 0, r.stderr[-3000:]
     assert "labelled 16 images, 0 errors" in r.stdout
     assert "1 explainer actor(s) x 2 CPUs" in r.stdout  # num_actors 0: (4 - 0.5) // 2 on the 4-CPU test cluster
+    progress = [line for line in r.stdout.splitlines() if " committed: " in line]  # not a terminal: still one a shard
+    assert [re.sub(r"shard \d", "shard N", line.split(" images/s")[0].rsplit(",", 1)[0]) for line in progress] == [
+        "[rayseg] shard N committed: 1/2 shards, 8/16 images", "[rayseg] shard N committed: 2/2 shards, 16/16 images"]
     (version_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     summary = json.loads((version_dir / "summary.json").read_text())
     assert summary["total_rows"] == 16 and summary["shards"] == 2

@@ -41,7 +41,7 @@ def test_relative_inputs_become_absolute_against_the_working_directory(elsewhere
     assert cfg.label.images == os.path.expanduser("~/imagenet")
     assert cfg.run_dir("pretrain").startswith(str(elsewhere / "rayseg_runs") + os.sep)
     # the resolved config is what the workers read: loading it again elsewhere changes nothing
-    again = load_config(None, [f"data.kind=images", f"data.root={cfg.data.root}"])
+    again = load_config(None, ["data.kind=images", f"data.root={cfg.data.root}"])
     assert again.data.root == cfg.data.root
 
 
@@ -110,3 +110,26 @@ def test_jobs_entry_points_work_from_any_directory(tmp_path):
     r = subprocess.run([sys.executable, str(REPO / "jobs" / "pretrain.py"), "train.epochs=0"], capture_output=True,
                        text=True, cwd=tmp_path, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("error: train.epochs: must be >= 1")
+
+
+def test_outputs_and_data_stay_out_of_a_job_upload(tmp_path):
+    """Ray's own ignore-file reading, on a copy of the project's .gitignore and .rayignore."""
+    from ray._private.runtime_env.packaging import get_excludes_from_ignore_files
+
+    for name in (".gitignore", ".rayignore"):
+        (tmp_path / name).write_text((REPO / name).read_text())
+    files = ["rayseg_runs/pretrain-x/summary.json", "rayseg_labels/v1/shard-00000.parquet", "data/VOC2012/a.jpg",
+             "jobs/configs/x/rayseg_runs/y.pt", "weights/resnet50.pt", "rayseg/cli.py", "jobs/pretrain.py",
+             "jobs/configs/finetune_voc.yaml", "tune_spaces/mdp_temperature_topk.yaml"]
+    for rel in files:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x")
+    excludes = get_excludes_from_ignore_files(tmp_path, include_gitignore=True)
+
+    def excluded(rel: str) -> bool:  # Ray tests each path and its parents while it walks the tree
+        path = tmp_path / rel
+        return any(f(p) for f in excludes for p in [path, *path.parents] if p != tmp_path and tmp_path in p.parents)
+
+    assert [rel for rel in files if not excluded(rel)] == ["rayseg/cli.py", "jobs/pretrain.py",
+                                                          "jobs/configs/finetune_voc.yaml",
+                                                          "tune_spaces/mdp_temperature_topk.yaml"]

@@ -96,19 +96,82 @@ def ray_head():
         stop_pids(cluster_pids(temp_dir))
 
 
-def test_ray_job_submit_runs_a_finetune_job(ray_head, tmp_path):
-    address, env = ray_head
-    storage = tmp_path / "runs"
-    overrides = tiny_overrides(storage, "job", **{"train.num_workers": 1, "train.epochs": 1})
+def _rayseg_in(cwd: Path, args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rayseg", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+
+
+def test_relative_paths_from_another_directory_on_ray_train_workers(ray_cluster, tmp_path):
+    """A 2-worker pretrain and a 1-worker fine-tune, run from a folder that is not the project root, with relative
+    storage, weights and data: Ray Train gives each worker its own working directory, so every path must reach the
+    workers absolute."""
+    from rayseg.data.synthetic import SyntheticSegmentation, write_voc_folder
+
+    for split, n in (("train", 16), ("val", 4)):
+        write_voc_folder(SyntheticSegmentation("A", split=split, num_images=n, image_size=32, seed=1),
+                         tmp_path / "data" / "voc")
+    small = ["model.output_stride=16", "model.channels=16", "train.batch_size=4", "train.epochs=1",
+             "data.crop_size=32", "data.image_size=32", "data.num_train=16"]
+    pre = _rayseg_in(tmp_path, ["pretrain", "--address", ray_cluster, "run.storage=runs", "run.name=pre",
+                                "train.num_workers=2", *small])
+    assert pre.returncode == 0, pre.stderr[-3000:]
+    assert f"run folder {tmp_path / 'runs' / 'pre'}" in pre.stdout  # printed absolute
+    ft = _rayseg_in(tmp_path, ["finetune", "--address", ray_cluster, "run.storage=runs", "run.name=ft",
+                               "model.init_weights=runs/pre/export/backbone.pt", "data.kind=voc",
+                               "data.root=data/voc", "data.num_classes=7", "train.num_workers=1", *small])
+    assert ft.returncode == 0, ft.stderr[-3000:]
+    assert (tmp_path / "runs" / "pre" / "export" / "backbone.pt").is_file()
+    metrics = json.loads((tmp_path / "runs" / "ft" / "metrics.json").read_text())
+    assert metrics["num_pixels"] == 4 * 32 * 32
+    saved = load_config(tmp_path / "runs" / "ft" / "config.yaml")
+    assert saved.model.init_weights == str(tmp_path / "runs" / "pre" / "export" / "backbone.pt")
+    assert saved.data.root == str(tmp_path / "data" / "voc")
+
+
+def _submit(address: str, env: dict, entrypoint: list[str], runtime_env: dict) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--address", address,
-               "--working-dir", str(REPO), "--", "python", "jobs/finetune.py", *overrides]
+               "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env), "--", "python", *entrypoint]
     deadline = time.time() + 90
     while True:  # right after `ray start` the head's job agent may not be up yet
         r = subprocess.run(command, capture_output=True, text=True, env=env, timeout=400, cwd=REPO)
         if "No available agent to submit job" not in r.stderr or time.time() > deadline:
-            break
+            return r
         time.sleep(3)
-    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    assert "succeeded" in r.stdout + r.stderr
-    assert "mIoU" in r.stdout  # the job's metrics table, streamed back by `ray job submit`
-    assert (storage / "job" / "metrics.json").is_file()
+
+
+def test_ray_job_submit_label_pretrain_finetune_with_relative_paths(ray_head, tmp_path):
+    """`ray job submit --working-dir .` on a token-authenticated head: the PSSL chain with relative paths, resolved
+    against RAYSEG_BASE_DIR (the shared folder), lands there and not in the job's package folder; without it a
+    relative output is refused in one line; a second submission of a finished run does no work."""
+    from rayseg.data.synthetic import SyntheticClassification, write_image_folder
+
+    address, env = ray_head
+    write_image_folder(SyntheticClassification(num_images=8, image_size=32, classes=[0, 1]), tmp_path / "imgs")
+    shared = {"env_vars": {"RAYSEG_BASE_DIR": str(tmp_path)}}
+
+    refused = _submit(address, env, ["jobs/label.py", "label.images=imgs", "label.members=[resnet18]",
+                                     "label.allow_random_weights=true"], {})
+    assert refused.returncode != 0 and "error: label.output: relative path 'rayseg_labels' inside a Ray job" in (
+        refused.stdout + refused.stderr)
+
+    label = _submit(address, env, ["jobs/label.py", "label.images=imgs", "label.output=labels",
+                                   "label.members=[resnet18]", "label.allow_random_weights=true",
+                                   "label.explainer.samples=2", "label.input_size=32", "label.cpus_per_task=0.5"],
+                    shared)
+    assert label.returncode == 0, (label.stdout + label.stderr)[-3000:]
+    assert "committed: 1/1 shards, 8/8 images" in label.stdout
+    (version,) = [p.name for p in (tmp_path / "labels").iterdir()]
+    small = ["model.output_stride=16", "model.channels=16", "train.batch_size=4", "train.epochs=1",
+             "data.crop_size=32", "train.num_workers=1", "run.storage=runs"]
+    pretrain = _submit(address, env, ["jobs/pretrain.py", "method=pssl", f"pssl.labels=labels/{version}",
+                                      "pssl.images=imgs", "pssl.num_classes=2", "run.name=pssl", *small], shared)
+    assert pretrain.returncode == 0, (pretrain.stdout + pretrain.stderr)[-3000:]
+    finetune_args = ["jobs/finetune.py", "model.init_weights=runs/pssl/export/model.pt", "data.num_train=16",
+                     "data.num_val=4", "data.image_size=32", "run.name=ft", *small]
+    finetune = _submit(address, env, finetune_args, shared)
+    assert finetune.returncode == 0, (finetune.stdout + finetune.stderr)[-3000:]
+    assert "mIoU" in finetune.stdout  # the job's metrics table, streamed back by `ray job submit`
+    assert (tmp_path / "runs" / "ft" / "metrics.json").is_file()
+    assert "log.txt" in {p.name for p in (tmp_path / "runs" / "ft").iterdir()}
+    again = _submit(address, env, finetune_args, shared)
+    assert again.returncode == 0 and "already complete" in again.stdout
