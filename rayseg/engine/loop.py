@@ -171,7 +171,8 @@ def _train(cfg: Config, method_cls: type[Method], run: RunFolder) -> None:
         last_epoch, global_step = load_checkpoint(store.latest(), method, optimizer, scheduler)
         start_epoch = last_epoch + 1
     if start_epoch >= cfg.train.epochs and run.has("summary.json"):
-        log.print(f"[rayseg] {run.location} is already complete ({cfg.train.epochs} epochs); nothing to do")
+        log.print(f"[rayseg] {run.location} is already complete ({cfg.train.epochs} epochs); nothing to do",
+                  to_log_file=False)  # a finished run's folder stays as it was
         log.close()
         return
     if start_epoch:

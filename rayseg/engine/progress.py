@@ -49,13 +49,13 @@ class RankZeroLogger:
         self.enabled, self.tb_dir, self.log_file = enabled, tb_dir, log_file
         self.writer = None
 
-    def print(self, text: str) -> None:
+    def print(self, text: str, to_log_file: bool = True) -> None:
         # Straight to stdout: Ray Train V2 patches print() in workers to also go through the root logger,
         # which would show every line twice.
         if self.enabled:
             sys.stdout.write(text + "\n")
             sys.stdout.flush()
-            if self.log_file:
+            if self.log_file and to_log_file:
                 with open(self.log_file, "a") as f:
                     f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
 
