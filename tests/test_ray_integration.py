@@ -149,7 +149,7 @@ def test_ray_job_submit_label_pretrain_finetune_with_relative_paths(ray_head, tm
     write_image_folder(SyntheticClassification(num_images=8, image_size=32, classes=[0, 1]), tmp_path / "imgs")
     shared = {"env_vars": {"RAYSEG_BASE_DIR": str(tmp_path)}}
 
-    refused = _submit(address, env, ["jobs/label.py", "label.images=imgs", "label.members=[resnet18]",
+    refused = _submit(address, env, ["jobs/label.py", f"label.images={tmp_path / 'imgs'}", "label.members=[resnet18]",
                                      "label.allow_random_weights=true"], {})
     assert refused.returncode != 0 and "error: label.output: relative path 'rayseg_labels' inside a Ray job" in (
         refused.stdout + refused.stderr)
