@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from collections.abc import Callable
 from rayseg.config import ConfigError
@@ -89,10 +90,31 @@ def run_guarded(fn: Callable[[], int]) -> int:
         raise
 
 
+class PlainText:
+    """A text stream that drops ANSI colour codes: Ray colours the prefixes of the worker lines it forwards, which
+    leaves escape codes in job logs and files (``ray job logs``, ``> out.txt``)."""
+
+    CODES = re.compile(r"\x1b\[[0-9;]*m")
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return self.stream.write(self.CODES.sub("", text))
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    run = _command_function(SUBCOMMANDS[args.command][2])
-    return run_guarded(lambda: run(args))
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = (s if s.isatty() or isinstance(s, PlainText) else PlainText(s) for s in streams)
+    try:
+        args = build_parser().parse_args(argv)
+        run = _command_function(SUBCOMMANDS[args.command][2])
+        return run_guarded(lambda: run(args))
+    finally:
+        sys.stdout, sys.stderr = streams
 
 
 if __name__ == "__main__":

@@ -24,6 +24,9 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+# Dummy credentials for the session's local S3 server (moto accepts any); never real ones in tests.
+os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"] = "testkey", "testsecret"
+os.environ.pop("AWS_SESSION_TOKEN", None)
 # Clusters started without their own temp dir (also by subprocesses) put their session folder here, a short
 # private path, so the guard sees every new one and no other run's.
 if "RAY_TMPDIR" not in os.environ:
@@ -122,8 +125,9 @@ def ray_cluster():
 @pytest.fixture(scope="session")
 def s3_server():
     """A real S3 endpoint for the session: moto's server on 127.0.0.1, one bucket. Yields the URI of the
-    bucket with its options (endpoint, http, dummy credentials) carried in the URI, so Ray workers need no
-    environment to reach it."""
+    bucket with its options (endpoint, http) carried in the URI; the dummy credentials come from the environment
+    (set when this module is imported, so every Ray cluster and subprocess of the session inherits them), as a
+    user's would: rayseg refuses credentials in URIs."""
     import logging
 
     import pyarrow.fs as pafs
@@ -134,8 +138,7 @@ def s3_server():
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    base = (f"s3://testkey:testsecret@rayseg-test/?endpoint_override={host}:{port}&scheme=http"
-            f"&region=us-east-1")
+    base = f"s3://rayseg-test/?endpoint_override={host}:{port}&scheme=http&region=us-east-1"
     fs, _ = pafs.FileSystem.from_uri(base + "&allow_bucket_creation=true")
     fs.create_dir("rayseg-test")
     try:
@@ -146,7 +149,7 @@ def s3_server():
 
 @pytest.fixture
 def s3_uri(s3_server, request):
-    """A fresh prefix in the session's bucket for one test: ``s3://...@rayseg-test/<test name>?<options>``."""
+    """A fresh prefix in the session's bucket for one test: ``s3://rayseg-test/<test name>?<options>``."""
     from rayseg import storage
 
     name = "".join(c if c.isalnum() or c in "-_" else "-" for c in request.node.name)[:80]

@@ -168,3 +168,11 @@ def test_cli_weights_that_do_not_fit_the_model_exit_2_before_ray(tmp_path):
     err = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("error: ") and str(weights) in err[0], r.stderr
     assert not any(tmp_path.glob("finetune-*")), "no run folder before the config is known to be good"
+
+
+def test_a_choice_close_to_a_valid_one_gets_a_did_you_mean():
+    with pytest.raises(ConfigError, match=r"^model.head: 'deeplab' is not one of fcn, deeplabv3, fpn \(did you mean "
+                                          r"'deeplabv3'\?\)$"):
+        load_config(None, ["model.head=deeplab"])
+    with pytest.raises(ConfigError, match=r"is not one of fcn, deeplabv3, fpn$"):
+        load_config(None, ["model.head=unet"])

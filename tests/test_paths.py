@@ -133,3 +133,22 @@ def test_outputs_and_data_stay_out_of_a_job_upload(tmp_path):
     assert [rel for rel in files if not excluded(rel)] == ["rayseg/cli.py", "jobs/pretrain.py",
                                                           "jobs/configs/finetune_voc.yaml",
                                                           "tune_spaces/mdp_temperature_topk.yaml"]
+
+
+@pytest.mark.parametrize("overrides, key, masked", [
+    (["run.storage=s3://AKIAXXXX:topsecret@bucket/runs?region=eu-west-1"], "run.storage",
+     "s3://***@bucket/runs?region=eu-west-1"),
+    (["label.output=s3://bucket/labels?access_key=AKIAXXXX&secret_key=topsecret"], "label.output",
+     "s3://bucket/labels?access_key=***&secret_key=***"),
+    (["label.allow_random_weights=true", "label.members=['resnet18:gs://b/w.pt?access_token=topsecret']"],
+     "label.members", "gs://b/w.pt?access_token=***"),
+])
+def test_credentials_in_a_uri_are_refused_without_being_shown(overrides, key, masked, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    message = str(err.value)
+    assert message.startswith(f"{key}: {masked}: credentials in a URI") and "topsecret" not in message
+    assert "AKIAXXXX" not in message
+    r = _rayseg(["pretrain", *overrides], tmp_path)
+    assert r.returncode == 2 and "topsecret" not in r.stdout + r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -128,6 +128,20 @@ def test_relative_paths_from_another_directory_on_ray_train_workers(ray_cluster,
     assert saved.data.root == str(tmp_path / "data" / "voc")
 
 
+def test_a_second_cluster_on_the_host_keeps_the_output_clean(ray_cluster, tmp_path):
+    """With the session cluster up, a command that starts its own local cluster: Ray Train's placement-group
+    cleaner is told which cluster is its own (no "multiple active Ray instances"), and off a terminal Ray's
+    coloured prefixes lose their escape codes."""
+    r = _rayseg_in(tmp_path, ["pretrain", "run.storage=runs", "run.name=own", "train.num_workers=1",
+                              "train.epochs=2", "data.num_train=16", "data.image_size=32", "data.crop_size=32",
+                              "model.output_stride=16", "model.channels=16", "train.batch_size=4"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    output = r.stdout + r.stderr
+    assert "multiple active Ray instances" not in output and "Failed to query Ray Train Controller" not in output
+    assert "\x1b[" not in output
+    assert "(RayTrainWorker pid=" in output or "[rayseg] epoch 2/2" in output
+
+
 def _submit(address: str, env: dict, entrypoint: list[str], runtime_env: dict) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--address", address,
                "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env), "--", "python", *entrypoint]

@@ -115,3 +115,11 @@ def test_a_space_that_varies_trial_resources_is_sized_by_its_largest_trial(tmp_p
     local = driver_resources({"base": tree, "params": {"train.cpus_per_worker": 2}})
     remote = driver_resources({"base": tree, "params": {"train.num_workers": 2}})
     assert local.bundles == [{"CPU": 2.0}] and remote.bundles == [{"memory": 1024.0}]  # Tune drops zeros
+
+
+def test_a_missing_space_file_lists_the_shipped_ones(tmp_path):
+    from rayseg.tune.space import load_space
+
+    with pytest.raises(ConfigError, match=r"^--space: search space not found: nope.yaml \(shipped: "
+                                          r"tune_spaces/mdp_temperature_topk.yaml, tune_spaces/pixcon"):
+        load_space("nope.yaml", load_config(None, []))

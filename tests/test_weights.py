@@ -234,3 +234,12 @@ def test_export_validates_part_and_meta(tmp_path):
     export_weights(net, tmp_path / "x.pt", part="model", meta={"epoch": 2})
     assert read_weights(tmp_path / "x.pt")["part"] == "model"
     assert read_weights(tmp_path / "x.pt")["meta"] == {"epoch": 2}
+
+
+def test_an_export_with_other_decoder_channels_names_the_key_to_set(tmp_path):
+    export_weights(build_model(backbone="resnet18", head="fcn", num_classes=5, output_stride=16, channels=32),
+                   tmp_path / "model.pt")
+    narrower = build_model(backbone="resnet18", head="fcn", num_classes=5, output_stride=16, channels=16)
+    with pytest.raises(WeightsError, match=r"the file was built with model.channels=32 \(this model: 16\): set it, "
+                                           r"or start from the export's backbone.pt"):
+        load_weights(narrower, tmp_path / "model.pt")

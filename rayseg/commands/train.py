@@ -29,7 +29,8 @@ def preflight(cfg: Config) -> type[Method]:
     except (FileNotFoundError, WeightsError, ValueError) as e:
         if isinstance(e, ConfigError):
             raise
-        raise ConfigError(str(e).splitlines()[0]) from None
+        key = "model.init_weights" if isinstance(e, WeightsError) else ""
+        raise ConfigError(str(e).splitlines()[0], key) from None
     for module in method.modules():
         if getattr(module, "init_report", None) is not None:
             print(f"[rayseg] {module.init_report.summary()}", flush=True)

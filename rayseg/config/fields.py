@@ -11,6 +11,7 @@ path of the section (``label.explainer.samples: must be >= 1, got 0``).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import re
@@ -76,7 +77,9 @@ def check_field(f: dataclasses.Field, value: Any) -> None:
     """Raise ``ConfigError(key=f.name)`` when ``value`` breaks the field's declared choices or bounds."""
     choices = choices_of(f)
     if choices is not None and value not in choices:
-        raise ConfigError(f"{value!r} is not one of {', '.join(map(str, choices))}", f.name)
+        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{value!r} is not one of {', '.join(map(str, choices))}{hint}", f.name)
     for name, (symbol, holds) in _BOUNDS.items():
         bound = f.metadata.get(name)
         if bound is None or isinstance(value, (list, dict, str)):

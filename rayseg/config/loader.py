@@ -11,10 +11,12 @@ import copy
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import yaml
 
@@ -167,16 +169,48 @@ URI_KEYS = ("run.storage", "label.output", "pssl.labels", "model.init_weights")
 URI_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "viewfs", "file")
 
 
+# Query options of pyarrow's filesystems (and common spellings) that carry a secret.
+SECRET_OPTIONS = ("access_key", "secret_key", "session_token", "account_key", "sas_token", "access_token",
+                  "client_secret", "password", "token", "credentials")
+
+
+def _secrets_in(uri: str) -> tuple[list[str], str]:
+    """(what in ``uri`` is a credential, ``uri`` with each one replaced by ``***``)."""
+    split = urlsplit(uri)
+    found, netloc = [], split.netloc
+    if "@" in netloc:
+        found.append("user info before @")
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = []
+    for name, value in parse_qsl(split.query, keep_blank_values=True):
+        if name.lower() in SECRET_OPTIONS:
+            found.append(name)
+            value = "***"
+        query.append(f"{name}={value}")
+    return found, urlunsplit((split.scheme, netloc, split.path, "&".join(query), ""))
+
+
 def _check_uris(tree: dict[str, Any], prefix: str = "") -> None:
     """A ``scheme://`` value is accepted for URI_KEYS with a scheme pyarrow.fs opens; anywhere else it would
-    become a local folder named ``s3:`` without a word, so it is one ConfigError line."""
+    become a local folder named ``s3:`` without a word, so it is one ConfigError line. Credentials in a URI are
+    refused (locations are printed and written into config.yaml and summaries); the error shows the URI with them
+    masked."""
     for key, value in tree.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, dict):
             _check_uris(value, dotted + ".")
             continue
         for item in value if isinstance(value, list) else [value]:
-            if not (isinstance(item, str) and storage.is_uri(item)):
+            embedded = re.search(r"[A-Za-z][A-Za-z0-9+.-]*://", item) if isinstance(item, str) else None
+            if embedded is None:
+                continue
+            found, masked = _secrets_in(item[embedded.start():])  # also after ARCH: in label.members
+            if found:
+                raise ConfigError(f"{masked}: credentials in a URI ({', '.join(found)}) are refused, because "
+                                  f"locations are printed and written into config.yaml and summaries; give them "
+                                  f"through each node's environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                                  f"GOOGLE_APPLICATION_CREDENTIALS, ...) or an instance role", dotted)
+            if not storage.is_uri(item):
                 continue
             if dotted not in URI_KEYS:
                 raise ConfigError(f"{dotted}: {item}: URIs are accepted for {', '.join(URI_KEYS)} only; put this "

@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING
 
 from rayseg import storage
-from rayseg.config import Config, ConfigError, save_config
+from rayseg.config import Config, ConfigError, in_ray_job, save_config
 
 if TYPE_CHECKING:  # the engine is handed its method; it imports no method module
     from rayseg.methods.base import Method
@@ -38,15 +38,27 @@ def ensure_ray(address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
+    # Ray Train V2's placement-group cleaner (an actor) reads the state API of "the" local cluster; with several
+    # clusters on one host it cannot tell which. The job's workers are told the address instead.
     if address is None:
-        # Ray Train V2's placement-group cleaner reads the state API, which the dashboard serves: keep it on
-        # unless RAYSEG_DASHBOARD=0 (its agents cost ~10% of a 2-core machine)
+        # The cleaner's state API is served by the dashboard: keep it on unless RAYSEG_DASHBOARD=0 (its agents
+        # cost ~10% of a 2-core machine).
         dashboard = os.environ.get("RAYSEG_DASHBOARD", "1") != "0"
+        port = _free_port()
         ray.init(address="local", logging_level=logging.WARNING, include_dashboard=dashboard,
-                 dashboard_host="127.0.0.1")
+                 dashboard_host="127.0.0.1", dashboard_port=port,
+                 runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
     else:
         check_address(address)
-        ray.init(address=address, logging_level=logging.WARNING)
+        # (inside `ray job submit` the job's own runtime_env, with its working_dir, must stay as it is)
+        env = {"RAY_ADDRESS": address} if address != "auto" and not in_ray_job() else {}
+        ray.init(address=address, logging_level=logging.WARNING, runtime_env={"env_vars": env} if env else None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def check_address(address: str, timeout: float = 5.0) -> None:

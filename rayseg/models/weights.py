@@ -174,7 +174,7 @@ def load_weights(model: SegmentationModel, path: str | os.PathLike, strict_backb
     if problems and strict_backbone:
         raise WeightsError(
             f"weights file {path} ({weights['source']}) does not match the model "
-            f"({arch['backbone']}/{arch['head']}): {', '.join(problems)}"
+            f"({arch['backbone']}/{arch['head']}): {', '.join(problems)}{_arch_hint(file_arch, arch)}"
         )
     if problems:
         report.notices.append(f"not loaded: {', '.join(problems)}")
@@ -190,6 +190,18 @@ def load_weights(model: SegmentationModel, path: str | os.PathLike, strict_backb
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+
+
+def _arch_hint(file_arch: dict | None, arch: dict) -> str:
+    """How to make an export fit: the ``model.*`` keys it was built with that the model differs in."""
+    differing = {k: v for k, v in (file_arch or {}).items()
+                 if k in arch and k not in ("num_classes", "backbone", "head") and arch[k] != v}
+    if not differing:
+        return ""
+    keys = " ".join(f"model.{k}={v}" for k, v in differing.items())
+    return (f"; the file was built with {keys} (this model: "
+            f"{', '.join(f'{arch[k]}' for k in differing)}): set {'them' if len(differing) > 1 else 'it'}, or "
+            f"start from the export's backbone.pt for a fresh decoder")
 
 
 def _normalise(obj: Any, path: str) -> dict[str, Any]:

@@ -129,9 +129,16 @@ def _get_dotted(cfg: Config, key: str) -> Any:
     return node
 
 
+SHIPPED_SPACES = Path(__file__).resolve().parents[2] / "tune_spaces"
+
+
 def load_space(path: str | os.PathLike, base: Config) -> SearchSpace:
     """Read and validate the space file ``path`` against the base config ``base``."""
     where = str(path)
+    if not Path(path).is_file():
+        shipped = sorted(str(p.relative_to(SHIPPED_SPACES.parent)) for p in SHIPPED_SPACES.glob("*.yaml"))
+        listing = f"shipped: {', '.join(shipped)}" if shipped else "see tune_spaces/ in the rayseg repository"
+        raise ConfigError(f"search space not found: {where} ({listing})", "--space")
     data = read_yaml(path)
     unknown = sorted(set(data) - set(TOP_KEYS))
     if unknown:
