@@ -13,6 +13,7 @@ import importlib
 import re
 import sys
 from collections.abc import Callable
+
 from rayseg.config import ConfigError
 
 EXIT_CONFIG = 2
@@ -92,14 +93,20 @@ def run_guarded(fn: Callable[[], int]) -> int:
 
 class PlainText:
     """A text stream that drops ANSI colour codes: Ray colours the prefixes of the worker lines it forwards, which
-    leaves escape codes in job logs and files (``ray job logs``, ``> out.txt``)."""
+    leaves escape codes in job logs and files (``ray job logs``, ``> out.txt``). It also drops the one ERROR line
+    Ray Train 2.60 logs on every run that a user cannot act on (ray-project/ray#53727: its PreemptionWatcher actor
+    has constructor arguments in the object store)."""
 
     CODES = re.compile(r"\x1b\[[0-9;]*m")
+    UNACTIONABLE = re.compile(r"core_worker\.cc:\d+: Actor with class name: 'PreemptionWatcher' .* has constructor "
+                              r"arguments in the object store")
 
     def __init__(self, stream):
         self.stream = stream
 
     def write(self, text: str) -> int:
+        if self.UNACTIONABLE.search(text):
+            return len(text)
         return self.stream.write(self.CODES.sub("", text))
 
     def __getattr__(self, name: str):

@@ -138,7 +138,7 @@ def test_a_second_cluster_on_the_host_keeps_the_output_clean(ray_cluster, tmp_pa
     assert r.returncode == 0, r.stderr[-3000:]
     output = r.stdout + r.stderr
     assert "multiple active Ray instances" not in output and "Failed to query Ray Train Controller" not in output
-    assert "\x1b[" not in output
+    assert "\x1b[" not in output and "PreemptionWatcher" not in output
     assert "(RayTrainWorker pid=" in output or "[rayseg] epoch 2/2" in output
 
 
