@@ -43,11 +43,14 @@ def test_label_command_writes_shards_and_scores_them(ray_cluster, image_folder, 
     assert [re.sub(r"shard \d", "shard N", line.split(" images/s")[0].rsplit(",", 1)[0]) for line in progress] == [
         "[rayseg] shard N committed: 1/2 shards, 8/16 images", "[rayseg] shard N committed: 2/2 shards, 16/16 images"]
     (version_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    logged = (version_dir / "log.txt").read_text()  # the label folder keeps what the job printed
+    assert all(line in logged for line in progress) and "labelled 16 images, 0 errors" in logged
     summary = json.loads((version_dir / "summary.json").read_text())
     assert summary["total_rows"] == 16 and summary["shards"] == 2
     assert 0.0 <= summary["iou_ensemble"] <= 1.0
     again = run_cli(args)
     assert again.returncode == 0 and "shards 0 done, 2 skipped of 2" in again.stdout
+    assert (version_dir / "log.txt").read_text() == logged
 
     png = tmp_path / "grid.png"
     shown = run_cli(["show-labels", "--labels", str(version_dir), "--images", str(image_folder), "--out", str(png),

@@ -31,9 +31,9 @@ from rayseg.engine.inference import infer
 from rayseg.engine.metrics import ConfusionMatrix, confusion_matrix_png
 from rayseg.engine.optim import build_optimizer, build_scheduler, parameter_groups
 from rayseg.engine.progress import RankZeroLogger, StepMeter
-from rayseg.tables import format_duration
 from rayseg.engine.run_folder import RunFolder
 from rayseg.ignore import IGNORE_INDEX
+from rayseg.tables import format_duration
 
 if TYPE_CHECKING:  # the engine is handed its method; it imports no method module
     from rayseg.methods.base import Method

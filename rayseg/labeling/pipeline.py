@@ -57,13 +57,13 @@ import numpy as np
 import pyarrow as pa
 
 from rayseg import storage
-from rayseg.tables import format_duration
 from rayseg.config import ConfigError, ExplainerSection, LabelSection, output_location
 from rayseg.labeling import shards
 from rayseg.labeling.explainers import prepare_for_explanation
 from rayseg.labeling.members import Member, check_members, label_version, load_members, member_names
 from rayseg.labeling.stages import decode_and_resize, decode_parquet_rows, encode_and_score
 from rayseg.models.weights import WeightsError
+from rayseg.tables import format_duration
 
 __all__ = ["ExplainActor", "LabelingPlan", "actors_for_cluster", "check_cpu_budget", "decode_and_resize",
            "decode_parquet_rows", "encode_and_score", "list_images", "list_parquet_images", "plan_labeling",
@@ -264,16 +264,17 @@ def explainer_pool(num_actors: int):
     return ActorPoolStrategy(size=num_actors, max_concurrent_calls_per_actor=1, enable_true_multi_threading=True)
 
 
-def _run_pipeline(label: LabelSection, plan: LabelingPlan, num_actors: int, seed: int) -> tuple[list[dict], int]:
+def _run_pipeline(label: LabelSection, plan: LabelingPlan, num_actors: int, seed: int,
+                  log: list[str]) -> tuple[list[dict], int]:
     """Label the shards ``plan.todo`` in one Ray Data pipeline; commit each shard as soon as all its rows are in.
-    Returns (manifests of the newly committed shards, bytes written)."""
+    Returns (manifests of the newly committed shards, bytes written); the progress lines printed go to ``log``."""
     import ray
     from ray.data import DataContext
 
     from rayseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-    print(f"[rayseg] {num_actors} explainer actor(s) x {label.cpus_per_actor:g} CPUs"
-          + (f", {label.gpus_per_actor:g} GPUs" if label.gpus_per_actor > 0 else ""), flush=True)
+    _print(f"[rayseg] {num_actors} explainer actor(s) x {label.cpus_per_actor:g} CPUs"
+           + (f", {label.gpus_per_actor:g} GPUs" if label.gpus_per_actor > 0 else ""), log)
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = sys.stdout.isatty()
     explain_kwargs = {}
@@ -332,20 +333,33 @@ def _run_pipeline(label: LabelSection, plan: LabelingPlan, num_actors: int, seed
                                                plan.version, names, bool(label.true_masks), label.geometry)
                 written += manifest.pop("bytes")
                 committed.append(manifest)
-                _print_progress(committed, len(plan.todo), total, time.perf_counter() - start)
+                _print_progress(committed, len(plan.todo), total, time.perf_counter() - start, log)
     if pending:
         raise RuntimeError(f"labelling pipeline ended with incomplete shards {sorted(pending)} "
                            f"({sum(map(len, pending.values()))} rows); re-run to finish them")
     return committed, written
 
 
-def _print_progress(committed: list[dict], shards_todo: int, images_todo: int, seconds: float) -> None:
+def _print(line: str, log: list[str]) -> None:
+    print(line, flush=True)
+    log.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}")
+
+
+def _print_progress(committed: list[dict], shards_todo: int, images_todo: int, seconds: float,
+                    log: list[str]) -> None:
     """One line per committed shard, on a terminal or not (job logs): shards and images done, rate, ETA."""
     done = sum(m["rows"] + m["errors"] for m in committed)
     rate = done / seconds if seconds > 0 else 0.0
     eta = format_duration((images_todo - done) / rate) if rate > 0 else "?"
-    print(f"[rayseg] shard {committed[-1]['shard']} committed: {len(committed)}/{shards_todo} shards, "
-          f"{done}/{images_todo} images, {rate:.1f} images/s, ETA {eta}", flush=True)
+    _print(f"[rayseg] shard {committed[-1]['shard']} committed: {len(committed)}/{shards_todo} shards, "
+           f"{done}/{images_todo} images, {rate:.1f} images/s, ETA {eta}", log)
+
+
+def _append_log(version_dir: str, lines: list[str]) -> None:
+    """Add this run's lines to ``<version_dir>/log.txt`` (read and rewritten whole: object stores cannot append)."""
+    location = storage.join(version_dir, "log.txt")
+    before = storage.read_text(location) if storage.exists(location) else ""
+    storage.write_text(location, before + "".join(f"{line}\n" for line in lines))
 
 
 def actors_for_cluster(label: LabelSection, cluster: dict[str, float]) -> int:
@@ -384,7 +398,8 @@ def run_labeling(label: LabelSection, plan: LabelingPlan, num_actors: int, seed:
     explainer actors on the Ray cluster this process is connected to; returns the summary (also written to
     ``<version_dir>/summary.json``). Noise of SmoothGrad is seeded by ``seed`` (``run.seed``)."""
     start = time.perf_counter()
-    new, written = _run_pipeline(label, plan, num_actors, seed) if plan.todo else ([], 0)
+    log: list[str] = []
+    new, written = _run_pipeline(label, plan, num_actors, seed, log) if plan.todo else ([], 0)
     seconds = time.perf_counter() - start
 
     manifests = shards.committed_shards(plan.version_dir)
@@ -423,5 +438,7 @@ def run_labeling(label: LabelSection, plan: LabelingPlan, num_actors: int, seed:
     if label.true_masks:
         members = ", ".join(f"{n} {v:.3f}" for n, v in summary["iou_members"].items())
         line += f"; top-decile IoU ensemble {summary['iou_ensemble']:.3f} ({members})"
-    print(line, flush=True)
+    _print(line, log)
+    if plan.todo:  # a re-run with nothing to do leaves the finished folder as it was
+        _append_log(plan.version_dir, log)
     return summary
