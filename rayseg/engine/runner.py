@@ -86,7 +86,15 @@ def train(cfg: Config, command: str, method: type[Method], address: str | None =
     """Run (or resume) the training described by ``cfg`` with the objective ``method`` (the class the caller
     chose for ``cfg.method``); returns the run's summary.json contents, to which ``fit_seconds`` (wall time of
     this call's ``TorchTrainer.fit``) is added. ``callbacks``: Ray Train run callbacks (a Tune trial passes
-    ``TuneReportCallback``)."""
+    ``TuneReportCallback``). A finished run (its ``summary.json`` is written last) returns that summary at once,
+    without starting Ray; a Tune trial always goes through Ray Train, which reports its result to Tune."""
+    run_dir = cfg.run_dir(command)
+    summary_file = storage.join(run_dir, "summary.json")
+    if not callbacks and storage.exists(summary_file):
+        finished = json.loads(storage.read_text(summary_file))
+        if finished.get("epochs") == cfg.train.epochs:  # a fixed run.name with more epochs goes on training
+            print(f"[rayseg] {run_dir} is already complete ({cfg.train.epochs} epochs); nothing to do", flush=True)
+            return finished
     if cfg.train.num_workers > 0:
         ensure_ray(address)
     import ray.train
@@ -94,7 +102,6 @@ def train(cfg: Config, command: str, method: type[Method], address: str | None =
 
     from rayseg.engine.loop import train_loop_per_worker
 
-    run_dir = cfg.run_dir(command)
     save_config(cfg, storage.join(run_dir, "config.yaml"))
     t = cfg.train
     trainer = TorchTrainer(
@@ -113,7 +120,6 @@ def train(cfg: Config, command: str, method: type[Method], address: str | None =
     result = trainer.fit()
     if result.error is not None:
         raise result.error
-    summary_file = storage.join(run_dir, "summary.json")
     summary = json.loads(storage.read_text(summary_file))
     summary["fit_seconds"] = round(time.perf_counter() - start, 3)
     storage.write_text(summary_file, json.dumps(summary, indent=2))
