@@ -152,3 +152,18 @@ def test_credentials_in_a_uri_are_refused_without_being_shown(overrides, key, ma
     r = _rayseg(["pretrain", *overrides], tmp_path)
     assert r.returncode == 2 and "topsecret" not in r.stdout + r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("blocker", ["file", "read-only"])
+def test_an_output_that_cannot_be_written_is_one_line_before_ray(tmp_path, blocker):
+    if blocker == "file":
+        (tmp_path / "runs").write_text("a file where the run folder should go")
+    else:
+        (tmp_path / "runs").mkdir()
+        (tmp_path / "runs").chmod(0o500)
+        if os.access(tmp_path / "runs", os.W_OK):  # root ignores permissions
+            pytest.skip("this user can write into read-only folders")
+    r = _rayseg(["pretrain", "run.storage=runs", "train.num_workers=1"], tmp_path)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.startswith(f"error: run.storage: cannot write the run folder {tmp_path / 'runs'}")
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -95,6 +95,10 @@ def train(cfg: Config, command: str, method: type[Method], address: str | None =
         if finished.get("epochs") == cfg.train.epochs:  # a fixed run.name with more epochs goes on training
             print(f"[rayseg] {run_dir} is already complete ({cfg.train.epochs} epochs); nothing to do", flush=True)
             return finished
+    try:  # before Ray starts: an output that cannot be written (read-only, a file in the way, no space) is one line
+        save_config(cfg, storage.join(run_dir, "config.yaml"))
+    except OSError as e:
+        raise ConfigError(f"cannot write the run folder {run_dir} ({e.strerror or e})", "run.storage") from None
     if cfg.train.num_workers > 0:
         ensure_ray(address)
     import ray.train
@@ -102,7 +106,6 @@ def train(cfg: Config, command: str, method: type[Method], address: str | None =
 
     from rayseg.engine.loop import train_loop_per_worker
 
-    save_config(cfg, storage.join(run_dir, "config.yaml"))
     t = cfg.train
     trainer = TorchTrainer(
         train_loop_per_worker,
