@@ -14,10 +14,11 @@ import dataclasses
 import difflib
 import math
 import os
-import re
 from collections.abc import Callable
 from dataclasses import field
 from typing import Any
+
+from rayseg import storage
 
 
 class ConfigError(ValueError):
@@ -89,7 +90,6 @@ def check_field(f: dataclasses.Field, value: Any) -> None:
 
 
 PATH_KINDS = ("input", "output", "spec")
-URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
 
 
 BASE_DIR_ENV = "RAYSEG_BASE_DIR"
@@ -107,11 +107,11 @@ def _from_base(value: str) -> str:
     return os.path.abspath(os.path.join(os.environ.get(BASE_DIR_ENV) or os.getcwd(), os.path.expanduser(value)))
 
 
-def absolute_location(value: str, name: str) -> str:
+def absolute_location(value: str) -> str:
     """An input location as an absolute path; URIs and empty values unchanged. Each process that reads a config
     resolves relative paths against its own working directory, and Ray workers have their own: so every input is
     made absolute where the config is built, on the driver."""
-    if not value or URI.match(value):
+    if not value or storage.is_uri(value):
         return value
     return _from_base(value)
 
@@ -120,7 +120,7 @@ def output_location(value: str, name: str) -> str:
     """An output location as the command will write it: absolute, or a URI. Relative inside a Ray job without
     ``$RAYSEG_BASE_DIR`` it is refused: it would be written into the job's temporary package folder, deleted with
     the Ray session."""
-    if not value or URI.match(value):
+    if not value or storage.is_uri(value):
         return value
     if not os.path.isabs(os.path.expanduser(value)) and in_ray_job() and not os.environ.get(BASE_DIR_ENV):
         raise ConfigError(f"relative path {value!r} inside a Ray job would be written into the job's temporary "
@@ -130,12 +130,12 @@ def output_location(value: str, name: str) -> str:
     return _from_base(value)
 
 
-def _absolute_spec(item: str, name: str) -> str:
+def _absolute_spec(item: str) -> str:
     """``KIND:PATH`` with PATH absolute; ``synthetic:DOMAIN`` and items without a path unchanged."""
     kind, sep, arg = str(item).partition(":")
     if not sep or not arg or kind.strip() == "synthetic":
         return item
-    return f"{kind}:{absolute_location(arg.strip(), name)}"
+    return f"{kind}:{absolute_location(arg.strip())}"
 
 
 class Section:
@@ -149,9 +149,9 @@ class Section:
                 continue  # checked when it was created
             kind = f.metadata.get("path")
             if kind == "spec" and isinstance(value, list):
-                value = [_absolute_spec(item, f.name) for item in value]
+                value = [_absolute_spec(item) for item in value]
             elif kind == "input" and isinstance(value, str):
-                value = absolute_location(value, f.name)
+                value = absolute_location(value)
             if kind:
                 setattr(self, f.name, value)
             check_field(f, value)
