@@ -132,6 +132,36 @@ def test_resume_redoes_only_the_uncommitted_shard(labelled, tiny, tmp_path):
     assert pq.read_table(version_dir / "shard-00000.parquet").equals(before)  # committed shards untouched
 
 
+def test_resume_by_identity_after_another_shard_size_and_changed_images(labelled, tiny, tmp_path):
+    """Killed after its first shard, then re-run with shards of 5 on a folder that lost a labelled image and gained
+    3: exactly the ids no shard holds are labelled, once each, and the removed one is reported."""
+    root, weights = tiny
+    _, first = labelled
+    out = tmp_path / "labels"
+    shutil.copytree(root / "labels", out)
+    version_dir = out / first["label_version"]
+    for i in (1, 2):  # never committed
+        shards.manifest_path(version_dir, i).unlink()
+        (version_dir / f"shard-{i:05d}.parquet").unlink()
+    images = tmp_path / "images"
+    shutil.copytree(root / "images", images)
+    removed = sorted(all_ids(images))[0]  # in committed shard 0
+    (images / removed).unlink()
+    donor = sorted(all_ids(images))[-1]
+    added = [f"{Path(donor).parent}/zz-added-{k}.png" for k in range(3)]
+    for rel in added:
+        shutil.copy(images / donor, images / rel)
+
+    summary = label_images(dataclasses.replace(make_job(root, weights, out, images=images), shard_size=5))
+    assert summary["removed_images"] == 1
+    assert summary["new_images"] == 24 - 8 + 3 and summary["shards_done"] == 4 and summary["shards_skipped"] == 1
+    ids = shards.read_labels(version_dir).column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == 24 + 3  # nothing twice; the removed image keeps its label
+    assert set(ids) == all_ids(images) | {removed} and set(added) <= set(ids)
+    again = label_images(dataclasses.replace(make_job(root, weights, out, images=images), shard_size=3))
+    assert again["new_images"] == 0 and again["shards_done"] == 0
+
+
 def test_corrupt_files_become_error_rows(ray_cluster, tiny, tmp_path):
     root, weights = tiny
     images = tmp_path / "images"
@@ -347,15 +377,29 @@ def test_decode_parquet_rows_shard_lookup_drops_committed_and_reports_bad_bytes(
     batch = {"id": np.array(["b", "a", "d", "c", "e"], object),
              "image": np.array([good, good, None, b"junk", good], object), "label": np.array([1, 0, 2, 1, 0])}
     # plan: [a, b] [c, d] [e]; shard 0 already committed
-    out = pipeline_mod.decode_parquet_rows(batch, ["a", "c", "e"], [1, 2], 16, "square", (0.5,) * 3, (0.25,) * 3)
+    out = pipeline_mod.decode_parquet_rows(batch, ["c", "e"], [1, 2], [], 16, "square", (0.5,) * 3, (0.25,) * 3)
     assert list(out["id"]) == ["d", "c", "e"] and list(out["shard"]) == [1, 1, 2]
     assert list(out["class_index"]) == [2, 1, 0] and out["image"].shape == (3, 3, 16, 16)
     assert out["status"][0] == "d: no image bytes (null)" and out["content_hash"][0] == ""
     assert out["status"][1].startswith("c: cannot decode image")
     assert out["content_hash"][1] == hashlib.sha256(b"junk").hexdigest()
     assert out["status"][2] == "ok" and out["content_hash"][2] == hashlib.sha256(good).hexdigest()
-    empty = pipeline_mod.decode_parquet_rows(batch, ["a", "c", "e"], [], 16, "square", (0.5,) * 3, (0.25,) * 3)
+    empty = pipeline_mod.decode_parquet_rows(batch, [], [], [], 16, "square", (0.5,) * 3, (0.25,) * 3)
     assert len(empty["id"]) == 0 and empty["image"].shape == (0, 3, 16, 16)
+    # resumed with other shards: committed "d" sorts inside the new shard 4 [c, e] and is skipped by name
+    out = pipeline_mod.decode_parquet_rows(batch, ["c"], [4], ["d"], 16, "square", (0.5,) * 3, (0.25,) * 3)
+    assert list(out["id"]) == ["c", "e"] and list(out["shard"]) == [4, 4]
+
+
+def test_plan_by_identity_never_plans_an_id_twice_or_leaves_one_out():
+    committed = [{"shard": 0, "ids": ["a", "b", "c"]}, {"shard": 2, "ids": ["g", "h", "i"]}]  # shard 1 not committed
+    listed = ["a", "b", "c", "d", "e", "f", "g", "h", "j", "k"]  # i removed, j and k added
+    planned, todo, removed = pipeline_mod.plan_by_identity(listed, committed, shard_size=2)
+    assert todo == [3, 4, 5] and removed == ["i"]
+    assert [planned[i] for i in todo] == [["d", "e"], ["f", "j"], ["k"]]
+    new = [i for k in todo for i in planned[k]]
+    assert sorted(new + ["a", "b", "c", "g", "h"]) == sorted(listed) and len(set(new)) == len(new)
+    assert pipeline_mod.plan_by_identity(listed, committed + [{"shard": 3, "ids": new}], 2)[1] == []
 
 
 def test_list_parquet_images_and_config_checks(tiny, tmp_path):

@@ -74,7 +74,8 @@ __all__ = ["ExplainActor", "LabelingPlan", "actors_for_cluster", "check_cpu_budg
 class LabelingPlan:
     """What the driver resolves from the ``label`` section before Ray starts (:func:`plan_labeling`): the image
     ids and their classes, the class count (``label.num_classes``, or the number of class folders), the checked
-    members, the label version and its folder, the shard plan and the shards not yet committed."""
+    members, the label version and its folder, the shards (index -> ids: the committed ones as their manifests
+    record them, then the new ones), the shards not yet committed and the committed ids no longer listed."""
 
     ids: list[str]
     class_of: dict[str, int]
@@ -82,8 +83,9 @@ class LabelingPlan:
     members: list[Member]
     version: str
     version_dir: str
-    shards: list[list[str]]
+    shards: dict[int, list[str]]
     todo: list[int]
+    removed: list[str]
 
 
 # --------------------------------------------------------------------------------------------------- planning
@@ -185,10 +187,21 @@ def plan_labeling(label: LabelSection) -> LabelingPlan:
         raise ConfigError(f"cannot create {storage.join(output, version)} ({e.strerror or e})",
                           "label.output") from None
     shards.clean_tmp(version_dir)
-    plan = plan_shards(ids, label.shard_size)
-    done = {m["shard"] for m in shards.committed_shards(version_dir)}
-    return LabelingPlan(ids, class_of, num_classes, members, version, version_dir, plan,
-                        [i for i in range(len(plan)) if i not in done])
+    planned, todo, removed = plan_by_identity(ids, shards.committed_shards(version_dir), label.shard_size)
+    return LabelingPlan(ids, class_of, num_classes, members, version, version_dir, planned, todo, removed)
+
+
+def plan_by_identity(ids: list[str], committed: list[dict], shard_size: int
+                     ) -> tuple[dict[int, list[str]], list[int], list[str]]:
+    """Resume by identity, not by shard index: the ids no committed manifest holds go into new shards numbered
+    after the last committed one, whatever changed since (shard size, images added or removed). Returns
+    (index -> ids of every shard, the new indices, committed ids no longer listed). No id is planned twice."""
+    planned = {int(m["shard"]): [str(i) for i in m["ids"]] for m in committed}
+    done = {i for chunk in planned.values() for i in chunk}
+    first = max(planned, default=-1) + 1
+    new = plan_shards(sorted(set(ids) - done), shard_size)
+    planned.update({first + k: chunk for k, chunk in enumerate(new)})
+    return planned, [first + k for k in range(len(new))], sorted(done - set(ids))
 
 
 def _version_dir(output: str, version: str) -> str:
@@ -289,7 +302,7 @@ def _run_pipeline(label: LabelSection, plan: LabelingPlan, num_actors: int, seed
     if label.images_parquet:
         ds = ray.data.read_parquet(str(label.images_parquet)).select_columns(list(PARQUET_COLUMNS))
         ds = ds.map_batches(decode_parquet_rows, batch_size=label.batch_size, batch_format="numpy", **cpu_args,
-                            fn_kwargs={"shard_starts": [chunk[0] for chunk in plan.shards], "todo": list(plan.todo),
+                            fn_kwargs={**_parquet_lookup(plan),
                                        **norm})
     else:
         items = [{"id": rel, "shard": i, "class_index": plan.class_of[rel]} for i in plan.todo
@@ -338,6 +351,17 @@ def _run_pipeline(label: LabelSection, plan: LabelingPlan, num_actors: int, seed
         raise RuntimeError(f"labelling pipeline ended with incomplete shards {sorted(pending)} "
                            f"({sum(map(len, pending.values()))} rows); re-run to finish them")
     return committed, written
+
+
+def _parquet_lookup(plan: LabelingPlan) -> dict:
+    """What :func:`decode_parquet_rows` needs to find the new shard of a table row: the first id and index of each
+    new shard (sorted ids), and the committed ids that sort inside their range (resumed with other shard sizes or
+    added images); committed ids before the first new one need no list."""
+    starts = [plan.shards[i][0] for i in plan.todo]
+    todo_ids = {i for k in plan.todo for i in plan.shards[k]}
+    skip = sorted(i for k, chunk in plan.shards.items() if k not in plan.todo for i in chunk
+                  if starts and i >= starts[0] and i not in todo_ids)
+    return {"shard_starts": starts, "shard_indices": list(plan.todo), "skip_ids": skip}
 
 
 def _print(line: str, log: list[str]) -> None:
@@ -399,6 +423,9 @@ def run_labeling(label: LabelSection, plan: LabelingPlan, num_actors: int, seed:
     ``<version_dir>/summary.json``). Noise of SmoothGrad is seeded by ``seed`` (``run.seed``)."""
     start = time.perf_counter()
     log: list[str] = []
+    if plan.removed:
+        _print(f"[rayseg] {len(plan.removed)} labelled image(s) are no longer in the input (first: "
+               f"{plan.removed[0]}); their labels stay in their shards", log)
     new, written = _run_pipeline(label, plan, num_actors, seed, log) if plan.todo else ([], 0)
     seconds = time.perf_counter() - start
 
@@ -416,6 +443,7 @@ def run_labeling(label: LabelSection, plan: LabelingPlan, num_actors: int, seed:
         "shards": len(plan.shards),
         "shards_done": len(new),
         "shards_skipped": len(plan.shards) - len(plan.todo),
+        "removed_images": len(plan.removed),
         "seconds": round(seconds, 3),
         "images_per_s": round(new_images / seconds, 3) if new_images and seconds > 0 else 0.0,
         "output_bytes": written,

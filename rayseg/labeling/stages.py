@@ -36,22 +36,22 @@ def decode_and_resize(batch: dict, images_root: str, input_size: int, geometry: 
     return _decode_rows(batch["id"], batch["shard"], batch["class_index"], contents, input_size, geometry, mean, std)
 
 
-def decode_parquet_rows(batch: dict, shard_starts: list[str], todo: list[int], input_size: int, geometry: str,
-                        mean: tuple, std: tuple) -> dict:
+def decode_parquet_rows(batch: dict, shard_starts: list[str], shard_indices: list[int], skip_ids: list[str],
+                        input_size: int, geometry: str, mean: tuple, std: tuple) -> dict:
     """CPU stage for Parquet input: ``batch`` has the table's ``id``, ``image`` (bytes) and ``label`` columns.
-    Each row's shard is found by bisecting ``shard_starts`` (the first id of every planned shard, sorted);
-    rows of shards not in ``todo`` (already committed) are dropped. Then as :func:`decode_and_resize`: sha256
-    of the bytes, decode, resize, normalise; null or undecodable bytes become a row with ``status`` = the
-    reason."""
-    todo_set = set(int(t) for t in todo)
+    Each row's new shard is found by bisecting ``shard_starts`` (the first id of each shard to label, sorted;
+    its index in ``shard_indices``); rows before the first one or in ``skip_ids`` are committed already and
+    dropped. Then as :func:`decode_and_resize`: sha256 of the bytes, decode, resize, normalise; null or
+    undecodable bytes become a row with ``status`` = the reason."""
+    skip = set(skip_ids)
     ids, shard, labels, contents = [], [], [], []
     for rel, data, label in zip(batch["id"], batch["image"], batch["label"]):
         rel = str(rel)
-        index = bisect.bisect_right(shard_starts, rel) - 1
-        if index not in todo_set:
+        k = bisect.bisect_right(shard_starts, rel) - 1
+        if k < 0 or rel in skip:
             continue
         ids.append(rel)
-        shard.append(index)
+        shard.append(int(shard_indices[k]))
         labels.append(int(label))
         contents.append(f"{rel}: no image bytes (null)" if data is None else bytes(data))
     return _decode_rows(ids, shard, labels, contents, input_size, geometry, mean, std)
