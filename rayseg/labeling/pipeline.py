@@ -358,9 +358,8 @@ def _parquet_lookup(plan: LabelingPlan) -> dict:
     new shard (sorted ids), and the committed ids that sort inside their range (resumed with other shard sizes or
     added images); committed ids before the first new one need no list."""
     starts = [plan.shards[i][0] for i in plan.todo]
-    todo_ids = {i for k in plan.todo for i in plan.shards[k]}
     skip = sorted(i for k, chunk in plan.shards.items() if k not in plan.todo for i in chunk
-                  if starts and i >= starts[0] and i not in todo_ids)
+                  if starts and i >= starts[0])  # committed and new ids are disjoint (plan_by_identity)
     return {"shard_starts": starts, "shard_indices": list(plan.todo), "skip_ids": skip}
 
 
