@@ -64,13 +64,23 @@ def root_cause(error: BaseException) -> str:
         if not isinstance(nxt, BaseException):
             break
         error = nxt
+    if isinstance(error, OSError) and error.filename:
+        return describe_os_error(error)
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[-1] if text else ''}".strip()
 
 
+def describe_os_error(error: OSError) -> str:
+    """``<path>: <reason>`` for an error of the operating system (no space, read-only, permission, a file where
+    a folder should be); the message as it is otherwise (rayseg's own, or pyarrow's for object stores)."""
+    if error.filename and error.strerror:
+        return f"{error.filename}: {error.strerror}"
+    return str(error)
+
+
 def run_guarded(fn: Callable[[], int]) -> int:
     """Run ``fn``; expected failures become one ``error:`` line and an exit code."""
-    from rayseg.data.errors import BadSampleError
+    from rayseg.data.errors import BadSampleError, CorruptShardError
     from rayseg.models.weights import WeightsError
 
     try:
@@ -78,8 +88,11 @@ def run_guarded(fn: Callable[[], int]) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    except (BadSampleError, WeightsError, FileNotFoundError) as e:
+    except (BadSampleError, CorruptShardError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as e:  # a file not found, no space left, read-only, permission: one line naming the path
+        print(f"error: {describe_os_error(e)}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("error: interrupted; re-run the same command to resume", file=sys.stderr)

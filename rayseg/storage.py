@@ -128,8 +128,12 @@ def write_bytes(location: str | os.PathLike, data: bytes) -> int:
         path = Path(location)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except OSError:  # no space, read-only, ...: leave no partial temporary file behind
+            tmp.unlink(missing_ok=True)
+            raise
         return len(data)
     fs, path = resolve(location)
     try:

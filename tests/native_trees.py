@@ -7,8 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 
 from rayseg.data.folders import voc_palette
@@ -142,11 +140,7 @@ def write_labels(version_dir: Path, images_root: Path, decile_size: tuple[int, i
     png = shards.encode_deciles(gradient_deciles(*decile_size))
     for index, start in enumerate(range(0, len(items), per_shard)):
         chunk = items[start:start + per_shard]
-        rows = [{"id": image_id, "content_hash": "0" * 64, "class_index": cls, "height": decile_size[0],
-                 "width": decile_size[1], "deciles_png": png, "label_version": "v-test"} for image_id, cls in chunk]
-        name = f"{shards.shard_name(index)}.parquet"
-        version_dir.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist(rows, schema=shards.SCHEMA), version_dir / name)
-        shards.write_manifest(version_dir, index, {"labels_file": name, "rows": len(rows),
-                                                   "ids": [image_id for image_id, _ in chunk]})
+        rows = [{"id": image_id, "status": "ok", "content_hash": "0" * 64, "class_index": cls,
+                 "height": decile_size[0], "width": decile_size[1], "deciles_png": png} for image_id, cls in chunk]
+        shards.commit_shard(str(version_dir), index, [image_id for image_id, _ in chunk], rows, "v-test", [], False)
     return items

@@ -27,14 +27,10 @@ def write_labels(version_dir: Path, images_root: Path, shard_size: int = 4) -> l
     png = shards.encode_deciles(np.tile((np.arange(SIZE) * 10 // SIZE).astype(np.uint8), (SIZE, 1)))
     for index in range(0, len(ids), shard_size):
         chunk = ids[index:index + shard_size]
-        rows = [{"id": i, "content_hash": hashlib.sha256((images_root / i).read_bytes()).hexdigest(),
+        rows = [{"id": i, "status": "ok", "content_hash": hashlib.sha256((images_root / i).read_bytes()).hexdigest(),
                  "class_index": classes.index(i.split("/")[0]), "height": SIZE, "width": SIZE,
-                 "deciles_png": png, "label_version": "v"} for i in chunk]
-        name = f"{shards.shard_name(index // shard_size)}.parquet"
-        version_dir.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist(rows, schema=shards.SCHEMA), version_dir / name)
-        shards.write_manifest(version_dir, index // shard_size, {"labels_file": name, "rows": len(rows),
-                                                                 "errors": 0, "ids": chunk})
+                 "deciles_png": png} for i in chunk]
+        shards.commit_shard(str(version_dir), index // shard_size, chunk, rows, "v", [], False)
     return ids
 
 

@@ -12,6 +12,7 @@ import json
 from rayseg import storage
 from rayseg.commands.args import resolve
 from rayseg.config import Config, ConfigError
+from rayseg.data.errors import CorruptShardError
 from rayseg.methods import METHODS
 from rayseg.methods.base import Method
 from rayseg.models.weights import WeightsError
@@ -29,7 +30,8 @@ def preflight(cfg: Config) -> type[Method]:
     except (FileNotFoundError, WeightsError, ValueError) as e:
         if isinstance(e, ConfigError):
             raise
-        key = "model.init_weights" if isinstance(e, WeightsError) else ""
+        key = ("model.init_weights" if isinstance(e, WeightsError) else
+               "pssl.labels" if isinstance(e, CorruptShardError) else "")
         raise ConfigError(str(e).splitlines()[0], key) from None
     for module in method.modules():
         if getattr(module, "init_report", None) is not None:

@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from rayseg import storage
 from rayseg.config import Config
 from rayseg.data import build_segmentation_dataset, collate_skip_bad
-from rayseg.engine.checkpoint import LocalCheckpointStore, load_checkpoint, save_checkpoint
+from rayseg.engine.checkpoint import (LocalCheckpointStore, local_candidates, ray_candidates, restore_newest_intact,
+                                      save_checkpoint)
 from rayseg.engine.inference import infer
 from rayseg.engine.metrics import ConfusionMatrix, confusion_matrix_png
 from rayseg.engine.optim import build_optimizer, build_scheduler, parameter_groups
@@ -163,13 +164,11 @@ def _train(cfg: Config, method_cls: type[Method], run: RunFolder) -> None:
         store = LocalCheckpointStore(run.local, cfg.train.keep_checkpoints)
     start_epoch, global_step = 0, 0
     ray_checkpoint = ray.train.get_checkpoint()
-    if ray_checkpoint is not None:
-        with ray_checkpoint.as_directory() as d:
-            last_epoch, global_step = load_checkpoint(d, method, optimizer, scheduler)
-        start_epoch = last_epoch + 1
-    elif store is not None and store.latest() is not None:
-        last_epoch, global_step = load_checkpoint(store.latest(), method, optimizer, scheduler)
-        start_epoch = last_epoch + 1
+    candidates = (ray_candidates(ray_checkpoint) if ray_checkpoint is not None
+                  else local_candidates(store.newest_first()) if store is not None else [])
+    restored = restore_newest_intact(candidates, method, optimizer, scheduler, log.print)
+    if restored is not None:
+        start_epoch, global_step = restored[0] + 1, restored[1]
     if start_epoch >= cfg.train.epochs and run.has("summary.json"):
         log.print(f"[rayseg] {run.location} is already complete ({cfg.train.epochs} epochs); nothing to do",
                   to_log_file=False)  # a finished run's folder stays as it was

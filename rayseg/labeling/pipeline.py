@@ -86,6 +86,7 @@ class LabelingPlan:
     shards: dict[int, list[str]]
     todo: list[int]
     removed: list[str]
+    discarded: dict[str, str]
 
 
 # --------------------------------------------------------------------------------------------------- planning
@@ -187,8 +188,11 @@ def plan_labeling(label: LabelSection) -> LabelingPlan:
         raise ConfigError(f"cannot create {storage.join(output, version)} ({e.strerror or e})",
                           "label.output") from None
     shards.clean_tmp(version_dir)
-    planned, todo, removed = plan_by_identity(ids, shards.committed_shards(version_dir), label.shard_size)
-    return LabelingPlan(ids, class_of, num_classes, members, version, version_dir, planned, todo, removed)
+    intact, corrupt = shards.scan_shards(version_dir)
+    for name in corrupt:  # uncommitted now: their images are planned again below
+        shards.discard_shard(version_dir, name)
+    planned, todo, removed = plan_by_identity(ids, intact, label.shard_size)
+    return LabelingPlan(ids, class_of, num_classes, members, version, version_dir, planned, todo, removed, corrupt)
 
 
 def plan_by_identity(ids: list[str], committed: list[dict], shard_size: int
@@ -422,6 +426,8 @@ def run_labeling(label: LabelSection, plan: LabelingPlan, num_actors: int, seed:
     ``<version_dir>/summary.json``). Noise of SmoothGrad is seeded by ``seed`` (``run.seed``)."""
     start = time.perf_counter()
     log: list[str] = []
+    for reason in plan.discarded.values():
+        _print(f"[rayseg] corrupt shard removed, its images are labelled again: {reason}", log)
     if plan.removed:
         _print(f"[rayseg] {len(plan.removed)} labelled image(s) are no longer in the input (first: "
                f"{plan.removed[0]}); their labels stay in their shards", log)
@@ -443,6 +449,7 @@ def run_labeling(label: LabelSection, plan: LabelingPlan, num_actors: int, seed:
         "shards_done": len(new),
         "shards_skipped": len(plan.shards) - len(plan.todo),
         "removed_images": len(plan.removed),
+        "corrupt_shards_redone": len(plan.discarded),
         "seconds": round(seconds, 3),
         "images_per_s": round(new_images / seconds, 3) if new_images and seconds > 0 else 0.0,
         "output_bytes": written,

@@ -8,7 +8,12 @@ Layout under the labeling output root::
 
 :func:`commit_shard` writes a shard (its files, then the manifest); :func:`committed_shards`,
 :func:`read_labels` and :func:`read_errors` read them. A shard counts only once its manifest exists; the manifest
-names the shard's files and row counts, the ids it was planned with and the geometry they were explained with, so a re-run skips committed shards and a crash mid-run leaves no half shard visible.
+names the shard's files and row counts, the ids it was planned with and the geometry they were explained with, so a
+re-run skips committed shards and a crash mid-run leaves no half shard visible.
+
+Verified: the manifest records the size and sha256 of each of its files (``files``) and a sha256 of its own
+content (``sha256``). Readers check both and raise :class:`CorruptShardError` naming the file; a re-run
+(:func:`scan_shards`) finds every corrupt shard, and the labelling job removes it and labels its images again.
 ``label_version`` hashes everything that changes the labels (models, explainer settings, code version), so runs
 with different settings never mix.
 
@@ -21,6 +26,7 @@ tens of milliseconds; a label version holds thousands of shards).
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import io
 import json
 import os
@@ -34,6 +40,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from rayseg import storage
+from rayseg.data.errors import CorruptShardError
 
 SCHEMA = pa.schema([
     ("id", pa.string()),              # stable image id: path relative to the dataset root
@@ -94,40 +101,134 @@ def _read_all(read: Callable[[str], _T], locations: Iterable[str]) -> list[_T]:
         return list(pool.map(read, locations))
 
 
-def committed_shards(version_dir: str | os.PathLike) -> list[dict]:
-    """The manifests of committed shards, in shard order."""
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _manifest_digest(manifest: dict) -> str:
+    """sha256 of a manifest's content without its own ``sha256`` field (keys sorted, so any order checks)."""
+    content = {k: v for k, v in manifest.items() if k != "sha256"}
+    return _digest(json.dumps(content, sort_keys=True).encode("utf-8"))
+
+
+def _parse_manifest(location: str, text: str) -> dict:
+    """A manifest's JSON, checked against its ``sha256``; ``CorruptShardError`` naming it otherwise. Manifests of
+    rayseg versions that did not record checksums are taken as they are."""
+    try:
+        manifest = json.loads(text)
+    except ValueError as exc:
+        raise CorruptShardError(location, f"manifest is not valid JSON ({exc.args[0] if exc.args else exc})") from None
+    if not isinstance(manifest, dict) or not {"shard", "labels_file", "ids"} <= set(manifest):
+        raise CorruptShardError(location, "manifest lacks shard, labels_file or ids")
+    if "sha256" in manifest and manifest["sha256"] != _manifest_digest(manifest):
+        raise CorruptShardError(location, "manifest content does not match its sha256")
+    return manifest
+
+
+def _manifest_locations(version_dir: str | os.PathLike) -> list[str]:
     folder = storage.join(version_dir, MANIFEST_DIR)
-    names = [n for n in storage.list_dir(folder) if fnmatch.fnmatchcase(n, "shard-*.json")]
-    return _read_all(lambda location: json.loads(storage.read_text(location)),
-                     (storage.join(folder, n) for n in names))
+    return [storage.join(folder, n) for n in storage.list_dir(folder) if fnmatch.fnmatchcase(n, "shard-*.json")]
+
+
+def committed_shards(version_dir: str | os.PathLike) -> list[dict]:
+    """The manifests of committed shards, in shard order; ``CorruptShardError`` on the first that is corrupt."""
+    return _read_all(lambda location: _parse_manifest(location, storage.read_text(location)),
+                     _manifest_locations(version_dir))
+
+
+def _size_mismatch(size: int, record: dict) -> str:
+    return f"{size} bytes, its manifest records {record['bytes']} (truncated or overwritten)"
+
+
+def check_file(location: str, data: bytes, record: dict | None) -> bytes:
+    """``data`` (the bytes read from ``location``) if they match ``record`` (``{"bytes", "sha256"}``, None for
+    shards written without one); ``CorruptShardError`` naming the file otherwise."""
+    if record is not None:
+        if len(data) != record["bytes"]:
+            raise CorruptShardError(location, _size_mismatch(len(data), record))
+        if _digest(data) != record["sha256"]:
+            raise CorruptShardError(location, "content does not match the sha256 its manifest records")
+    return data
+
+
+def shard_files(manifest: dict) -> list[str]:
+    """The Parquet files of one committed shard (labels, and errors when there are any)."""
+    return [manifest["labels_file"]] + ([manifest["errors_file"]] if manifest.get("errors_file") else [])
+
+
+def scan_shards(version_dir: str | os.PathLike) -> tuple[list[dict], dict[str, str]]:
+    """Every manifest of ``version_dir``, verified with its files (sizes from one listing, then the sha256 of each
+    file). Returns (the intact shards' manifests in shard order, ``{shard name: "<bad file>: <reason>"}`` of the
+    corrupt ones)."""
+    sizes = storage.file_sizes(version_dir)
+
+    def scan(location: str) -> tuple[str, dict | None, str | None]:
+        name = storage.basename(location)[:-len(".json")]
+        try:
+            manifest = _parse_manifest(location, storage.read_text(location))
+            for file in shard_files(manifest):
+                file_location, record = storage.join(version_dir, file), manifest.get("files", {}).get(file)
+                if file not in sizes:
+                    raise CorruptShardError(file_location, "missing")
+                if record is not None and sizes[file] != record["bytes"]:  # cheap first: no read
+                    raise CorruptShardError(file_location, _size_mismatch(sizes[file], record))
+                if record is not None:
+                    check_file(file_location, storage.read_bytes(file_location), record)
+            return name, manifest, None
+        except CorruptShardError as exc:
+            return name, None, f"{exc.location}: {exc.reason}"
+
+    intact, corrupt = [], {}
+    for name, manifest, reason in _read_all(scan, _manifest_locations(version_dir)):
+        if manifest is None:
+            corrupt[name] = reason
+        else:
+            intact.append(manifest)
+    return intact, corrupt
+
+
+def discard_shard(version_dir: str | os.PathLike, name: str) -> None:
+    """Remove a (corrupt) shard: its manifest first, so it is uncommitted before its files go."""
+    storage.delete(storage.join(version_dir, MANIFEST_DIR, f"{name}.json"))
+    for file in (f"{name}.parquet", f"{name}.errors.parquet"):
+        storage.delete(storage.join(version_dir, file))
 
 
 def write_manifest(version_dir: str | os.PathLike, index: int, manifest: dict) -> None:
-    """Commit a shard: atomically write its manifest (after its Parquet files are complete)."""
+    """Commit a shard: atomically write its manifest (after its Parquet files are complete), with its sha256."""
+    manifest = {**manifest, "sha256": _manifest_digest(manifest)}
     storage.write_text(manifest_location(version_dir, index), json.dumps(manifest, indent=1))
 
 
-def _read_tables(version_dir: str | os.PathLike, names: list[str], schema: pa.Schema,
+def _read_tables(version_dir: str | os.PathLike, files: list[tuple[str, dict | None]], schema: pa.Schema,
                  columns: list[str] | None = None) -> pa.Table:
-    """The Parquet files ``names`` of ``version_dir`` as one table (an empty one with ``schema`` when none);
-    only ``columns`` are fetched."""
+    """The Parquet files ``files`` (name, size/sha256 record) of ``version_dir`` as one table (an empty one with
+    ``schema`` when none), each verified against its record first; only ``columns`` are decoded."""
     empty = schema.empty_table()
-    if not names:
+    if not files:
         return empty if columns is None else empty.select(columns)
 
-    def read(location: str) -> pa.Table:
-        fs, path = storage.resolve(location)
-        return pq.read_table(path, filesystem=fs, columns=columns, schema=schema)
+    def read(file: tuple[str, dict | None]) -> pa.Table:
+        location = storage.join(version_dir, file[0])
+        data = check_file(location, storage.read_bytes(location), file[1])
+        try:
+            return pq.read_table(pa.BufferReader(data), columns=columns, schema=schema)
+        except (pa.ArrowException, OSError) as exc:  # unverified (old) shards only: a verified file parses
+            raise CorruptShardError(location, f"not a readable Parquet file ({exc})") from None
 
-    return pa.concat_tables(_read_all(read, (storage.join(version_dir, n) for n in names)))
+    return pa.concat_tables(_read_all(read, files))
+
+
+def _files_of(manifests: list[dict], key: str) -> list[tuple[str, dict | None]]:
+    return [(m[key], m.get("files", {}).get(m[key])) for m in manifests if m.get(key)]
 
 
 def read_labels(version_dir: str | os.PathLike, columns: list[str] | None = None,
                 manifests: list[dict] | None = None) -> pa.Table:
     """All rows of the committed shards of one label version (an empty table with SCHEMA when none);
     ``manifests``: the committed shards' manifests when already read."""
-    names = [m["labels_file"] for m in (committed_shards(version_dir) if manifests is None else manifests)]
-    return _read_tables(version_dir, names, SCHEMA, columns)
+    manifests = committed_shards(version_dir) if manifests is None else manifests
+    return _read_tables(version_dir, _files_of(manifests, "labels_file"), SCHEMA, columns)
 
 
 def geometry_of(manifests: list[dict]) -> str:
@@ -141,18 +242,18 @@ def geometry_of(manifests: list[dict]) -> str:
 
 def read_errors(version_dir: str | os.PathLike) -> pa.Table:
     """The error rows (id, reason) of the committed shards of one label version."""
-    names = [m["errors_file"] for m in committed_shards(version_dir) if m.get("errors_file")]
-    return _read_tables(version_dir, names, ERRORS_SCHEMA)
+    return _read_tables(version_dir, _files_of(committed_shards(version_dir), "errors_file"), ERRORS_SCHEMA)
 
 
 # --------------------------------------------------------------------------------------------------- writer
 
 
-def _write_table(table: pa.Table, location: str) -> int:
-    """Write ``table`` as one Parquet file at ``location``, atomically; returns its size in bytes."""
+def _write_table(table: pa.Table, location: str) -> dict:
+    """Write ``table`` as one Parquet file at ``location``, atomically; returns its record (bytes, sha256)."""
     buffer = pa.BufferOutputStream()
     pq.write_table(table, buffer)
-    return storage.write_bytes(location, memoryview(buffer.getvalue()))
+    data = memoryview(buffer.getvalue())
+    return {"bytes": storage.write_bytes(location, data), "sha256": _digest(data)}
 
 
 def commit_shard(version_dir: str, index: int, planned: list[str], rows: list[dict], version: str,
@@ -172,22 +273,22 @@ def commit_shard(version_dir: str, index: int, planned: list[str], rows: list[di
         "deciles_png": [bytes(r["deciles_png"]) for r in good],
         "label_version": [version] * len(good),
     }, schema=SCHEMA)
-    written = _write_table(labels, storage.join(version_dir, f"{name}.parquet"))
+    files = {f"{name}.parquet": _write_table(labels, storage.join(version_dir, f"{name}.parquet"))}
     errors_file = None
     if bad:
         errors_file = f"{name}.errors.parquet"
         errors = pa.Table.from_pydict({"id": [r["id"] for r in bad], "reason": [r["status"] for r in bad],
                                        "label_version": [version] * len(bad)}, schema=ERRORS_SCHEMA)
-        written += _write_table(errors, storage.join(version_dir, errors_file))
+        files[errors_file] = _write_table(errors, storage.join(version_dir, errors_file))
     manifest = {"shard": index, "labels_file": f"{name}.parquet", "errors_file": errors_file, "rows": len(good),
-                "errors": len(bad), "ids": planned, "label_version": version, "geometry": geometry}
+                "errors": len(bad), "ids": planned, "label_version": version, "geometry": geometry, "files": files}
     if score:
         ious = np.asarray([r["iou"] for r in good], np.float64).reshape(-1, len(names) + 1)
         ious = ious[~np.isnan(ious).any(axis=1)]
         manifest["iou"] = {"count": int(len(ious)), "ensemble_sum": float(ious[:, 0].sum()),
                            "members_sum": {nm: float(ious[:, k + 1].sum()) for k, nm in enumerate(names)}}
     write_manifest(version_dir, index, manifest)
-    return {**manifest, "bytes": written}
+    return {**manifest, "bytes": sum(record["bytes"] for record in files.values())}
 
 
 def shard_bytes(version_dir: str) -> int:
