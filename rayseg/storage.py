@@ -131,9 +131,9 @@ def write_bytes(location: str | os.PathLike, data: bytes) -> int:
         try:
             tmp.write_bytes(data)
             os.replace(tmp, path)
-        except OSError:  # no space, read-only, ...: leave no partial temporary file behind
+        except OSError as exc:  # no space, read-only, ...: no partial temporary file left; the error names the file
             tmp.unlink(missing_ok=True)
-            raise
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
         return len(data)
     fs, path = resolve(location)
     try:
