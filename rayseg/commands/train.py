@@ -26,6 +26,11 @@ def preflight(cfg: Config) -> type[Method]:
         train_set = method_cls.train_dataset(cfg)
         if len(train_set) == 0:
             raise ConfigError(f"the training split '{cfg.data.train_split}' is empty", "data.train_split")
+        per_step = cfg.train.batch_size * max(1, cfg.train.num_workers)
+        if len(train_set) < per_step:
+            raise ConfigError(f"{cfg.train.batch_size} per worker x {max(1, cfg.train.num_workers)} worker(s) = "
+                              f"{per_step} images per step, but the training set has {len(train_set)}",
+                              "train.batch_size")
         method = method_cls.from_config(cfg, train_set)
     except (FileNotFoundError, WeightsError, ValueError) as e:
         if isinstance(e, ConfigError):

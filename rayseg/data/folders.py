@@ -234,6 +234,12 @@ class VOCSegmentationFolder(PairedSegmentation):
             raise FileNotFoundError(f"{split_file}: split file not found")
         self.split, self.file_ignore = split, file_ignore
         self.ids = split_file.read_text().split()
+        if not skip_bad:  # a list naming files that are not there fails now, not at the first epoch that reads them
+            missing = [i for i in self.ids if not (self.image_path(i).is_file() and self.mask_path(i).is_file())]
+            if missing:
+                raise FileNotFoundError(f"{split_file}: {len(missing)} listed id(s) have no image in JPEGImages or "
+                                        f"no mask (first: {missing[0]}); fix the list, or set data.skip_bad: true "
+                                        f"to skip and count them")
         self.label_map = dict(label_map) if label_map is not None else None
         names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)]
         super().__init__([(i, None, None) for i in self.ids], self._build_lut(num_classes, self.label_map), names,

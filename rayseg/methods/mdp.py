@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from rayseg import storage
-from rayseg.config import Config
+from rayseg.config import Config, ConfigError
 from rayseg.data.mixing import CrossDatasetMix
 from rayseg.data.multi import LabelSpace, MultiDataset, build_multi_dataset
 from rayseg.ignore import IGNORE_INDEX
@@ -283,6 +283,9 @@ class MDP(Method):
             names = list(getattr(train_set, "class_names", [f"class{i}" for i in range(train_set.num_classes)]))
             label_space = LabelSpace.build(["data"], [names])
         m = cfg.mdp
+        if m.csc and m.top_k > label_space.num_classes - 1:
+            raise ConfigError(f"{m.top_k} but the label space has {label_space.num_classes} classes, so a pixel has "
+                              f"at most {label_space.num_classes - 1} other prototypes", "mdp.top_k")
         model = build_model_from_config(cfg.model, num_classes=label_space.num_classes)
         mixer = None
         if m.region_mix_fraction > 0 or m.class_mix_fraction > 0:

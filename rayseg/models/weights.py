@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,9 @@ def read_weight_file(path: str | os.PathLike, data: bytes | None = None) -> Any:
         raise WeightsError(f"weights file not found: {path}")
     try:
         source = io.BytesIO(data) if data is not None else storage.readable(path)
-        return torch.load(source, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a plain pickle makes torch warn about its protocol before refusing it
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(source, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure to read is one line for the user
         raise WeightsError(f"cannot read weights file {path}: {_why_unreadable(err)}") from None
 
@@ -290,12 +293,16 @@ def _listing(count: int, what: str, keys: list[str]) -> str:
 
 def _why_unreadable(err: Exception) -> str:
     text = str(err)
-    refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    refused = (re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+               or re.search(r"unsupported GLOBAL ([\w.]+)", text))  # torch >= 2.10 words it so
     if refused:
         return (
             f"it holds a python object ({refused.group(1)}) that a safe load (weights_only=True) refuses; "
             "weight files may hold only tensors and plain python values"
         )
+    if "Unsupported operand" in text:
+        return ("not a torch weights file (torch.save): a safe load (weights_only=True) refuses its bytes and "
+                "runs nothing from it")
     unpickler = re.search(r"WeightsUnpickler error:\s*(.+)", text)
     lines = text.strip().splitlines()
     detail = unpickler.group(1) if unpickler else lines[0] if lines else "empty or truncated file"
