@@ -87,6 +87,7 @@ class LabelingPlan:
     todo: list[int]
     removed: list[str]
     discarded: dict[str, str]
+    stamps: dict[str, list[int]]
 
 
 # --------------------------------------------------------------------------------------------------- planning
@@ -188,11 +189,60 @@ def plan_labeling(label: LabelSection) -> LabelingPlan:
         raise ConfigError(f"cannot create {storage.join(output, version)} ({e.strerror or e})",
                           "label.output") from None
     shards.clean_tmp(version_dir)
-    intact, corrupt = shards.scan_shards(version_dir)
-    for name in corrupt:  # uncommitted now: their images are planned again below
+    intact, discarded = shards.scan_shards(version_dir)
+    stamps = image_stamps(label.images, ids) if label.images else {}
+    intact, changed = drop_changed_shards(version_dir, intact, label.images, stamps)
+    discarded.update(changed)
+    for name in discarded:  # uncommitted now: their images are planned again below
         shards.discard_shard(version_dir, name)
     planned, todo, removed = plan_by_identity(ids, intact, label.shard_size)
-    return LabelingPlan(ids, class_of, num_classes, members, version, version_dir, planned, todo, removed, corrupt)
+    return LabelingPlan(ids, class_of, num_classes, members, version, version_dir, planned, todo, removed, discarded,
+                        stamps)
+
+
+def image_stamps(root: str, ids: list[str]) -> dict[str, list[int]]:
+    """``[size, mtime_ns]`` of each image file (one ``stat`` each: cheap next to reading the files)."""
+    stamps = {}
+    for image_id in ids:
+        st = os.stat(os.path.join(root, image_id))
+        stamps[image_id] = [st.st_size, st.st_mtime_ns]
+    return stamps
+
+
+def drop_changed_shards(version_dir: str, manifests: list[dict], root: str, stamps: dict[str, list[int]]
+                        ) -> tuple[list[dict], dict[str, str]]:
+    """Split committed shards into those whose images are as they were labelled and those with a changed image
+    (``{shard name: reason}``). Quick check first: an image whose size and mtime match the manifest's stamp is
+    unchanged; one whose stamp differs is read and compared with the sha256 its row recorded, so a copied or
+    touched folder costs one read of the touched files and no relabelling (its new stamps are written back). An
+    image that could not be labelled has no recorded hash: a new stamp relabels it (a repaired file gets its
+    label). Shards without stamps (Parquet input) are kept."""
+    kept, changed = [], {}
+    for manifest in manifests:
+        recorded = dict(zip(manifest["ids"], manifest.get("stamps") or []))
+        moved = [i for i, stamp in recorded.items() if i in stamps and list(stamp) != stamps[i]]
+        if not moved:
+            kept.append(manifest)
+            continue
+        table = shards.read_labels(version_dir, columns=["id", "content_hash"], manifests=[manifest])
+        hashes = dict(zip(table.column("id").to_pylist(), table.column("content_hash").to_pylist()))
+        differ = [i for i in moved if hashes.get(i) != _sha256_file(os.path.join(root, i))]
+        if differ:
+            changed[shards.shard_name(int(manifest["shard"]))] = (
+                f"{len(differ)} image(s) changed since they were labelled (first: {os.path.join(root, differ[0])})")
+            continue
+        manifest = {**manifest, "stamps": [stamps.get(i, recorded[i]) for i in manifest["ids"]]}
+        shards.write_manifest(version_dir, int(manifest["shard"]), manifest)
+        kept.append(manifest)
+    return kept, changed
+
+
+def _sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def plan_by_identity(ids: list[str], committed: list[dict], shard_size: int
@@ -346,8 +396,9 @@ def _run_pipeline(label: LabelSection, plan: LabelingPlan, num_actors: int, seed
             index = int(row["shard"])
             pending[index].append(row)
             if len(pending[index]) == len(plan.shards[index]):
+                stamps = [plan.stamps[i] for i in plan.shards[index]] if plan.stamps else None
                 manifest = shards.commit_shard(plan.version_dir, index, plan.shards[index], pending.pop(index),
-                                               plan.version, names, bool(label.true_masks), label.geometry)
+                                               plan.version, names, bool(label.true_masks), label.geometry, stamps)
                 written += manifest.pop("bytes")
                 committed.append(manifest)
                 _print_progress(committed, len(plan.todo), total, time.perf_counter() - start, log)
@@ -427,7 +478,7 @@ def run_labeling(label: LabelSection, plan: LabelingPlan, num_actors: int, seed:
     start = time.perf_counter()
     log: list[str] = []
     for reason in plan.discarded.values():
-        _print(f"[rayseg] corrupt shard removed, its images are labelled again: {reason}", log)
+        _print(f"[rayseg] shard removed, its images are labelled again: {reason}", log)
     if plan.removed:
         _print(f"[rayseg] {len(plan.removed)} labelled image(s) are no longer in the input (first: "
                f"{plan.removed[0]}); their labels stay in their shards", log)
@@ -449,7 +500,7 @@ def run_labeling(label: LabelSection, plan: LabelingPlan, num_actors: int, seed:
         "shards_done": len(new),
         "shards_skipped": len(plan.shards) - len(plan.todo),
         "removed_images": len(plan.removed),
-        "corrupt_shards_redone": len(plan.discarded),
+        "shards_redone": len(plan.discarded),  # corrupt, or with a changed image
         "seconds": round(seconds, 3),
         "images_per_s": round(new_images / seconds, 3) if new_images and seconds > 0 else 0.0,
         "output_bytes": written,

@@ -257,9 +257,11 @@ def _write_table(table: pa.Table, location: str) -> dict:
 
 
 def commit_shard(version_dir: str, index: int, planned: list[str], rows: list[dict], version: str,
-                 names: list[str], score: bool, geometry: str = "square") -> dict:
+                 names: list[str], score: bool, geometry: str = "square",
+                 stamps: list[list[int]] | None = None) -> dict:
     """Write one shard's Parquet files, then its manifest (the commit) into ``version_dir`` (a location).
-    Returns the manifest (plus ``bytes`` written)."""
+    ``stamps``: ``[size, mtime_ns]`` of each planned image file, in ``planned`` order (ImageFolder input), so that
+    a re-run can tell which images changed. Returns the manifest (plus ``bytes`` written)."""
     rows = sorted(rows, key=lambda r: r["id"])
     good = [r for r in rows if r["status"] == "ok"]
     bad = [r for r in rows if r["status"] != "ok"]
@@ -282,6 +284,8 @@ def commit_shard(version_dir: str, index: int, planned: list[str], rows: list[di
         files[errors_file] = _write_table(errors, storage.join(version_dir, errors_file))
     manifest = {"shard": index, "labels_file": f"{name}.parquet", "errors_file": errors_file, "rows": len(good),
                 "errors": len(bad), "ids": planned, "label_version": version, "geometry": geometry, "files": files}
+    if stamps is not None:
+        manifest["stamps"] = stamps
     if score:
         ious = np.asarray([r["iou"] for r in good], np.float64).reshape(-1, len(names) + 1)
         ious = ious[~np.isnan(ious).any(axis=1)]
