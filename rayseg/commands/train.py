@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+from pathlib import Path
+
+import torch
 
 from rayseg import storage
 from rayseg.commands.args import resolve
@@ -41,7 +45,33 @@ def preflight(cfg: Config) -> type[Method]:
     for module in method.modules():
         if getattr(module, "init_report", None) is not None:
             print(f"[rayseg] {module.init_report.summary()}", flush=True)
+    check_free_space(cfg, method)
     return method_cls
+
+
+def check_free_space(cfg: Config, method: Method) -> None:
+    """A local ``run.storage`` without room for the run's checkpoints fails now, not after the first epoch. A
+    checkpoint holds the method's state, the optimizer's moments (1 per weight for SGD with momentum, 2 for
+    AdamW) and the exported weights (about the state again): ``(2 + moments) x state bytes``; Ray Train keeps
+    ``train.keep_checkpoints`` of them and writes the next before deleting the oldest. An object store is not
+    checked."""
+    if storage.is_uri(cfg.run.storage):
+        return
+    state = sum(t.numel() * t.element_size() for t in method.state_dict().values() if isinstance(t, torch.Tensor))
+    moments = 2 if cfg.optim.name == "adamw" else 1 if cfg.optim.momentum > 0 else 0
+    per_checkpoint = (2 + moments) * state
+    need = per_checkpoint * (cfg.train.keep_checkpoints + 1)
+    folder = Path(cfg.run.storage).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if folder.is_dir() and shutil.disk_usage(folder).free < need:
+        raise ConfigError(f"{folder} has {_mib(shutil.disk_usage(folder).free)} free, but this run's "
+                          f"{cfg.train.keep_checkpoints} + 1 checkpoints need about {_mib(need)} "
+                          f"({_mib(per_checkpoint)} each)", "run.storage")
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.0f} MiB"
 
 
 def train_command(cfg: Config, command: str, address: str | None = None) -> dict:
