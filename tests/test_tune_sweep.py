@@ -110,6 +110,12 @@ def test_two_trial_sweep_completes_with_results_and_best_config(ray_cluster, tmp
     assert (best.data.num_train, best.train.epochs, best.model.channels, best.run.name) == (16, 2, 16, "")
     assert_all_cpus_free()
 
+    import rayseg.engine.runner as runner  # a finished sweep re-run returns its summary without Ray
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runner, "ensure_ray", lambda *a, **k: pytest.fail("a finished sweep started Ray"))
+        again = run_sweep(cfg, space)
+    assert (again["best_params"], again["best_metric"]) == (out["best_params"], pytest.approx(out["best_metric"]))
+
 
 def test_asha_stops_the_bad_trial_and_frees_its_workers(ray_cluster, tmp_path):
     from rayseg.tune.space import load_space

@@ -172,10 +172,14 @@ class LocalCheckpointStore:
         self.root.mkdir(parents=True, exist_ok=True)
         target = self.root / f"epoch_{epoch:06d}"
         staging = Path(tempfile.mkdtemp(dir=self.root, prefix=".staging-"))
-        shutil.copytree(source, staging, dirs_exist_ok=True)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
+        try:
+            shutil.copytree(source, staging, dirs_exist_ok=True)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        except OSError:  # no space, ...: no half copy left behind
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         for old in sorted(p for p in self.root.glob("epoch_*"))[:-self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return target

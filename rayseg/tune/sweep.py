@@ -204,14 +204,20 @@ def run_sweep(cfg: Config, space: SearchSpace, address: str | None = None) -> di
     from rayseg.tune.reaper import start_reaper, stop_reaper
 
     root = output_location(cfg.run.storage, "run.storage")  # refused before Ray starts when it cannot be used
+    name = sweep_name(cfg, space)
+    sweep_dir = storage.join(root, name)
+    summary_file = storage.join(sweep_dir, "summary.json")  # written last, when every trial finished
+    if storage.exists(summary_file):
+        finished = json.loads(storage.read_text(summary_file))
+        print(f"[rayseg] sweep {sweep_dir} is already complete; nothing to do", flush=True)
+        print(format_table(finished["rows"]), flush=True)
+        return finished
     ensure_ray(address)
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     concurrency = max_concurrent_trials(cfg, ray.cluster_resources(), space)
-    name = sweep_name(cfg, space)
-    sweep_dir = storage.join(root, name)
     ray_storage = storage.ray_storage(sweep_dir)
     restore_args = {"path": ray_storage["storage_path"], "storage_filesystem": ray_storage.get("storage_filesystem")}
     reaper = start_reaper()  # removes the Train placement groups of trials Tune stops (see rayseg.tune.reaper)
@@ -257,7 +263,7 @@ def run_sweep(cfg: Config, space: SearchSpace, address: str | None = None) -> di
     scored = [r for r in rows if isinstance(r[space.metric], (int, float)) and math.isfinite(r[space.metric])]
     if not scored:
         print(f"[rayseg] no trial reported {space.metric}; see {sweep_dir}", flush=True)
-        return out
+        return _finish(out, results, summary_file)
     best = results.get_best_result(metric=space.metric, mode=space.mode, scope="last", filter_nan_and_inf=True)
     best_params = dict(best.config["params"])
     best_cfg = trial_config(cfg.to_dict(), best_params)
@@ -268,4 +274,12 @@ def run_sweep(cfg: Config, space: SearchSpace, address: str | None = None) -> di
     values = ", ".join(f"{k}={v}" for k, v in best_params.items())
     print(f"[rayseg] best {space.metric} {best.metrics[space.metric]:.4g} with {values} -> "
           f"{best_file}", flush=True)
+    return _finish(out, results, summary_file)
+
+
+def _finish(out: dict[str, Any], results, summary_file: str) -> dict[str, Any]:
+    """Write ``summary.json`` (the sweep's result; a re-run then returns it without Ray) unless a trial failed:
+    a re-run retries those."""
+    if not results.errors:
+        storage.write_text(summary_file, json.dumps(out, indent=1, default=str))
     return out
