@@ -55,6 +55,10 @@ def _label(fx, *overrides: str) -> list[str]:
             f"label.members=[resnet18:{fx['root'] / 'r18.pt'}]", *overrides]
 
 
+def _member(fx, arch: str, file: str) -> str:
+    return f"label.members=[{arch}:{fx['root'] / file}]"
+
+
 def _pretrain(fx, *overrides: str) -> list[str]:
     return ["pretrain", f"run.storage={fx['root'] / 'runs'}", "data.num_train=8", "data.image_size=32",
             "data.crop_size=32", "train.batch_size=4", *overrides]
@@ -73,15 +77,15 @@ def _pssl(fx, *overrides: str) -> list[str]:
 # (case, argv builder, the start of the one error line)
 CASES = [
     # label.members: five kinds of unfit weights file, and specs
-    ("member of another architecture", lambda fx: _label(fx, f"label.members=[mobilenet_v3_small:{fx['root'] / 'r18.pt'}]"),
+    ("member of another architecture", lambda fx: _label(fx, _member(fx, "mobilenet_v3_small", "r18.pt")),
      "error: label.members"),
-    ("member with another class count", lambda fx: _label(fx, f"label.members=[resnet18:{fx['root'] / 'r18_5.pt'}]"),
+    ("member with another class count", lambda fx: _label(fx, _member(fx, "resnet18", "r18_5.pt")),
      "error: label.members"),
-    ("member file pickles a shell call", lambda fx: _label(fx, f"label.members=[resnet18:{fx['root'] / 'exploit.pt'}]"),
-     f"error: label.members: cannot read weights file {{}}/exploit.pt: it holds a python object (posix.system) that a "
-     f"safe load (weights_only=True) refuses"),
-    ("member file is a plain malicious pickle",
-     lambda fx: _label(fx, f"label.members=[resnet18:{fx['root'] / 'exploit.pkl'}]"), "error: label.members"),
+    ("member file pickles a shell call", lambda fx: _label(fx, _member(fx, "resnet18", "exploit.pt")),
+     "error: label.members: cannot read weights file {}/exploit.pt: it holds a python object (posix.system) that a "
+     "safe load (weights_only=True) refuses"),
+    ("member file is a plain malicious pickle", lambda fx: _label(fx, _member(fx, "resnet18", "exploit.pkl")),
+     "error: label.members"),
     ("member file holds no tensors", lambda fx: _label(fx, f"label.members=[resnet18:{fx['root'] / 'no_tensors.pt'}]"),
      "error: label.members"),
     ("member file is text", lambda fx: _label(fx, f"label.members=[resnet18:{fx['root'] / 'text.pt'}]"),
@@ -113,7 +117,8 @@ CASES = [
     ("label.images missing", lambda fx: _label(fx, "label.images=/nonexistent"), "error: label.images"),
     ("label.images is a file", lambda fx: _label(fx, f"label.images={fx['root'] / 'a_file'}"),
      "error: label.images"),
-    ("label.images_parquet missing", lambda fx: _label(fx, "label.images=", "label.images_parquet=/nonexistent.parquet"),
+    ("label.images_parquet missing",
+     lambda fx: _label(fx, "label.images=", "label.images_parquet=/nonexistent.parquet"),
      "error: label.images_parquet"),
     ("label.images and images_parquet both", lambda fx: _label(fx, f"label.images_parquet={fx['root'] / 'a_file'}"),
      "error: label.images, label.images_parquet"),

@@ -94,7 +94,8 @@ def test_pssl_reader_and_show_labels_name_the_corrupt_file(version_dir, tmp_path
     with pytest.raises(CorruptShardError) as err:
         PSSLDataset(version_dir, images, num_classes=2)
     assert err.value.location == str(labels2)
-    assert main(["show-labels", "--labels", str(version_dir), "--images", str(images), "--out", str(tmp_path / "g.png")]) == 1
+    argv = ["show-labels", "--labels", str(version_dir), "--images", str(images), "--out", str(tmp_path / "g.png")]
+    assert main(argv) == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {labels2}: 100 bytes, its manifest records")
 
