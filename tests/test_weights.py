@@ -212,7 +212,8 @@ def test_unreadable_files_are_one_line_errors(tmp_path):
 
     (tmp_path / "text.pt").write_text("not a checkpoint")
     with pytest.raises(WeightsError, match=r"cannot read weights file .*text.pt: not a torch weights file "
-                       r"\(torch.save\): a safe load \(weights_only=True\) refuses its bytes and runs nothing from it$"):
+                       r"\(torch.save\): a safe load \(weights_only=True\) refuses its bytes and runs nothing "
+                       r"from it$"):
         read_weights(tmp_path / "text.pt")
     torch.save([torch.zeros(1)], tmp_path / "list.pt")
     with pytest.raises(WeightsError, match=r"weights file .*list.pt holds a list, not a dict of tensors"):
