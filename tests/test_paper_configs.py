@@ -28,7 +28,7 @@ from tests.native_trees import write_ade20k, write_cityscapes, write_coco_stuff,
 
 PAPER = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "paper"
 SHORT_RUN = ["train.num_workers=2", "train.use_gpu=false", "train.cpus_per_worker=1", "train.batch_size=2",
-             "train.epochs=1", "train.max_steps_per_epoch=2", "data.loader_workers=0"]
+             "train.epochs=1", "train.max_steps_per_epoch=1", "data.loader_workers=0"]
 TRAIN_SIZES = [(375, 500), (500, 333), (427, 640), (480, 360), (512, 512), (333, 500), (400, 600), (360, 480)]
 
 
@@ -67,11 +67,11 @@ def paper_config(name: str, tmp_path: Path, *overrides: str, short_run: bool = T
     return cfg
 
 
-def run_two_steps(cfg, command: str) -> tuple[dict, Path]:
+def run_one_step(cfg, command: str) -> tuple[dict, Path]:
     summary = train(cfg, command, METHODS[cfg.method])
     run_dir = Path(cfg.run.storage) / cfg.run.name
     written = json.loads((run_dir / "summary.json").read_text())
-    assert written["steps"] == summary["steps"] == 2  # per worker: 2 steps of 2 images on each of 2 workers
+    assert written["steps"] == summary["steps"] == 1  # one step of 2 images on each of 2 workers
     assert all(np.isfinite(v) for v in written["final_losses"].values())
     return written, run_dir
 
@@ -119,14 +119,14 @@ def test_pssl_paper_pipeline_label_pretrain_finetune_voc(ray_cluster, trees, wei
     pretrain = paper_config("pssl_pretrain_imagenet.yaml", tmp_path, f"pssl.labels={version_dir}",
                             f"pssl.images={trees['imagenet']}", f"model.init_weights={weights['resnet50']}")
     assert (pretrain.data.crop_size, pretrain.model.backbone, pretrain.pssl.num_classes) == (256, "resnet50", 1000)
-    _, pssl_run = run_two_steps(pretrain, "pretrain")
+    _, pssl_run = run_one_step(pretrain, "pretrain")
     exported = read_weights(pssl_run / "export" / "model.pt")
     assert exported["state_dict"]["classifier.weight"].shape[0] == 1001  # 1000 classes + background
 
     finetune = paper_config("finetune_voc.yaml", tmp_path, f"data.root={trees['voc']}",
                             f"model.init_weights={pssl_run / 'export' / 'model.pt'}")
     assert finetune.data.train_split == "train_aug" and finetune.data.crop_size == 480
-    _, run_dir = run_two_steps(finetune, "finetune")
+    _, run_dir = run_one_step(finetune, "finetune")
     check_evaluation(finetune, run_dir, 21)
 
 
@@ -138,7 +138,7 @@ def test_mdp_on_the_four_dataset_union(ray_cluster, trees, tmp_path):
              f"cityscapes:{trees['cityscapes']}"]
     cfg = paper_config("mdp_four_datasets.yaml", tmp_path, f"mdp.datasets=[{', '.join(specs)}]")
     assert cfg.data.crop_size == 512 and cfg.model.output_stride == 8
-    _, run_dir = run_two_steps(cfg, "pretrain")
+    _, run_dir = run_one_step(cfg, "pretrain")
     state = torch.load(run_dir / "export" / "backbone.pt", map_location="cpu", weights_only=True)
     assert state["state_dict"]["backbone.layer4.2.conv3.weight"].shape == (2048, 512, 1, 1)
     checkpoint = max(run_dir.glob("checkpoint_*/state.pt"))
@@ -153,7 +153,7 @@ def test_pixel_contrast_on_coco_images(ray_cluster, trees, tmp_path, name):
     cfg = paper_config(name, tmp_path, f"data.root={coco}", "train.sync_bn=false")
     section = cfg.pixcon if cfg.method == "pixcon" else cfg.densecl
     assert (cfg.views.crop_size, section.queue_size, section.proj_hidden_dim) == (224, 65536, 2048)
-    _, run_dir = run_two_steps(cfg, "pretrain")
+    _, run_dir = run_one_step(cfg, "pretrain")
     assert (run_dir / "export" / "backbone.pt").is_file()
 
 
@@ -167,7 +167,7 @@ def test_pixel_contrast_on_coco_images(ray_cluster, trees, tmp_path, name):
 ])
 def test_finetune_and_evaluate(ray_cluster, trees, weights, tmp_path, name, kind, num_classes):
     cfg = paper_config(name, tmp_path, f"data.root={trees[kind]}", f"model.init_weights={weights['resnet50']}")
-    _, run_dir = run_two_steps(cfg, "finetune")
+    _, run_dir = run_one_step(cfg, "finetune")
     metrics = check_evaluation(cfg, run_dir, num_classes)
     if cfg.eval.mode == "slide":  # Cityscapes: 769 windows, stride 513, over 770 x 1030 and 512 x 1024 frames
         assert (cfg.eval.crop, cfg.eval.stride) == (769, 513)
