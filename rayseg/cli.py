@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import re
 import sys
 from collections.abc import Callable
 
+from rayseg import __version__
 from rayseg.config import ConfigError
 
 EXIT_CONFIG = 2
@@ -40,6 +42,50 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+# Shown under each command's --help.
+EXAMPLES: dict[str, list[str]] = {
+    "pretrain": ["rayseg pretrain --config jobs/configs/pretrain_supervised.yaml train.epochs=3",
+                 "rayseg pretrain --method pixcon pixcon.variant=sr data.kind=images data.root=/data/coco/train2017",
+                 "rayseg pretrain --config jobs/configs/paper/mdp_four_datasets.yaml --address 10.0.0.1:6379"],
+    "finetune": ["rayseg finetune --config jobs/configs/finetune_synthetic.yaml model.init_weights=RUN/export/model.pt",
+                 "rayseg finetune --config jobs/configs/paper/finetune_voc.yaml data.root=/data/VOC2012 "
+                 "run.tags={start: pssl, head: linear}"],
+    "train-classifiers": ["rayseg train-classifiers classifier.archs=[resnet18,mobilenet_v3_small]",
+                          "rayseg train-classifiers classifier.images=/data/imagenet/train classifier.epochs=30"],
+    "label": ["rayseg label label.images=IMAGEFOLDER label.members=[resnet18:r18.pt,mobilenet_v3_small:mb.pt]",
+              "rayseg label --config jobs/configs/paper/pssl_label_imagenet.yaml label.images=/data/imagenet/train"],
+    "show-labels": ["rayseg show-labels --labels rayseg_labels/VERSION --images IMAGEFOLDER --out labels.png"],
+    "sweep": ["rayseg sweep --space tune_spaces/mdp_temperature_topk.yaml --config jobs/configs/pretrain_mdp.yaml"],
+    "report": ["rayseg report --storage rayseg_runs/demo/full",
+               "rayseg report --storage runs/finetunes --by start,head --title 'VOC fine-tunes'"],
+    "demo": ["rayseg demo --quick", "rayseg demo"],
+    "config": ["rayseg config --config jobs/configs/pretrain_mdp.yaml train.epochs=3",
+               "rayseg config --explain", "rayseg config --explain label"],
+}
+
+# Flags users bring from MMSegmentation / torchvision's references, and what rayseg does instead.
+FAMILIAR_FLAGS = {
+    "--work-dir": "run folders go to run.storage=DIR (and run.name=NAME)",
+    "--work_dir": "run folders go to run.storage=DIR (and run.name=NAME)",
+    "--resume": "re-run the same command: it resumes from its last checkpoint by itself",
+    "--resume-from": "re-run the same command: it resumes from its last checkpoint by itself",
+    "--cfg-options": "give overrides as key=value after the command, e.g. train.epochs=3",
+    "--load-from": "use model.init_weights=FILE",
+    "--seed": "use run.seed=N",
+    "--gpus": "use train.use_gpu=true train.num_workers=N (one GPU per worker)",
+    "--launcher": "rayseg runs on Ray: give --address HOST:PORT, or submit with `ray job submit`",
+}
+
+
+def familiar_flag(argv: list[str]) -> str | None:
+    """A one-line pointer for the first flag of another tool in ``argv`` (None if there is none)."""
+    for arg in argv:
+        flag = arg.split("=", 1)[0]
+        if flag in FAMILIAR_FLAGS:
+            return f"{flag} is not a rayseg flag; {FAMILIAR_FLAGS[flag]}"
+    return None
+
+
 def _command_function(spec: str) -> Callable:
     """``"label:run"`` -> :func:`rayseg.commands.label.run`."""
     module, _, name = spec.partition(":")
@@ -48,9 +94,12 @@ def _command_function(spec: str) -> Callable:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rayseg", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"rayseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, add_arguments, _) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text)
+        examples = "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES.get(name, []))
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=examples,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         _command_function(add_arguments)(p)
     return parser
 
@@ -78,30 +127,41 @@ def describe_os_error(error: OSError) -> str:
     return str(error)
 
 
+# rayseg's library errors whose message is already the one line to print: (module, class). They are matched
+# only if their module was imported (an error cannot come from a module that never ran), so that the CLI imports
+# no torch before the config is checked.
+ONE_LINE_ERRORS = (("rayseg.data.errors", "BadSampleError"), ("rayseg.labeling.shards", "CorruptShardError"),
+                   ("rayseg.models.weights", "WeightsError"))
+
+
+def _is_one_line_error(error: BaseException) -> bool:
+    classes = (getattr(sys.modules.get(module), name, None) for module, name in ONE_LINE_ERRORS)
+    return any(cls is not None and isinstance(error, cls) for cls in classes)
+
+
 def run_guarded(fn: Callable[[], int]) -> int:
     """Run ``fn``; expected failures become one ``error:`` line and an exit code."""
-    from rayseg.data.errors import BadSampleError, CorruptShardError
-    from rayseg.models.weights import WeightsError
-
     try:
         return fn()
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    except (BadSampleError, CorruptShardError, WeightsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_FAILED
-    except OSError as e:  # a file not found, no space left, read-only, permission: one line naming the path
-        print(f"error: {describe_os_error(e)}", file=sys.stderr)
+    except BrokenPipeError:  # `rayseg ... | head`: the reader is gone, nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("error: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
-    except Exception as e:  # noqa: BLE001 - Ray wraps worker exceptions; show the root cause in one line
-        if type(e).__module__.startswith("ray"):
+    except Exception as e:  # noqa: BLE001 - one line for every expected failure, Ray's wrapped ones included
+        if _is_one_line_error(e):
+            print(f"error: {e}", file=sys.stderr)
+        elif isinstance(e, OSError):  # a file not found, no space left, read-only, permission: the path and why
+            print(f"error: {describe_os_error(e)}", file=sys.stderr)
+        elif type(e).__module__.startswith("ray"):  # Ray wraps worker exceptions: their root cause
             print(f"error: training failed: {root_cause(e)}", file=sys.stderr)
-            return EXIT_FAILED
-        raise
+        else:
+            raise
+        return EXIT_FAILED
 
 
 class PlainText:
@@ -130,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     streams = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = (s if s.isatty() or isinstance(s, PlainText) else PlainText(s) for s in streams)
     try:
+        pointer = familiar_flag(sys.argv[1:] if argv is None else argv)
+        if pointer:
+            print(f"error: {pointer}", file=sys.stderr)
+            return EXIT_CONFIG
         args = build_parser().parse_args(argv)
         run = _command_function(SUBCOMMANDS[args.command][2])
         return run_guarded(lambda: run(args))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rayseg.cli import main
-from rayseg.data.errors import CorruptShardError
+from rayseg.labeling.shards import CorruptShardError
 from rayseg.data.pseudo_labels import PSSLDataset
 from rayseg.engine.checkpoint import (CHECKSUMS_FILE, STATE_FILE, LocalCheckpointStore, local_candidates,
                                       restore_newest_intact, write_checksums)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 
 from rayseg.config import Config, load_config
+from rayseg.config.sections import METHOD_NAMES
 
 
 def add_config_args(p: argparse.ArgumentParser, method: bool = False) -> None:
     if method:
-        p.add_argument("--method", help="shortcut for the override method=NAME")
+        p.add_argument("--method", choices=METHOD_NAMES, help="shortcut for the override method=NAME")
     p.add_argument("--config", help="YAML config file (defaults apply to missing keys)")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local cluster)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.epochs=3")

@@ -2,6 +2,8 @@
 
 Before Ray starts, :func:`preflight` builds the training set and the method (with its init weights) on the
 driver, so that a missing folder, a wrong split file or weights that do not fit the model fail as one line.
+torch and the methods are imported after the config is checked, so a config error comes back in well under a
+second.
 """
 
 from __future__ import annotations
@@ -10,21 +12,23 @@ import argparse
 import json
 import shutil
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from rayseg import storage
 from rayseg.commands.args import resolve
 from rayseg.config import Config, ConfigError
-from rayseg.data.errors import CorruptShardError
-from rayseg.methods import METHODS
-from rayseg.methods.base import Method
-from rayseg.models.weights import WeightsError
+
+if TYPE_CHECKING:
+    from rayseg.methods.base import Method
 
 
 def preflight(cfg: Config) -> type[Method]:
     """The method class of ``cfg.method``, after building its training set and model once on the driver (a
     missing input or unfit weights: one ConfigError line before Ray starts)."""
+    from rayseg.labeling.shards import CorruptShardError
+    from rayseg.methods import METHODS
+    from rayseg.models.weights import WeightsError
+
     method_cls = METHODS[cfg.method]
     try:
         train_set = method_cls.train_dataset(cfg)
@@ -55,6 +59,8 @@ def check_free_space(cfg: Config, method: Method) -> None:
     AdamW) and the exported weights (about the state again): ``(2 + moments) x state bytes``; Ray Train keeps
     ``train.keep_checkpoints`` of them and writes the next before deleting the oldest. An object store is not
     checked."""
+    import torch
+
     if storage.is_uri(cfg.run.storage):
         return
     state = sum(t.numel() * t.element_size() for t in method.state_dict().values() if isinstance(t, torch.Tensor))

@@ -19,13 +19,15 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Sequence
-
-import torch
+from typing import TYPE_CHECKING
 
 from rayseg.commands.args import resolve
 from rayseg.commands.train import preflight
 from rayseg.config import Config, config_from_dict
 from rayseg.tables import format_table
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["evaluate_accuracy", "format_members_table", "member_config", "run", "train_members"]
 
@@ -43,11 +45,11 @@ def member_config(cfg: Config, arch: str, command: str = "train-classifiers") ->
     return member
 
 
-@torch.no_grad()
 def evaluate_accuracy(model: torch.nn.Module, dataset, batch_size: int = 64) -> tuple[float, int, int]:
     """Top-1 accuracy of ``model`` (put in eval mode) on ``dataset`` items ``{"image", "label"}``.
 
     Returns ``(accuracy, images scored, bad samples skipped)``; accuracy is NaN when nothing could be scored."""
+    import torch
     from torch.utils.data import DataLoader
 
     from rayseg.data import collate_skip_bad
@@ -59,7 +61,8 @@ def evaluate_accuracy(model: torch.nn.Module, dataset, batch_size: int = 64) -> 
         skipped += len(batch.get("skipped", []))
         if "image" not in batch:
             continue
-        pred = model(batch["image"].to(device)).argmax(dim=1).cpu()
+        with torch.no_grad():
+            pred = model(batch["image"].to(device)).argmax(dim=1).cpu()
         correct += int((pred == batch["label"]).sum())
         total += int(batch["label"].numel())
     return (correct / total if total else math.nan), total, skipped

@@ -244,6 +244,25 @@ def explain(cls: type = Config, prefix: str = "") -> list[str]:
     return lines
 
 
+def explain_sections(section: str = "") -> list[str]:
+    """:func:`explain` grouped under one header per section (``[label] <its doc>``), keys without a section
+    (``method``) first; only ``section`` when given (``ConfigError`` naming the sections otherwise)."""
+    hints = typing.get_type_hints(Config)
+    sections = {f.name: hints[f.name] for f in dataclasses.fields(Config) if dataclasses.is_dataclass(hints[f.name])}
+    if section and section not in sections:
+        close = difflib.get_close_matches(section, sections, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"no section '{section}'{hint}; the sections are {', '.join(sections)}", "--explain")
+    lines = [] if section else [line for line in explain() if "." not in line.split(" ", 1)[0]]
+    for name, cls in sections.items():
+        if section and name != section:
+            continue
+        doc = (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        lines += ["", f"[{name}] {doc}" if doc and not doc.startswith(cls.__name__ + "(") else f"[{name}]"]
+        lines += [f"  {line}" for line in explain(cls, f"{name}.")]
+    return lines
+
+
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML (what the run actually used) to a path or URI, atomically."""
     storage.write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -23,11 +23,9 @@ from rayseg.labeling.geometry import GEOMETRIES
 FOLDER_KINDS = ("voc", "ade20k", "cityscapes", "coco_stuff")  # labelled datasets read from a root folder
 
 
-def method_names() -> tuple[str, ...]:
-    """The ``method`` choices: the keys of the method registry :data:`rayseg.methods.METHODS`."""
-    from rayseg.methods import METHODS  # torch: imported when a config is checked, not when this module is
-
-    return tuple(METHODS)
+# The ``method`` choices: the keys of :data:`rayseg.methods.METHODS`, spelled out so that checking a config
+# imports no torch (tests/test_config.py keeps the two equal).
+METHOD_NAMES = ("supervised", "pssl", "classifier", "mdp", "pixcon", "densecl")
 
 
 def _folder(key: str, value: str, required_when: str) -> None:
@@ -448,7 +446,7 @@ class SSASection(Section):
 
 @dataclass
 class Config(Section):
-    method: str = setting("supervised", "training objective (a key of rayseg.methods.METHODS)", choices=method_names)
+    method: str = setting("supervised", "training objective (a key of rayseg.methods.METHODS)", choices=METHOD_NAMES)
     run: RunSection = field(default_factory=RunSection)
     data: DataSection = field(default_factory=DataSection)
     model: ModelSection = field(default_factory=ModelSection)
@@ -500,4 +498,4 @@ class Config(Section):
 
 __all__ = ["ClassifierSection", "Config", "DataSection", "DenseCLSection", "EvalSection", "ExplainerSection",
            "LabelSection", "MDPSection", "ModelSection", "OptimSection", "PSSLSection", "PixConSection", "RunSection",
-           "SSASection", "TrainSection", "ViewsSection", "method_names"]
+           "SSASection", "TrainSection", "ViewsSection", "METHOD_NAMES"]

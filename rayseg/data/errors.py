@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["BadSampleError", "CorruptShardError"]
+__all__ = ["BadSampleError"]
 
 
 class BadSampleError(ValueError):
@@ -20,12 +20,3 @@ class BadSampleError(ValueError):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
-
-class CorruptShardError(ValueError):
-    """A committed label shard's manifest or file that does not match what was recorded (truncated, changed,
-    missing). The message starts with the file's location and says how to repair it."""
-
-    def __init__(self, location: str, reason: str):
-        self.location, self.reason = location, reason
-        super().__init__(f"{location}: {reason}; re-run `rayseg label` with the same config to label this shard's "
-                         f"images again")

@@ -40,7 +40,6 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from rayseg import storage
-from rayseg.data.errors import CorruptShardError
 
 SCHEMA = pa.schema([
     ("id", pa.string()),              # stable image id: path relative to the dataset root
@@ -55,6 +54,16 @@ SCHEMA = pa.schema([
 ERRORS_SCHEMA = pa.schema([("id", pa.string()), ("reason", pa.string()), ("label_version", pa.string())])
 
 MANIFEST_DIR = "_manifests"
+
+
+class CorruptShardError(ValueError):
+    """A committed label shard's manifest or file that does not match what was recorded (truncated, changed,
+    missing). The message starts with the file's location and says how to repair it."""
+
+    def __init__(self, location: str, reason: str):
+        self.location, self.reason = location, reason
+        super().__init__(f"{location}: {reason}; re-run `rayseg label` with the same config to label this shard's "
+                         f"images again")
 
 
 def shard_name(index: int) -> str:
