@@ -43,13 +43,6 @@ def test_method_lists_its_choices(capsys):
     assert code == 2 and all(name in choices for name in METHOD_NAMES)
 
 
-def test_method_names_are_the_methods():
-    from rayseg.config.sections import METHOD_NAMES
-    from rayseg.methods import METHODS
-
-    assert METHOD_NAMES == tuple(METHODS)
-
-
 def test_explain_one_section_with_its_header(capsys):
     code, out, _ = _run(["config", "--explain", "label"], capsys)
     lines = [line for line in out.splitlines() if line]

@@ -126,13 +126,14 @@ def test_library_construction_checks_the_same_rules():
         ExplainerSection(method="occlusion")
 
 
-def test_method_choices_are_the_registry(monkeypatch):
+def test_method_choices_are_the_registry():
+    """The choices are spelled out (checking a config imports no torch) and must stay the registry's keys."""
+    from rayseg.config.sections import METHOD_NAMES
     from rayseg.methods import METHODS
 
+    assert METHOD_NAMES == tuple(METHODS)
     with pytest.raises(ConfigError, match="method: 'mine' is not one of supervised"):
         load_config(None, ["method=mine"])
-    monkeypatch.setitem(METHODS, "mine", METHODS["supervised"])
-    assert load_config(None, ["method=mine"]).method == "mine"
 
 
 @pytest.mark.parametrize("args, message", [

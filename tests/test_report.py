@@ -71,3 +71,34 @@ def test_report_from_and_to_an_object_store(tmp_path, s3_uri):
     local = write_report(tmp_path / "runs", tmp_path / "out")
     assert out["table"] == local["table"]
     assert storage.read_bytes(out["png"])[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_run_tags_group_any_fine_tunes(tmp_path, capsys):
+    """Tags as training runs write them (Config.tags): pre-training runs are not rows, --by picks the grouping."""
+    from rayseg.config import load_config
+
+    runs = tmp_path / "runs"
+    pre = runs / "pretrain-pssl-1234"
+    (pre / "export").mkdir(parents=True)
+    (pre / "export" / "model.pt").write_bytes(b"")
+    (pre / "tags.json").write_text(json.dumps(load_config(None, []).tags("pretrain")))
+    values = {("a", "voc", 0): 0.40, ("a", "voc", 1): 0.44, ("b", "voc", 0): 0.30, ("a", "ade", 0): 0.20}
+    for (recipe, target, seed), miou in values.items():
+        cfg = load_config(None, [f"run.seed={seed}", f"run.tags={{recipe: {recipe}, target: {target}}}",
+                                 f"model.init_weights={pre / 'export' / 'model.pt'}"])
+        run = runs / f"ft-{recipe}-{target}-{seed}"
+        run.mkdir(parents=True)
+        (run / "tags.json").write_text(json.dumps(cfg.tags("finetune")))
+        (run / "metrics.json").write_text(json.dumps({"miou": miou}))
+    assert cfg.tags("finetune") == {"command": "finetune", "method": "supervised", "head": "linear",
+                                    "start": "pretrain-pssl-1234", "seed": 0, "recipe": "a", "target": "ade"}
+
+    assert main(["report", "--storage", str(runs), "--by", "recipe,target", "--title", "two recipes"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["recipe", "target=ade", "(mIoU", "%)", "target=voc", "(mIoU", "%)"]  # first seen
+    assert lines[2].split() == ["a", "20.00", "±", "0.00", "(n=1)", "42.00", "±", "2.83", "(n=2)"]
+    assert lines[3].split() == ["b", "-", "30.00", "±", "0.00", "(n=1)"]
+    with open(runs / "report.csv") as f:
+        assert [r["recipe"] for r in csv.DictReader(f)] == ["a", "a", "a", "b"]  # the pre-training is no row
+    assert main(["report", "--storage", str(runs), "--by", "recipe"]) == 2
+    assert capsys.readouterr().err.startswith("error: --by: give two tag names")

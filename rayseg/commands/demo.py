@@ -15,7 +15,7 @@ fine-tuning budget? Starts:
 
 Each start is fine-tuned on C with the plain 1x1 classifier and with the SSA head, for every seed of the
 budget (the fine-tune seed changes initialisation of the new layers, data order and augmentation; each start is
-pre-trained once). Every fine-tune run folder gets a ``tags.json`` and the closing report
+pre-trained once). Every fine-tune run folder gets a ``tags.json`` (``run.tags``) and the closing report
 (:mod:`rayseg.commands.report`) tabulates mean ± std over seeds and draws ``report.png``.
 
 All pre-training runs use the same model (resnet18 + FCN head, output stride 16, 64x64 images), the same
@@ -112,7 +112,8 @@ def pretrain_configs(storage: str, b: DemoBudget) -> dict[str, Config]:
 def finetune_config(storage: str, b: DemoBudget, start: str, head: str, seed: int, init: str = "") -> Config:
     return config_from_dict({
         "method": "supervised",
-        "run": {"storage": storage, "name": f"finetune-C-{start}-{head}-s{seed}", "seed": seed},
+        "run": {"storage": storage, "name": f"finetune-C-{start}-{head}-s{seed}", "seed": seed,
+                "tags": {"start": start}},  # head and seed are tags.json's defaults
         "data": {**DATA, "domain": "C", "num_train": b.target_images, "num_val": b.val_images},
         "model": {**MODEL, "init_weights": init, "classifier": head},
         "optim": {**SGD, "lr": 0.02},
@@ -206,7 +207,6 @@ def run_demo(storage: str = "rayseg_runs/demo", quick: bool = False, address: st
             for seed in budget.seeds:
                 cfg = finetune_config(storage, budget, start, head, seed, inits[start])
                 run_dir = Path(cfg.run_dir("finetune"))
-                write_text(run_dir / "tags.json", json.dumps({"start": start, "head": head, "seed": seed}))
                 print(f"\n[demo] fine-tune on domain C from {start}, {head} head, seed {seed}", flush=True)
                 _train(cfg, "finetune")
                 # 28 fine-tunes x ~175 MB: keep the export and metrics, not the resume checkpoint

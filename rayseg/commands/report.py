@@ -1,14 +1,17 @@
 """`rayseg report`: the transfer table and chart — fine-tune mIoU per pre-training start and head, over seeds.
 
-Input: fine-tune run folders under one storage root (a path or an object-store URI) that carry a ``tags.json`` beside their ``metrics.json``
-(``rayseg demo`` writes both)::
+Input: the run folders under one storage root (a path or an object-store URI). Every training run writes
+``tags.json`` (``run.tags`` over defaults, :meth:`rayseg.config.Config.tags`)::
 
-    {"start": "PSSL", "head": "linear" | "ssa", "seed": 0}
+    {"command": "finetune", "method": "supervised", "head": "linear", "start": "pretrain-pssl-1a2b3c4d", "seed": 0,
+     ...any run.tags}
 
-``start`` names the pre-training (``scratch`` for random initialisation). Runs without ``metrics.json`` (not
-finished) are listed as missing, not silently dropped. Output: a text table of mean ± sample standard deviation
-of the mIoU over seeds (and the number of seeds), ``report.csv`` with one row per run, and ``report.png``, a
-grouped bar chart (one group per start, one bar per head, error bars = standard deviation, dots = seeds).
+Fine-tunes (``command`` finetune, or no ``command``: older runs and hand-written tags) are grouped by the two tag
+keys of ``--by`` (default ``start,head``: rows and bars), with the seeds as replicates. Runs without
+``metrics.json`` (not finished) are listed as missing, not silently dropped. Output: a text table of mean ±
+sample standard deviation of the mIoU over seeds (and the number of seeds), ``report.csv`` with one row per run,
+and ``report.png``, a grouped bar chart (one group per row value, one bar per column value, error bars = standard
+deviation, dots = seeds, the mean written on each bar, the title given).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import os
 from dataclasses import dataclass
 
 from rayseg import storage
+from rayseg.config import ConfigError
 from rayseg.tables import format_table
 
 __all__ = ["ReportRow", "collect_runs", "render_chart", "summarise", "format_report", "write_report"]
@@ -33,14 +37,14 @@ HEAD_ORDER = ("linear", "ssa")
 class ReportRow:
     start: str
     head: str
-    seed: int
+    seed: str
     miou: float | None  # None: the run has no metrics.json yet
     run_dir: str
 
 
-def collect_runs(root: str | os.PathLike) -> list[ReportRow]:
-    """Every ``<root>/*/tags.json`` run, with its mIoU (None when ``metrics.json`` is missing). ``root`` is a
-    path or an object-store URI (:mod:`rayseg.storage`)."""
+def collect_runs(root: str | os.PathLike, by: tuple[str, str] = ("start", "head")) -> list[ReportRow]:
+    """Every fine-tune ``<root>/*/tags.json`` run, with its mIoU (None when ``metrics.json`` is missing) and the
+    values of its tags ``by`` (``-`` where a run lacks one). ``root`` is a path or an object-store URI."""
     root = storage.absolute(root)
     if not storage.is_dir(root):
         raise FileNotFoundError(f"{root}: folder not found")
@@ -51,12 +55,14 @@ def collect_runs(root: str | os.PathLike) -> list[ReportRow]:
         if not storage.is_file(tags_file):
             continue
         tags = json.loads(storage.read_text(tags_file))
-        missing = [k for k in ("start", "head", "seed") if k not in tags]
-        if missing:
-            raise ValueError(f"{tags_file}: missing {', '.join(missing)}")
+        if tags.get("command", "finetune") != "finetune":
+            continue
+        if "seed" not in tags:
+            raise ConfigError(f"{tags_file}: missing seed")
         metrics_file = storage.join(run_dir, "metrics.json")
         miou = json.loads(storage.read_text(metrics_file))["miou"] if storage.is_file(metrics_file) else None
-        rows.append(ReportRow(str(tags["start"]), str(tags["head"]), int(tags["seed"]), miou, run_dir))
+        row, column = (str(tags.get(key, "-")) for key in by)
+        rows.append(ReportRow(row, column, str(tags["seed"]), miou, run_dir))
     return rows
 
 
@@ -84,7 +90,7 @@ def summarise(rows: list[ReportRow], start_order: tuple[str, ...] = ()) -> list[
     return out
 
 
-def format_report(summary: list[dict]) -> str:
+def format_report(summary: list[dict], by: tuple[str, str] = ("start", "head")) -> str:
     heads = _ordered([s["head"] for s in summary], HEAD_ORDER)
     starts = _ordered([s["start"] for s in summary])
     rows = []
@@ -100,11 +106,17 @@ def format_report(summary: list[dict]) -> str:
                 text += f" +{s['missing']} missing"
             cells.append(text)
         rows.append(cells)
-    return format_table(["pre-training", *(f"{h} head (mIoU %)" for h in heads)], rows, "<" + ">" * len(heads))
+    if by == ("start", "head"):
+        header = ["pre-training", *(f"{h} head (mIoU %)" for h in heads)]
+    else:
+        header = [by[0], *(f"{by[1]}={h} (mIoU %)" for h in heads)]
+    return format_table(header, rows, "<" + ">" * len(heads))
 
 
-def render_chart(summary: list[dict], path: str | os.PathLike, title: str = "") -> str:
-    """Grouped bar chart of mean mIoU (%) per start and head, with std error bars and one dot per seed."""
+def render_chart(summary: list[dict], path: str | os.PathLike, title: str = "",
+                 by: tuple[str, str] = ("start", "head")) -> str:
+    """Grouped bar chart of mean mIoU (%) per row value and column value (``by``), with std error bars, one dot
+    per seed and the mean written on each bar."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,7 +137,9 @@ def render_chart(summary: list[dict], path: str | os.PathLike, title: str = "") 
             means.append(100 * s["mean"])
             stds.append(100 * s["std"])
             ax.scatter([x] * len(s["values"]), [100 * v for v in s["values"]], s=10, color="black", zorder=3)
-        ax.bar(xs, means, width * 0.9, yerr=stds, capsize=3, label=f"{head} head")
+        bars = ax.bar(xs, means, width * 0.9, yerr=stds, capsize=3,
+                      label=f"{head} head" if by == ("start", "head") else f"{by[1]}={head}")
+        ax.bar_label(bars, labels=[f"{m:.1f}" for m in means], padding=2, fontsize=8)
     ax.set_xticks(range(len(starts)), starts, rotation=20, ha="right")
     ax.set_ylabel("fine-tune mIoU (%)")
     ax.set_title(title or "transfer to the target set")
@@ -139,33 +153,39 @@ def render_chart(summary: list[dict], path: str | os.PathLike, title: str = "") 
 
 
 def write_report(root: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-                 start_order: tuple[str, ...] = (), title: str = "") -> dict:
+                 start_order: tuple[str, ...] = (), title: str = "", by: tuple[str, str] = ("start", "head")) -> dict:
     """Collect, summarise and write ``report.csv`` + ``report.png`` (to ``out_dir``, default ``root``; paths or
     URIs); returns ``{"table", "summary", "csv", "png"}``. ``FileNotFoundError`` when no tagged runs exist."""
-    rows = collect_runs(root)
+    rows = collect_runs(root, by)
     if not rows:
-        raise FileNotFoundError(f"{root}: no fine-tune runs with tags.json (run `rayseg demo` first)")
+        raise FileNotFoundError(f"{root}: no fine-tune runs with tags.json (fine-tune with rayseg, or run "
+                                f"`rayseg demo`)")
     out_dir = storage.absolute(out_dir or root)
     summary = summarise(rows, start_order)
     table = io.StringIO(newline="")
     writer = csv.writer(table)
-    writer.writerow(["start", "head", "seed", "miou", "run_dir"])
+    writer.writerow([*by, "seed", "miou", "run_dir"])
     for r in rows:
         writer.writerow([r.start, r.head, r.seed, "" if r.miou is None else f"{r.miou:.6f}", r.run_dir])
     csv_file = storage.join(out_dir, "report.csv")
     storage.write_text(csv_file, table.getvalue())
-    png = render_chart(summary, storage.join(out_dir, "report.png"), title)
-    return {"table": format_report(summary), "summary": summary, "csv": csv_file, "png": png}
+    png = render_chart(summary, storage.join(out_dir, "report.png"), title, by)
+    return {"table": format_report(summary, by), "summary": summary, "csv": csv_file, "png": png}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", default="rayseg_runs/demo/full",
                    help="folder (or object-store URI) of tagged fine-tune runs")
     p.add_argument("--out", default="", help="where report.csv and report.png go (default: --storage)")
+    p.add_argument("--by", default="start,head", help="two tags of tags.json: rows, then bars (default start,head)")
+    p.add_argument("--title", default="", help="the chart's title")
 
 
 def run(args: argparse.Namespace) -> int:
-    out = write_report(args.storage, args.out or None)
+    by = tuple(k.strip() for k in args.by.split(","))
+    if len(by) != 2 or not all(by):
+        raise ConfigError(f"give two tag names, e.g. start,head; got {args.by!r}", "--by")
+    out = write_report(args.storage, args.out or None, title=args.title, by=by)
     print(out["table"])
     print(f"[rayseg] wrote {out['csv']} and {out['png']}")
     return 0

@@ -42,6 +42,10 @@ class RunSection(Section):
     storage: str = setting("rayseg_runs", "root folder (or shared filesystem path) for every run's outputs",
                            path="output")
     seed: int = setting(0, "seed of data order, augmentation and initialisation")
+    tags: dict[str, str] = setting({}, "labels of the run, e.g. {start: pssl, head: ssa}: written to <run>/tags.json "
+                                   "with command, method, head, start and seed (these are defaults the tags "
+                                   "override); `rayseg report --by` groups fine-tunes by them; not part of the "
+                                   "run's hash")
 
 
 @dataclass
@@ -468,8 +472,22 @@ class Config(Section):
     def fingerprint(self) -> str:
         """Short hash of everything that defines the run's result (not where it is stored)."""
         d = self.to_dict()
-        d["run"] = {k: v for k, v in d["run"].items() if k not in ("name", "storage")}
+        d["run"] = {k: v for k, v in d["run"].items() if k not in ("name", "storage", "tags")}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+
+    def tags(self, command: str) -> dict:
+        """What ``<run>/tags.json`` holds: the command, method, head (``model.classifier``), start (the pre-training
+        run whose export ``model.init_weights`` names, its file name otherwise, ``scratch`` without one) and seed,
+        then ``run.tags`` over them."""
+        init = self.model.init_weights
+        if not init:
+            start = "scratch"
+        elif storage.basename(storage.parent(init)) == "export":
+            start = storage.basename(storage.parent(storage.parent(init)))
+        else:
+            start = storage.basename(init).rsplit(".", 1)[0]
+        return {"command": command, "method": self.method, "head": self.model.classifier, "start": start,
+                "seed": self.run.seed, **self.run.tags}
 
     def run_dir(self, command: str) -> str:
         name = self.run.name or f"{command}-{self.method}-{self.fingerprint()}"

@@ -97,6 +97,7 @@ def train(cfg: Config, command: str, method: type[Method], address: str | None =
             return finished
     try:  # before Ray starts: an output that cannot be written (read-only, a file in the way, no space) is one line
         save_config(cfg, storage.join(run_dir, "config.yaml"))
+        storage.write_text(storage.join(run_dir, "tags.json"), json.dumps(cfg.tags(command), indent=1))
     except OSError as e:
         raise ConfigError(f"cannot write the run folder {run_dir} ({e.strerror or e})", "run.storage") from None
     if cfg.train.num_workers > 0:
