@@ -39,6 +39,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
                "report:add_arguments", "report:run"),
     "demo": ("the whole pipeline on the embedded synthetic benchmark", "demo:add_arguments", "demo:run"),
     "config": ("print the resolved config, or every key with --explain", "config:add_arguments", "config:run"),
+    "export": ("a trained model as TorchScript or ONNX, normalisation included, with its metadata",
+               "export:add_arguments", "export:run"),
     "data": ("write the built-in synthetic benchmark as an ImageFolder and VOC trees", "data:add_arguments",
              "data:run"),
 }
@@ -61,6 +63,8 @@ EXAMPLES: dict[str, list[str]] = {
     "report": ["rayseg report --storage rayseg_runs/demo/full",
                "rayseg report --storage runs/finetunes --by start,head --title 'VOC fine-tunes'"],
     "demo": ["rayseg demo --quick", "rayseg demo"],
+    "export": ["rayseg export --weights rayseg_runs/finetune-supervised-1a2b3c4d/export/model.pt --format onnx",
+               "rayseg export --weights RUN/export/model.pt --format torchscript --out model.ts"],
     "data": ["rayseg data synthetic --out synthetic_data",
              "rayseg data synthetic --out synthetic_data --num-images 512 --image-size 96 --domains A,C"],
     "config": ["rayseg config --config jobs/configs/pretrain_mdp.yaml train.epochs=3",
