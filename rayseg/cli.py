@@ -39,6 +39,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
                "report:add_arguments", "report:run"),
     "demo": ("the whole pipeline on the embedded synthetic benchmark", "demo:add_arguments", "demo:run"),
     "config": ("print the resolved config, or every key with --explain", "config:add_arguments", "config:run"),
+    "predict": ("masks and overlays of a trained model for an image or a folder (Ray Data)", "args:add_config_args",
+                "predict:run"),
     "export": ("a trained model as TorchScript or ONNX, normalisation included, with its metadata",
                "export:add_arguments", "export:run"),
     "data": ("write the built-in synthetic benchmark as an ImageFolder and VOC trees", "data:add_arguments",
@@ -63,6 +65,9 @@ EXAMPLES: dict[str, list[str]] = {
     "report": ["rayseg report --storage rayseg_runs/demo/full",
                "rayseg report --storage runs/finetunes --by start,head --title 'VOC fine-tunes'"],
     "demo": ["rayseg demo --quick", "rayseg demo"],
+    "predict": ["rayseg predict predict.weights=RUN/export/model.pt predict.input=photo.jpg",
+                "rayseg predict predict.weights=RUN/export/model.pt predict.input=/data/images predict.output=out "
+                "eval.mode=slide eval.crop=512 eval.stride=341"],
     "export": ["rayseg export --weights rayseg_runs/finetune-supervised-1a2b3c4d/export/model.pt --format onnx",
                "rayseg export --weights RUN/export/model.pt --format torchscript --out model.ts"],
     "data": ["rayseg data synthetic --out synthetic_data",

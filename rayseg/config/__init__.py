@@ -11,14 +11,15 @@ or the path; the CLI prints it and exits with code 2.
 """
 
 from rayseg.config.fields import ConfigError, in_ray_job, output_location
-from rayseg.config.loader import (URI_KEYS, config_from_dict, explain, explain_sections, load_config, parse_override, read_yaml,
-                                  save_config, set_dotted, validate)
+from rayseg.config.loader import (URI_KEYS, config_from_dict, explain, explain_sections, load_config,
+                                  parse_override, read_yaml, save_config, set_dotted, validate)
 from rayseg.config.sections import (ClassifierSection, Config, DataSection, DenseCLSection, EvalSection,
                                     ExplainerSection, LabelSection, MDPSection, ModelSection, OptimSection,
-                                    PixConSection, PSSLSection, RunSection, SSASection, TrainSection, ViewsSection)
+                                    PixConSection, PredictSection, PSSLSection, RunSection, SSASection, TrainSection,
+                                    ViewsSection)
 
 __all__ = ["ClassifierSection", "Config", "ConfigError", "DataSection", "DenseCLSection", "EvalSection",
            "ExplainerSection", "LabelSection", "MDPSection", "ModelSection", "OptimSection", "PSSLSection",
-           "PixConSection", "RunSection", "SSASection", "TrainSection", "URI_KEYS", "ViewsSection",
-           "config_from_dict", "explain", "explain_sections", "in_ray_job", "load_config", "output_location", "parse_override", "read_yaml",
-           "save_config", "set_dotted", "validate"]
+           "PixConSection", "PredictSection", "RunSection", "SSASection", "TrainSection", "URI_KEYS", "ViewsSection",
+           "config_from_dict", "explain", "explain_sections", "in_ray_job", "load_config", "output_location",
+           "parse_override", "read_yaml", "save_config", "set_dotted", "validate"]

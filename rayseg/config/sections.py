@@ -449,6 +449,32 @@ class SSASection(Section):
 
 
 @dataclass
+class PredictSection(Section):
+    """``rayseg predict``: a trained export applied to new images, inferred as the ``eval`` section says (the same
+    code as evaluation)."""
+
+    weights: str = setting("", "a run's export/model.pt", path="input")
+    input: str = setting("", "an image file, or a folder of images (searched recursively)", path="input")
+    output: str = setting("rayseg_predictions", "folder for masks/, overlays/ (and probabilities/)", path="output")
+    probabilities: bool = setting(False, "also write each image's class probabilities (float16 K x H x W .npy)")
+    overlay_alpha: float = setting(0.5, "weight of the mask colours in overlays/", ge=0, le=1)
+    shard_size: int = setting(64, "folder input: images per committed shard (the unit a re-run skips)", ge=1)
+    num_actors: int = setting(1, "folder input: inference actors", ge=1)
+    gpus_per_actor: float = setting(0.0, "GPUs per inference actor (fractions allowed; 0 = CPU)", ge=0)
+    cpus_per_actor: float = setting(1.0, "CPUs per inference actor (its torch threads: rounded up)", gt=0)
+
+    def check_inputs(self) -> None:
+        if not self.weights:
+            raise ConfigError("required: a run's export/model.pt", "predict.weights")
+        if not Path(self.weights).is_file():
+            raise ConfigError(f"file not found: {self.weights}", "predict.weights")
+        if not self.input:
+            raise ConfigError("required: an image file or a folder of images", "predict.input")
+        if not Path(self.input).exists():
+            raise ConfigError(f"not found: {self.input}", "predict.input")
+
+
+@dataclass
 class Config(Section):
     method: str = setting("supervised", "training objective (a key of rayseg.methods.METHODS)", choices=METHOD_NAMES)
     run: RunSection = field(default_factory=RunSection)
@@ -465,6 +491,7 @@ class Config(Section):
     pixcon: PixConSection = field(default_factory=PixConSection)
     densecl: DenseCLSection = field(default_factory=DenseCLSection)
     mdp: MDPSection = field(default_factory=MDPSection)
+    predict: PredictSection = field(default_factory=PredictSection)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -472,6 +499,7 @@ class Config(Section):
     def fingerprint(self) -> str:
         """Short hash of everything that defines the run's result (not where it is stored)."""
         d = self.to_dict()
+        d.pop("predict")  # how a trained model is applied later, not how it is trained
         d["run"] = {k: v for k, v in d["run"].items() if k not in ("name", "storage", "tags")}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
@@ -515,5 +543,5 @@ class Config(Section):
 
 
 __all__ = ["ClassifierSection", "Config", "DataSection", "DenseCLSection", "EvalSection", "ExplainerSection",
-           "LabelSection", "MDPSection", "ModelSection", "OptimSection", "PSSLSection", "PixConSection", "RunSection",
-           "SSASection", "TrainSection", "ViewsSection", "METHOD_NAMES"]
+           "LabelSection", "MDPSection", "ModelSection", "OptimSection", "PSSLSection", "PixConSection",
+           "PredictSection", "RunSection", "SSASection", "TrainSection", "ViewsSection", "METHOD_NAMES"]
