@@ -76,6 +76,30 @@ def test_grid_pixels_show_heat_map_and_red_overlay(labelled, tmp_path):
     assert ((middle[..., 0] < 90) & (middle[..., 1] < 30) & (middle[..., 2] > 60)).any()
 
 
+def test_true_masks_outline_and_iou(labelled, tmp_path):
+    """With the true object masks the pseudo-mask column gets the true mask's green outline; the IoU in the title
+    is top_decile_iou, checked here on a hand case."""
+    from rayseg.labeling.stages import top_decile_iou
+
+    root, _ = labelled
+    plain = show_labels(root / "labels" / "v", root / "images", tmp_path / "plain.png", count=2)
+    scored = show_labels(root / "labels" / "v", root / "images", tmp_path / "scored.png", count=2,
+                         true_masks=root / "images_masks")
+
+    def green(path):
+        pixels = np.asarray(Image.open(path).convert("RGB")).astype(int)
+        right = pixels[:, 2 * pixels.shape[1] // 3:]
+        return int(((right[..., 1] - right[..., 0] > 150) & (right[..., 1] - right[..., 2] > 150)).sum())
+
+    assert green(plain) == 0 and green(scored) > 20
+
+    deciles = np.tile((np.arange(10) * 10 // 10).astype(np.uint8), (10, 1))  # column c has decile c
+    true = np.zeros((10, 10), bool)
+    true[:, 8:] = True  # columns 8, 9; the top decile is column 9 only
+    assert top_decile_iou(deciles, true, "square") == pytest.approx(0.5)
+    assert top_decile_iou(deciles, true, "square", threshold=8) == pytest.approx(1.0)
+
+
 def test_seeded_sample_and_source_from_summary_and_parquet(labelled, tmp_path):
     root, ids = labelled
     version_dir = tmp_path / "labels" / "v"

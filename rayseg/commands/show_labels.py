@@ -25,7 +25,8 @@ import pyarrow.compute as pc
 from rayseg import storage
 from rayseg.config import ConfigError
 from rayseg.labeling import shards
-from rayseg.labeling.geometry import fit_image
+from rayseg.labeling.geometry import fit_image, placement
+from rayseg.labeling.stages import read_true_mask, top_decile_iou
 
 __all__ = ["show_labels"]
 
@@ -85,9 +86,22 @@ def _class_names(images_root: Path | None) -> list[str]:
     return sorted(e.name for e in os.scandir(images_root) if e.is_dir())
 
 
+def _mask_on_input(true: np.ndarray, size: int, geometry: str) -> np.ndarray:
+    """A true mask placed on the ``size x size`` input as ``geometry`` placed its image (nearest)."""
+    from PIL import Image
+
+    rh, rw, top, left = placement(true.shape[0], true.shape[1], size, geometry)
+    resized = Image.fromarray(true.astype(np.uint8) * 255).resize((rw, rh), Image.NEAREST)
+    if geometry != "square":
+        canvas = Image.new("L", (size, size), 0)
+        canvas.paste(resized, (left, top))
+        resized = canvas
+    return np.asarray(resized) > 127
+
+
 def show_labels(version_dir: str | os.PathLike, images_root: str | os.PathLike | None, out_png: str | os.PathLike,
                 count: int = 8, threshold: int = 9, seed: int | None = None, *,
-                parquet: str | os.PathLike | None = None) -> Path:
+                parquet: str | os.PathLike | None = None, true_masks: str | os.PathLike | None = None) -> Path:
     """Render ``count`` labelled images of ``version_dir`` (a ``<labels root>/<label_version>`` folder: a path or
     a URI) as a PNG grid at ``out_png``: one row per image, columns = the image (as it was explained:
     ``label.geometry``), the decile heat map (0..9, fixed colour scale with a colorbar), the pseudo-mask (deciles >= ``threshold``, red over the
@@ -95,7 +109,9 @@ def show_labels(version_dir: str | os.PathLike, images_root: str | os.PathLike |
     and class name (class folder of ``images_root``; ``class <index>`` for Parquet input). ``images_root`` may
     also be a Parquet image table (file or folder of ``*.parquet``), like ``parquet``; both None -> the source
     recorded in ``summary.json``. An image that is missing or no longer matches the labelled content hash is
-    marked in its title (grey when unreadable). Written atomically; returns the path of the PNG."""
+    marked in its title (grey when unreadable). With true object masks (``true_masks``, or the ``label.true_masks``
+    recorded in ``summary.json``) each pseudo-mask's title gives its IoU with the true mask, and the true mask's
+    outline is drawn in green. Written atomically; returns the path of the PNG."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from PIL import Image
@@ -119,6 +135,10 @@ def show_labels(version_dir: str | os.PathLike, images_root: str | os.PathLike |
     rows = {r["id"]: r for r in labels.to_pylist()}
     contents = _image_bytes(chosen, root, table_path)
     names = _class_names(root)
+    if true_masks is None:
+        summary = storage.join(version_dir, "summary.json")
+        true_masks = (json.loads(storage.read_text(summary)).get("true_masks") or None) if storage.is_file(summary) \
+            else None
 
     n = len(chosen)
     fig = Figure(figsize=(3 * CELL_INCHES + 0.6, n * CELL_INCHES), dpi=DPI)
@@ -146,6 +166,14 @@ def show_labels(version_dir: str | os.PathLike, images_root: str | os.PathLike |
         mask = dec >= int(threshold)
         overlay = image.astype(np.float32) / 255.0
         overlay[mask] = 0.5 * overlay[mask] + 0.5 * np.array([1.0, 0.0, 0.0], np.float32)
+        true = read_true_mask(str(true_masks), rel) if true_masks else None
+        score = ""
+        if true is not None:
+            score = f", IoU {top_decile_iou(dec, true, geometry, int(threshold)):.2f}"
+            on_input = _mask_on_input(true, w, geometry)
+            edge = on_input & ~(np.roll(on_input, 1, 0) & np.roll(on_input, -1, 0) & np.roll(on_input, 1, 1)
+                                & np.roll(on_input, -1, 1))
+            overlay[edge] = np.array([0.0, 1.0, 0.0], np.float32)
 
         ax_img, ax_dec, ax_mask = axes[r]
         ax_img.imshow(image, interpolation="nearest")
@@ -154,7 +182,7 @@ def show_labels(version_dir: str | os.PathLike, images_root: str | os.PathLike |
         ax_dec.set_title("deciles 0..9", fontsize=7)
         fig.colorbar(heat, ax=ax_dec, fraction=0.046, pad=0.04, ticks=[0, 3, 6, 9])
         ax_mask.imshow(overlay, interpolation="nearest")
-        ax_mask.set_title(f"pseudo-mask (decile >= {int(threshold)}): {cls}", fontsize=7)
+        ax_mask.set_title(f"pseudo-mask (decile >= {int(threshold)}): {cls}{score}", fontsize=7)
         for ax in axes[r]:
             ax.set_xticks([])
             ax.set_yticks([])
@@ -173,6 +201,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parquet", default="", help="or the labelled Parquet table of image bytes")
     p.add_argument("--out", default="labels.png", help="PNG file to write")
     p.add_argument("--count", type=int, default=8, help="images to show")
+    p.add_argument("--true-masks", default="", help="true object masks (<dir>/<id>.png) to score each pseudo-mask "
+                   "(default: the label job's label.true_masks)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -180,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"folder not found: {args.labels}", "--labels")
     if bool(args.images) == bool(args.parquet):
         raise ConfigError("give exactly one (the labelled images)", "--images, --parquet")
-    path = show_labels(args.labels, args.images or None, args.out, count=args.count,
+    path = show_labels(args.labels, args.images or None, args.out, count=args.count, true_masks=args.true_masks or None,
                        **({"parquet": args.parquet} if args.parquet else {}))
     print(f"[rayseg] wrote {path}")
     return 0

@@ -507,6 +507,7 @@ def run_labeling(label: LabelSection, plan: LabelingPlan, num_actors: int, seed:
         "total_bytes": shards.shard_bytes(plan.version_dir),
         "images_root": str(Path(label.images).resolve()) if label.images else "",
         "images_parquet": str(Path(label.images_parquet).resolve()) if label.images_parquet else "",
+        "true_masks": str(Path(label.true_masks).resolve()) if label.true_masks else "",
     }
     if label.true_masks:
         names = member_names(plan.members)

@@ -97,6 +97,22 @@ def _iou(pred: np.ndarray, true: np.ndarray) -> float:
     return float(np.logical_and(pred, true).sum() / union) if union else 1.0
 
 
+def read_true_mask(true_masks: str, image_id: str) -> np.ndarray | None:
+    """The true object mask of ``image_id`` (``<true_masks>/<id>.png``, > 127 = object), None when unreadable."""
+    try:
+        with Image.open((Path(true_masks) / image_id).with_suffix(".png")) as img:
+            return np.asarray(img.convert("L")) > 127
+    except (OSError, ValueError):
+        return None
+
+
+def top_decile_iou(deciles: np.ndarray, true: np.ndarray, geometry: str, threshold: int = 9) -> float:
+    """IoU of ``deciles >= threshold``, laid back on the true mask's pixels with ``geometry`` (unexplained pixels
+    count as background), with the true mask."""
+    on_image = deciles_on_image(deciles, true.shape[0], true.shape[1], geometry)
+    return _iou((on_image >= threshold) & (on_image != NO_DECILE), true)
+
+
 def encode_and_score(batch: dict, true_masks: str, geometry: str) -> dict:
     """CPU stage: PNG-encode the decile maps; with ``true_masks`` also the IoU of the top-decile mask (ensemble,
     then each member; laid back on the true mask's pixels with ``geometry``, where unexplained pixels count as
@@ -112,16 +128,12 @@ def encode_and_score(batch: dict, true_masks: str, geometry: str) -> dict:
         pngs.append(shards.encode_deciles(dec[i]))
         if not true_masks:
             continue
-        mask_path = (Path(true_masks) / str(batch["id"][i])).with_suffix(".png")
-        try:
-            with Image.open(mask_path) as img:
-                true = np.asarray(img.convert("L")) > 127
-        except (OSError, ValueError):
+        true = read_true_mask(true_masks, str(batch["id"][i]))
+        if true is None:
             continue
         maps = [dec[i]] + [member_top[i, k] * 9 for k in range(m)]  # a member's top-decile mask as deciles 0 / 9
         for k, deciles in enumerate(maps):
-            on_image = deciles_on_image(deciles, true.shape[0], true.shape[1], geometry)
-            iou[i, k] = _iou((on_image >= 9) & (on_image != NO_DECILE), true)
+            iou[i, k] = top_decile_iou(deciles, true, geometry)
     batch["deciles_png"] = np.asarray(pngs, dtype=object)
     batch["height"] = np.full(n, dec.shape[1], np.int32)
     batch["width"] = np.full(n, dec.shape[2], np.int32)
