@@ -67,10 +67,10 @@ def mask_png(mask: np.ndarray, palette: np.ndarray) -> bytes:
 
 
 def overlay_png(rgb: np.ndarray, mask: np.ndarray, palette: np.ndarray, alpha: float) -> bytes:
-    colours = palette[mask % len(palette)].astype(np.float32)
-    blended = (1 - alpha) * rgb.astype(np.float32) + alpha * colours
+    from rayseg.engine.previews import overlay
+
     buffer = io.BytesIO()
-    Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8), mode="RGB").save(buffer, format="PNG")
+    Image.fromarray(overlay(rgb, mask, palette, alpha), mode="RGB").save(buffer, format="PNG")
     return buffer.getvalue()
 
 

@@ -64,6 +64,25 @@ def test_tensorboard_has_loss_lr_throughput_and_miou(finished_run):
     assert per_class and per_class <= tags  # one curve per class that was scored
     lrs = [e.value for e in acc.Scalars("train/lr")]
     assert lrs[-1] < lrs[0]  # poly decay
+    previews = [t for t in acc.Tags()["images"] if t.startswith("val/predictions/")]
+    assert len(previews) == 4  # one panel per val image: image | prediction | true mask
+    panel = acc.Images(previews[0])[-1]
+    assert (panel.width, panel.height) == (3 * 32, 32)
+
+
+def test_tensorboard_hparams_hold_the_settings_and_final_miou(finished_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    cfg, summary = finished_run
+    acc = EventAccumulator(f"{cfg.run_dir('pretrain')}/tensorboard")
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    params = {k: v.ListFields()[0][1] for k, v in start.hparams.items()}
+    assert params["optim.lr"] == pytest.approx(cfg.optim.lr) and params["model.backbone"] == cfg.model.backbone
+    assert params["tag.start"] == "scratch" and params["tag.command"] == "pretrain"
+    assert acc.Scalars("hparam/miou")[-1].value == pytest.approx(summary["miou"])
 
 
 def _files(run_dir) -> dict[str, tuple[int, int]]:

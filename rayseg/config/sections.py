@@ -10,6 +10,7 @@ names (``cfg.label.explainer.samples``), so a key can be followed from the YAML 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -449,6 +450,22 @@ class SSASection(Section):
 
 
 @dataclass
+class MlflowSection(Section):
+    """Optional experiment tracking with MLflow's own client (``pip install 'rayseg[mlflow]'``): rank 0 logs the
+    run's hyperparameters, each epoch's losses, lr and mIoU, and at the end metrics.json, the confusion matrix,
+    config.yaml, tags.json and summary.json as artifacts. A resumed run continues its MLflow run."""
+
+    enabled: bool = setting(False, "log this run to MLflow")
+    tracking_uri: str = setting("", "MLflow tracking URI (http://host:5000, file:///path, ...); empty = a local file "
+                                "store <run.storage>/mlruns")
+    experiment: str = setting("rayseg", "MLflow experiment name")
+
+    def check_inputs(self) -> None:
+        if self.enabled and importlib.util.find_spec("mlflow") is None:
+            raise ConfigError("true, but MLflow is not installed: pip install 'rayseg[mlflow]'", "mlflow.enabled")
+
+
+@dataclass
 class PredictSection(Section):
     """``rayseg predict``: a trained export applied to new images, inferred as the ``eval`` section says (the same
     code as evaluation)."""
@@ -492,6 +509,7 @@ class Config(Section):
     densecl: DenseCLSection = field(default_factory=DenseCLSection)
     mdp: MDPSection = field(default_factory=MDPSection)
     predict: PredictSection = field(default_factory=PredictSection)
+    mlflow: MlflowSection = field(default_factory=MlflowSection)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -500,6 +518,7 @@ class Config(Section):
         """Short hash of everything that defines the run's result (not where it is stored)."""
         d = self.to_dict()
         d.pop("predict")  # how a trained model is applied later, not how it is trained
+        d.pop("mlflow")  # where the run is also reported
         d["run"] = {k: v for k, v in d["run"].items() if k not in ("name", "storage", "tags")}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
@@ -534,6 +553,7 @@ class Config(Section):
         """The inputs of a training run exist (on the driver, before Ray starts)."""
         self.data.check_inputs()
         self.model.check_inputs()
+        self.mlflow.check_inputs()
         if self.method == "pssl":
             self.pssl.check_inputs()
         if self.method == "classifier":
@@ -543,5 +563,5 @@ class Config(Section):
 
 
 __all__ = ["ClassifierSection", "Config", "DataSection", "DenseCLSection", "EvalSection", "ExplainerSection",
-           "LabelSection", "MDPSection", "ModelSection", "OptimSection", "PSSLSection", "PixConSection",
+           "LabelSection", "MDPSection", "MlflowSection", "ModelSection", "OptimSection", "PSSLSection", "PixConSection",
            "PredictSection", "RunSection", "SSASection", "TrainSection", "ViewsSection", "METHOD_NAMES"]

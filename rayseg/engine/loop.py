@@ -31,8 +31,10 @@ from rayseg.engine.checkpoint import (LocalCheckpointStore, local_candidates, ra
 from rayseg.engine.inference import infer
 from rayseg.engine.metrics import ConfusionMatrix, confusion_matrix_png
 from rayseg.engine.optim import build_optimizer, build_scheduler, parameter_groups
+from rayseg.engine.previews import hyperparameters, preview_panels
 from rayseg.engine.progress import RankZeroLogger, StepMeter
 from rayseg.engine.run_folder import RunFolder
+from rayseg.engine.tracking import MlflowTracker
 from rayseg.ignore import IGNORE_INDEX
 from rayseg.tables import format_duration
 
@@ -108,15 +110,16 @@ def evaluate(model: torch.nn.Module, cfg: Config, device: torch.device, rank: in
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
-    """``loop_config``: ``{"config": Config (checked on the driver), "method": Method class, "run_dir": location}``."""
+    """``loop_config``: ``{"config": Config (checked on the driver), "method": Method class, "run_dir": location,
+    "command": pretrain or finetune}``."""
     run = RunFolder(loop_config["run_dir"])
     try:
-        _train(loop_config["config"], loop_config["method"], run)
+        _train(loop_config["config"], loop_config["method"], run, loop_config.get("command", "pretrain"))
     finally:
         run.close()
 
 
-def _train(cfg: Config, method_cls: type[Method], run: RunFolder) -> None:
+def _train(cfg: Config, method_cls: type[Method], run: RunFolder, command: str) -> None:
     local_mode = cfg.train.num_workers == 0
     # Ray Train logs an INFO line per report ("Reported metrics" / "Reporting training result"); keep the
     # console to rayseg's own progress lines. In a worker process that includes the root logger Ray configures.
@@ -176,6 +179,8 @@ def _train(cfg: Config, method_cls: type[Method], run: RunFolder) -> None:
         return
     if start_epoch:
         log.print(f"[rayseg] resuming after epoch {start_epoch} (step {global_step}) from the last checkpoint")
+    tracker = MlflowTracker(cfg, run.location, enabled=rank == 0)
+    tracker.params(hyperparameters(cfg, command))
 
     model = ray.train.torch.prepare_model(
         method, move_to_device=False,
@@ -230,16 +235,20 @@ def _train(cfg: Config, method_cls: type[Method], run: RunFolder) -> None:
                           f"{terms} lr {lr:.3g} {rate:.1f} img/s ETA {format_duration(eta)}")
                 log.scalars({f"loss/{k}": v for k, v in means.items()}, global_step)
                 log.scalars({"lr": lr, "images_per_s": rate}, global_step, prefix="train/")
+                tracker.metrics({**{f"loss/{k}": v for k, v in means.items()}, "lr": lr}, global_step)
 
         last = epoch == cfg.train.epochs - 1
         report = {"epoch": epoch, "step": global_step, **{f"loss/{k}": v for k, v in last_losses.items()}}
         if core.evaluates and (last or (cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0)):
             metrics = evaluate(core.segmentation_model(), cfg, device, rank, world)
+            if rank == 0:
+                log.images("val/predictions", preview_panels(core.segmentation_model(), cfg, device), global_step)
             report["miou"] = metrics["miou"]
             log.print(f"[rayseg] epoch {epoch + 1}: mIoU {100 * metrics['miou']:.2f} "
                       f"pixel acc {100 * metrics['pixel_accuracy']:.2f}")
             log.scalars({"miou": metrics["miou"], "pixel_accuracy": metrics["pixel_accuracy"]}, global_step,
                         prefix="val/")
+            tracker.metrics({"val/miou": metrics["miou"], "val/pixel_accuracy": metrics["pixel_accuracy"]}, global_step)
             log.scalars({name: v for name, v in metrics["per_class_iou"].items() if v is not None}, global_step,
                         prefix="val_iou/")
         with tempfile.TemporaryDirectory() as tmp:
@@ -264,6 +273,11 @@ def _train(cfg: Config, method_cls: type[Method], run: RunFolder) -> None:
             skipped.update(part)
     if rank == 0:
         _write_outputs(run, cfg, core, meta, metrics, skipped, last_losses, rates, global_step)
+        final = {"hparam/loss": last_losses.get("loss", math.nan)}
+        if "miou" in metrics:
+            final["hparam/miou"] = metrics["miou"]
+        log.hparams(hyperparameters(cfg, command), final)
+        tracker.finish(run.local)
     log.close()  # flushes TensorBoard before the upload
     if rank == 0:
         run.push("tensorboard", "log.txt", "export", "metrics.json", "confusion_matrix.png", "bad_samples.txt",

@@ -59,15 +59,32 @@ class RankZeroLogger:
                 with open(self.log_file, "a") as f:
                     f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
 
-    def scalars(self, values: dict[str, float], step: int, prefix: str = "") -> None:
+    def _tensorboard(self):
         if not (self.enabled and self.tb_dir):
-            return
+            return None
         if self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=self.tb_dir)
-        for k, v in values.items():
-            self.writer.add_scalar(prefix + k, v, step)
+        return self.writer
+
+    def scalars(self, values: dict[str, float], step: int, prefix: str = "") -> None:
+        writer = self._tensorboard()
+        for k, v in values.items() if writer is not None else ():
+            writer.add_scalar(prefix + k, v, step)
+
+    def images(self, tag: str, images: list, step: int) -> None:
+        """uint8 ``H x W x 3`` arrays as ``<tag>/<i>``."""
+        writer = self._tensorboard()
+        for i, image in enumerate(images if writer is not None else ()):
+            writer.add_image(f"{tag}/{i}", image, step, dataformats="HWC")
+
+    def hparams(self, params: dict, metrics: dict[str, float]) -> None:
+        """The run's hyperparameters with its final metrics (TensorBoard's HPARAMS tab), in the run's own event
+        folder."""
+        writer = self._tensorboard()
+        if writer is not None:
+            writer.add_hparams(params, metrics, run_name=".")
 
     def flush(self) -> None:
         if self.writer is not None:

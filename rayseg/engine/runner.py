@@ -110,7 +110,7 @@ def train(cfg: Config, command: str, method: type[Method], address: str | None =
     t = cfg.train
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": cfg, "method": method, "run_dir": run_dir},
+        train_loop_config={"config": cfg, "method": method, "run_dir": run_dir, "command": command},
         scaling_config=ray.train.ScalingConfig(
             num_workers=t.num_workers, use_gpu=t.use_gpu,
             resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}),
