@@ -132,9 +132,13 @@ def test_missing_files(voc, tmp_path):
         VOCSegmentationFolder(tmp_path / "nope", num_classes=7)
     with pytest.raises(FileNotFoundError, match="val.txt: split file not found"):
         VOCSegmentationFolder(root, "val", num_classes=7)
-    (root / "JPEGImages" / f"{_ids(root)[4]}.png").unlink()
-    with pytest.raises(BadSampleError, match="file not found"):
-        VOCSegmentationFolder(root, num_classes=7)[4]
+    missing = _ids(root)[4]
+    (root / "JPEGImages" / f"{missing}.png").unlink()
+    with pytest.raises(FileNotFoundError, match=f"train.txt: 1 listed id\\(s\\) have no image in JPEGImages or no "
+                                                f"mask \\(first: {missing}\\)"):
+        VOCSegmentationFolder(root, num_classes=7)  # at construction, before any epoch reads it
+    marker = VOCSegmentationFolder(root, num_classes=7, skip_bad=True)[4]  # data.skip_bad: skipped when read
+    assert marker["bad"] is True and "file not found" in marker["reason"]
 
 
 def test_skip_bad_with_dataloader_reports_skipped_ids(voc):

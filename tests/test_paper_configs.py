@@ -1,4 +1,4 @@
-"""Each paper configuration in ``jobs/configs/paper/`` run for real at reduced length: 2 training steps of batch 2 on
+"""Each paper configuration in ``jobs/configs/paper/`` run for real at reduced length: one training step of batch 2 on
 each of 2 Ray Train workers, everything else as shipped (image and crop sizes, K, ResNet-50, queue sizes, schedules),
 on small trees in the datasets' own layouts with images of different sizes, and one evaluation for the fine-tunes.
 

@@ -205,7 +205,11 @@ def test_sweep_on_an_object_store_writes_there_and_resumes(ray_cluster, tmp_path
     assert not any(tmp_path.glob("sweep-*"))  # nothing went to a local folder instead
     capsys.readouterr()
 
-    again = run_sweep(cfg, space)  # the same command again: Tune restores the finished sweep from the store
+    again = run_sweep(cfg, space)  # the same command again: the finished sweep's summary, read from the store
+    assert f"[rayseg] sweep {sweep_dir} is already complete; nothing to do" in capsys.readouterr().out
+    assert again["best_params"] == out["best_params"]
+    storage.delete(storage.join(sweep_dir, "summary.json"))  # as if killed before the end: Tune restores it
+    again = run_sweep(cfg, space)
     assert f"[rayseg] resuming sweep {sweep_dir}" in capsys.readouterr().out
     assert again["best_params"] == out["best_params"]
     assert_all_cpus_free()
