@@ -1,6 +1,8 @@
 """Optional MLflow tracking (the ``mlflow`` section), through MLflow's own client, from rank 0 of the loop.
 
-One MLflow run per rayseg run folder. It is found again by its ``rayseg.run_dir`` tag, so a resumed run logs into
+The default store is MLflow's file store under ``<run.storage>/mlruns`` (it needs no server or database; MLflow 3
+keeps it in maintenance mode, so a team should point ``mlflow.tracking_uri`` at its tracking server). One MLflow
+run per rayseg run folder. It is found again by its ``rayseg.run_dir`` tag, so a resumed run logs into
 the run it started; its epochs continue the same metric histories (``step`` = global step).
 """
 
@@ -31,9 +33,12 @@ class MlflowTracker:
         self.client, self.run_id = None, None
         if not (enabled and cfg.mlflow.enabled):
             return
+        uri = tracking_uri(cfg)
+        if uri.startswith("file:"):  # MLflow 3 keeps its file store (maintenance mode) behind this opt-in
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         from mlflow.tracking import MlflowClient
 
-        self.client = MlflowClient(tracking_uri=tracking_uri(cfg))
+        self.client = MlflowClient(tracking_uri=uri)
         experiment = self.client.get_experiment_by_name(cfg.mlflow.experiment)
         experiment_id = (experiment.experiment_id if experiment is not None
                          else self.client.create_experiment(cfg.mlflow.experiment))

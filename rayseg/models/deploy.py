@@ -4,7 +4,7 @@
 image file gives: ``N x 3 x H x W`` float RGB in ``[0, 1]``, of any size. It normalises with the ImageNet mean
 and std (as rayseg trains) and returns logits ``N x K x H x W`` at the input size. :func:`export_model` writes it
 as TorchScript (``torch.jit.trace``: the height and width stay free because the model reads them from its input)
-or ONNX (``torch.onnx.export`` with dynamic batch, height and width), and beside it a small JSON file with what a
+or ONNX (``torch.onnx.export``'s ``torch.export``-based exporter, batch, height and width dynamic), and beside it a small JSON file with what a
 user of the file needs: classes, palette, input and output, normalisation, rayseg version, the training config's
 hash.
 """
@@ -95,10 +95,10 @@ def export_model(weights: str | os.PathLike, fmt: str, out: str | os.PathLike, o
                 warnings.simplefilter("ignore", FutureWarning)
                 torch.jit.save(torch.jit.trace(segmenter, example, check_trace=False), str(out))
         else:
+            dynamic = torch.export.Dim.DYNAMIC  # batch, height and width free
             torch.onnx.export(segmenter, (example,), str(out), input_names=["image"], output_names=["logits"],
-                              dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
-                                            "logits": {0: "batch", 2: "height", 3: "width"}},
-                              opset_version=opset, dynamo=False)
+                              dynamic_shapes={"x": {0: dynamic, 2: dynamic, 3: dynamic}}, opset_version=opset,
+                              dynamo=True, external_data=False, verbose=False)
     info = metadata(model, meta, fmt, str(weights))
     metadata_file = out.with_name(out.name + ".json")
     metadata_file.write_text(json.dumps(info, indent=1))
