@@ -95,6 +95,19 @@ def test_end_to_end_three_committed_shards(labelled, tiny):
     assert (version_dir / "summary.json").is_file()
 
 
+def test_a_labelling_run_leaves_a_preview_grid_in_tensorboard(labelled):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, summary = labelled
+    version_dir = Path(summary["version_dir"])
+    with Image.open(version_dir / "preview.png") as grid:
+        size = grid.size
+    acc = EventAccumulator(str(version_dir / "tensorboard"), size_guidance={"images": 0})
+    acc.Reload()
+    (event,) = acc.Images("labels/grid")
+    assert (event.step, (event.width, event.height)) == (24, size) and size[1] > 8 * 200  # 8 rows of ~240 px
+
+
 def test_rerun_of_finished_job_does_no_ray_work(labelled, tiny, monkeypatch):
     root, _ = tiny
     job, first = labelled

@@ -97,3 +97,24 @@ def test_a_folder_on_ray_resumes_and_counts_unreadable_images(ray_cluster, setup
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["new_images"], summary["shards_skipped"], summary["predicted"]) == (1, 3, 5)
     assert np.array_equal(read_mask(out / "masks" / "added.png"), expected[sorted(expected)[0]])
+
+
+def test_a_parquet_table_of_images_on_ray(ray_cluster, setup, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    voc, model, weights = setup
+    expected = evaluation_masks(voc, model, [])
+    ids = sorted(expected)
+    table = pa.table({"id": [f"set/{i}" for i in ids] + ["set/null"],
+                      "image": [(voc / "JPEGImages" / f"{i}.jpg").read_bytes() for i in ids] + [None]})
+    pq.write_table(table, tmp_path / "images.parquet", row_group_size=2)
+    out = tmp_path / "out"
+    args = ["predict", "--address", ray_cluster, f"predict.weights={weights}",
+            f"predict.input={tmp_path / 'images.parquet'}", f"predict.output={out}", "predict.shard_size=3"]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["images"], summary["predicted"], summary["errors"], summary["shards_done"]) == (5, 4, 1, 2)
+    for sample, mask in expected.items():
+        assert np.array_equal(read_mask(out / "masks" / "set" / f"{sample}.png"), mask), sample
+    assert (out / "errors.txt").read_text() == "set/null\tno image bytes (null)\n"

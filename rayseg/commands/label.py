@@ -8,7 +8,9 @@ starts Ray, sizes the explainer pool for the cluster once and runs the one Ray D
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from rayseg import storage
 from rayseg.commands.args import resolve
 from rayseg.config import LabelSection
 
@@ -28,7 +30,31 @@ def label_images(label: LabelSection, seed: int = 0, address: str | None = None)
         from rayseg.labeling.pipeline import actors_for_cluster
 
         num_actors = actors_for_cluster(label, ray.cluster_resources())
-    return run_labeling(label, plan, num_actors, seed)
+    summary = run_labeling(label, plan, num_actors, seed)
+    if summary["shards_done"] and not storage.is_uri(summary["version_dir"]):
+        write_preview(summary)
+    return summary
+
+
+PREVIEW_IMAGES = 8
+
+
+def write_preview(summary: dict) -> None:
+    """A look at the labels after each run that labelled something: ``<version_dir>/preview.png`` (the
+    ``show-labels`` grid of the first 8 images, with IoU when true masks were given) and the same grid in
+    ``<version_dir>/tensorboard`` (image ``labels/grid``, step = labelled rows so far)."""
+    import numpy as np
+    from PIL import Image
+    from torch.utils.tensorboard import SummaryWriter
+
+    from rayseg.commands.show_labels import show_labels
+
+    version_dir = Path(summary["version_dir"])
+    png = show_labels(version_dir, None, version_dir / "preview.png", count=PREVIEW_IMAGES)
+    with Image.open(png) as image:
+        grid = np.asarray(image.convert("RGB"))
+    with SummaryWriter(log_dir=str(version_dir / "tensorboard")) as writer:
+        writer.add_image("labels/grid", grid, summary["total_rows"], dataformats="HWC")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -471,7 +471,8 @@ class PredictSection(Section):
     code as evaluation)."""
 
     weights: str = setting("", "a run's export/model.pt", path="input")
-    input: str = setting("", "an image file, or a folder of images (searched recursively)", path="input")
+    input: str = setting("", "an image file, a folder of images (searched recursively), or a Parquet table of "
+                         "images (.parquet file or folder; columns id string, image bytes)", path="input")
     output: str = setting("rayseg_predictions", "folder for masks/, overlays/ (and probabilities/)", path="output")
     probabilities: bool = setting(False, "also write each image's class probabilities (float16 K x H x W .npy)")
     overlay_alpha: float = setting(0.5, "weight of the mask colours in overlays/", ge=0, le=1)

@@ -9,7 +9,9 @@
 evaluation infers it (:func:`rayseg.engine.inference.infer` under the ``eval`` section: whole image or sliding
 windows, shorter-side resize, flip), by :class:`rayseg.models.deploy.Segmenter` (normalisation included).
 
-One image runs in this process. A folder runs as a Ray Data batch-inference job: the sorted ids in shards of
+One image runs in this process. A folder, or a Parquet table of images (a ``.parquet`` file or a folder of them,
+columns ``id`` string and ``image`` encoded bytes, as ``rayseg label`` reads), runs as a Ray Data batch-inference
+job (a table is read by Ray's read tasks, never through the driver): the sorted ids in shards of
 ``predict.shard_size``, an actor pool that loads the model once per actor (GPU when ``predict.gpus_per_actor``
 > 0 and CUDA is there), and the driver committing one manifest per finished shard
 (``_manifests/shard-XXXXX.json``: its ids and the images that could not be read). A re-run predicts exactly the
@@ -36,11 +38,30 @@ from rayseg.config import ConfigError, EvalSection, PredictSection
 MANIFEST_DIR = "_manifests"
 
 
+def is_parquet_table(path: Path) -> bool:
+    if path.is_file():
+        return path.suffix == ".parquet"
+    return path.is_dir() and any(path.glob("*.parquet")) and not any(p.is_dir() for p in path.iterdir())
+
+
 def list_input_images(location: str) -> tuple[Path, list[str]]:
-    """``(root, sorted ids)``: an image file is its own folder's one id; a folder gives every image under it."""
+    """``(root, sorted ids)``: an image file is its own folder's one id; a folder gives every image under it; a
+    Parquet table its ``id`` column (only that column is read)."""
     from rayseg.data.folders import IMAGE_EXTENSIONS
 
     path = Path(location)
+    if is_parquet_table(path):
+        import pyarrow.dataset as pads
+
+        dataset = pads.dataset(str(path), format="parquet")
+        missing = [c for c in ("id", "image") if c not in dataset.schema.names]
+        if missing:
+            raise ConfigError(f"{path}: the Parquet table lacks column(s) {', '.join(missing)} (id string, image "
+                              f"bytes)", "predict.input")
+        ids = [str(i) for i in dataset.to_table(columns=["id"]).column("id").to_pylist()]
+        if len(set(ids)) != len(ids) or "" in ids:
+            raise ConfigError(f"{path}: ids must be unique and non-empty", "predict.input")
+        return path, sorted(ids)
     if path.is_file():
         return path.parent, [path.name]
     ids = sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
@@ -128,19 +149,52 @@ class PredictActor:
         self.predictor, self.root = Predictor(settings, eval_settings, device), Path(root)
 
     def __call__(self, batch: dict) -> dict:
+        """Rows ``id``, ``shard`` and, from a Parquet table, ``image`` (the encoded bytes; else the file is read)."""
         from rayseg.data.errors import BadSampleError
         from rayseg.data.folders import load_rgb
 
         status, written = [], []
-        for image_id in batch["id"]:
+        contents = batch.get("image", [None] * len(batch["id"]))
+        for image_id, data in zip(batch["id"], contents):
             try:
-                written.append(self.predictor.write(str(image_id), load_rgb(self.root / str(image_id))))
+                rgb = load_rgb(self.root / str(image_id)) if "image" not in batch else _decode(data, str(image_id))
+                written.append(self.predictor.write(str(image_id), rgb))
                 status.append("ok")
             except BadSampleError as exc:
                 written.append(0)
                 status.append(exc.reason)
         return {"id": batch["id"], "shard": batch["shard"], "status": np.asarray(status, dtype=object),
                 "bytes": np.asarray(written, np.int64)}
+
+
+def _decode(data, image_id: str) -> np.ndarray:
+    """A table row's encoded image as uint8 ``H x W x 3``; ``BadSampleError`` naming the id otherwise."""
+    from rayseg.data.errors import BadSampleError
+
+    if data is None:
+        raise BadSampleError(image_id, "no image bytes (null)")
+    try:
+        with Image.open(io.BytesIO(bytes(data))) as image:
+            return np.array(image.convert("RGB"))
+    except Exception as exc:  # noqa: BLE001 - PIL raises many kinds on corrupt data
+        raise BadSampleError(image_id, f"cannot decode image ({type(exc).__name__})") from None
+
+
+def select_parquet_rows(batch: dict, shard_starts: list[str], shard_indices: list[int], skip_ids: list[str]) -> dict:
+    """CPU stage for a Parquet table: keep the rows of the shards still to do, with their shard
+    (:func:`rayseg.labeling.stages.new_shard_of`)."""
+    from rayseg.labeling.stages import new_shard_of
+
+    skip = set(skip_ids)
+    keep, shard = [], []
+    for j, image_id in enumerate(batch["id"]):
+        k = new_shard_of(str(image_id), shard_starts, shard_indices, skip)
+        if k is not None:
+            keep.append(j)
+            shard.append(k)
+    return {"id": np.asarray([str(batch["id"][j]) for j in keep], dtype=object),
+            "image": np.asarray([batch["image"][j] for j in keep], dtype=object),
+            "shard": np.asarray(shard, np.int64)}
 
 
 def _manifests(output: str) -> list[dict]:
@@ -205,10 +259,14 @@ def _run_pool(settings: PredictSection, eval_settings: EvalSection, root: Path, 
     ensure_ray(address)
     import ray
 
-    from rayseg.labeling.pipeline import explainer_pool
+    from rayseg.labeling.pipeline import explainer_pool, parquet_lookup
 
     items = [{"id": i, "shard": k} for k in todo for i in shards[k]]
-    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * settings.num_actors)))
+    if is_parquet_table(root):
+        ds = ray.data.read_parquet(str(root), columns=["id", "image"])
+        ds = ds.map_batches(select_parquet_rows, batch_format="numpy", fn_kwargs=parquet_lookup(shards, todo))
+    else:
+        ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * settings.num_actors)))
     ds = ds.map_batches(
         PredictActor, batch_size=1, batch_format="numpy", compute=explainer_pool(settings.num_actors),
         num_cpus=settings.cpus_per_actor, num_gpus=settings.gpus_per_actor,
@@ -236,6 +294,6 @@ def _run_pool(settings: PredictSection, eval_settings: EvalSection, root: Path, 
 
 def predict(settings: PredictSection, eval_settings: EvalSection, address: str | None = None) -> dict:
     settings.check_inputs()
-    if Path(settings.input).is_file():
+    if Path(settings.input).is_file() and not is_parquet_table(Path(settings.input)):
         return predict_one(settings, eval_settings)
     return predict_folder(settings, eval_settings, address)

@@ -356,7 +356,7 @@ def _run_pipeline(label: LabelSection, plan: LabelingPlan, num_actors: int, seed
     if label.images_parquet:
         ds = ray.data.read_parquet(str(label.images_parquet)).select_columns(list(PARQUET_COLUMNS))
         ds = ds.map_batches(decode_parquet_rows, batch_size=label.batch_size, batch_format="numpy", **cpu_args,
-                            fn_kwargs={**_parquet_lookup(plan),
+                            fn_kwargs={**parquet_lookup(plan.shards, plan.todo),
                                        **norm})
     else:
         items = [{"id": rel, "shard": i, "class_index": plan.class_of[rel]} for i in plan.todo
@@ -408,14 +408,15 @@ def _run_pipeline(label: LabelSection, plan: LabelingPlan, num_actors: int, seed
     return committed, written
 
 
-def _parquet_lookup(plan: LabelingPlan) -> dict:
-    """What :func:`decode_parquet_rows` needs to find the new shard of a table row: the first id and index of each
-    new shard (sorted ids), and the committed ids that sort inside their range (resumed with other shard sizes or
-    added images); committed ids before the first new one need no list."""
-    starts = [plan.shards[i][0] for i in plan.todo]
-    skip = sorted(i for k, chunk in plan.shards.items() if k not in plan.todo for i in chunk
+def parquet_lookup(planned: dict[int, list[str]], todo: list[int]) -> dict:
+    """What a Parquet stage needs to find the new shard of a table row (:func:`rayseg.labeling.stages.new_shard_of`):
+    the first id and index of each shard still to do (sorted ids), and the committed ids that sort inside their
+    range (resumed with other shard sizes or added images); committed ids before the first new one need no
+    list. ``planned``/``todo``: :func:`plan_by_identity`'s shards and new indices."""
+    starts = [planned[i][0] for i in todo]
+    skip = sorted(i for k, chunk in planned.items() if k not in todo for i in chunk
                   if starts and i >= starts[0])  # committed and new ids are disjoint (plan_by_identity)
-    return {"shard_starts": starts, "shard_indices": list(plan.todo), "skip_ids": skip}
+    return {"shard_starts": starts, "shard_indices": list(todo), "skip_ids": skip}
 
 
 def _print(line: str, log: list[str]) -> None:

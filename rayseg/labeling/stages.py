@@ -36,6 +36,13 @@ def decode_and_resize(batch: dict, images_root: str, input_size: int, geometry: 
     return _decode_rows(batch["id"], batch["shard"], batch["class_index"], contents, input_size, geometry, mean, std)
 
 
+def new_shard_of(image_id: str, shard_starts: list[str], shard_indices: list[int], skip: set[str]) -> int | None:
+    """The shard still to do that a table row belongs to, by bisecting the sorted first ids of those shards
+    (:func:`rayseg.labeling.pipeline.parquet_lookup`); None for a row committed already."""
+    k = bisect.bisect_right(shard_starts, image_id) - 1
+    return None if k < 0 or image_id in skip else int(shard_indices[k])
+
+
 def decode_parquet_rows(batch: dict, shard_starts: list[str], shard_indices: list[int], skip_ids: list[str],
                         input_size: int, geometry: str, mean: tuple, std: tuple) -> dict:
     """CPU stage for Parquet input: ``batch`` has the table's ``id``, ``image`` (bytes) and ``label`` columns.
@@ -47,11 +54,11 @@ def decode_parquet_rows(batch: dict, shard_starts: list[str], shard_indices: lis
     ids, shard, labels, contents = [], [], [], []
     for rel, data, label in zip(batch["id"], batch["image"], batch["label"]):
         rel = str(rel)
-        k = bisect.bisect_right(shard_starts, rel) - 1
-        if k < 0 or rel in skip:
+        k = new_shard_of(rel, shard_starts, shard_indices, skip)
+        if k is None:
             continue
         ids.append(rel)
-        shard.append(int(shard_indices[k]))
+        shard.append(k)
         labels.append(int(label))
         contents.append(f"{rel}: no image bytes (null)" if data is None else bytes(data))
     return _decode_rows(ids, shard, labels, contents, input_size, geometry, mean, std)
