@@ -16,8 +16,9 @@ from tests.engine_helpers import tiny_overrides
 
 def test_a_run_logs_params_metrics_and_artifacts_and_a_resume_continues_it(tmp_path):
     pytest.importorskip("mlflow")
-    overrides = tiny_overrides(tmp_path, "tracked", **{"train.epochs": 2, "train.eval_every": 1, "mlflow.enabled": "true",
-                                                         "mlflow.experiment": "tests", "run.tags": "{start: x}"})
+    overrides = tiny_overrides(tmp_path, "tracked", **{"train.epochs": 2, "train.eval_every": 1,
+                                                         "mlflow.enabled": "true", "mlflow.experiment": "tests",
+                                                         "run.tags": "{start: x}"})
     cfg = load_config(None, overrides)
     summary = train(cfg, "finetune", METHODS[cfg.method])
     from mlflow.tracking import MlflowClient  # after the run has allowed the file store

@@ -14,12 +14,12 @@ from rayseg.config.fields import ConfigError, in_ray_job, output_location
 from rayseg.config.loader import (URI_KEYS, config_from_dict, explain, explain_sections, load_config,
                                   parse_override, read_yaml, save_config, set_dotted, validate)
 from rayseg.config.sections import (ClassifierSection, Config, DataSection, DenseCLSection, EvalSection,
-                                    ExplainerSection, LabelSection, MDPSection, MlflowSection, ModelSection, OptimSection,
-                                    PixConSection, PredictSection, PSSLSection, RunSection, SSASection, TrainSection,
-                                    ViewsSection)
+                                    ExplainerSection, LabelSection, MDPSection, MlflowSection, ModelSection,
+                                    OptimSection, PixConSection, PredictSection, PSSLSection, RunSection, SSASection,
+                                    TrainSection, ViewsSection)
 
 __all__ = ["ClassifierSection", "Config", "ConfigError", "DataSection", "DenseCLSection", "EvalSection",
-           "ExplainerSection", "LabelSection", "MDPSection", "MlflowSection", "ModelSection", "OptimSection", "PSSLSection",
-           "PixConSection", "PredictSection", "RunSection", "SSASection", "TrainSection", "URI_KEYS", "ViewsSection",
-           "config_from_dict", "explain", "explain_sections", "in_ray_job", "load_config", "output_location",
-           "parse_override", "read_yaml", "save_config", "set_dotted", "validate"]
+           "ExplainerSection", "LabelSection", "MDPSection", "MlflowSection", "ModelSection", "OptimSection",
+           "PSSLSection", "PixConSection", "PredictSection", "RunSection", "SSASection", "TrainSection", "URI_KEYS",
+           "ViewsSection", "config_from_dict", "explain", "explain_sections", "in_ray_job", "load_config",
+           "output_location", "parse_override", "read_yaml", "save_config", "set_dotted", "validate"]

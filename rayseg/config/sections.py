@@ -564,5 +564,6 @@ class Config(Section):
 
 
 __all__ = ["ClassifierSection", "Config", "DataSection", "DenseCLSection", "EvalSection", "ExplainerSection",
-           "LabelSection", "MDPSection", "MlflowSection", "ModelSection", "OptimSection", "PSSLSection", "PixConSection",
-           "PredictSection", "RunSection", "SSASection", "TrainSection", "ViewsSection", "METHOD_NAMES"]
+           "LabelSection", "MDPSection", "MlflowSection", "ModelSection", "OptimSection", "PSSLSection",
+           "PixConSection", "PredictSection", "RunSection", "SSASection", "TrainSection", "ViewsSection",
+           "METHOD_NAMES"]

@@ -24,7 +24,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -217,8 +216,8 @@ def predict_one(settings: PredictSection, eval_settings: EvalSection) -> dict:
     start = time.perf_counter()
     root, (image_id,) = list_input_images(settings.input)
     written = Predictor(settings, eval_settings).write(image_id, load_rgb(root / image_id))
-    return {"images": 1, "predicted": 1, "errors": 0, "bytes": written, "seconds": round(time.perf_counter() - start, 3),
-            "output": storage.absolute(settings.output)}
+    return {"images": 1, "predicted": 1, "errors": 0, "bytes": written,
+            "seconds": round(time.perf_counter() - start, 3), "output": storage.absolute(settings.output)}
 
 
 def predict_folder(settings: PredictSection, eval_settings: EvalSection, address: str | None = None) -> dict:
@@ -248,7 +247,8 @@ def predict_folder(settings: PredictSection, eval_settings: EvalSection, address
                "images_per_s": round(new / seconds, 3) if new else 0.0, "output": output}
     storage.write_text(storage.join(output, "summary.json"), json.dumps(summary, indent=1))
     if errors:
-        storage.write_text(storage.join(output, "errors.txt"), "".join(f"{i}\t{r}\n" for i, r in sorted(errors.items())))
+        lines = "".join(f"{i}\t{r}\n" for i, r in sorted(errors.items()))
+        storage.write_text(storage.join(output, "errors.txt"), lines)
     return summary
 
 

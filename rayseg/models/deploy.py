@@ -4,9 +4,9 @@
 image file gives: ``N x 3 x H x W`` float RGB in ``[0, 1]``, of any size. It normalises with the ImageNet mean
 and std (as rayseg trains) and returns logits ``N x K x H x W`` at the input size. :func:`export_model` writes it
 as TorchScript (``torch.jit.trace``: the height and width stay free because the model reads them from its input)
-or ONNX (``torch.onnx.export``'s ``torch.export``-based exporter, batch, height and width dynamic), and beside it a small JSON file with what a
-user of the file needs: classes, palette, input and output, normalisation, rayseg version, the training config's
-hash.
+or ONNX (``torch.onnx.export``'s ``torch.export``-based exporter, batch, height and width dynamic), and beside it
+a small JSON file with what a user of the file needs: classes, palette, input and output, normalisation, rayseg
+version, the training config's hash.
 """
 
 from __future__ import annotations
