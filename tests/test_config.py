@@ -93,7 +93,8 @@ def test_explain_lists_every_key():
     assert any(line.startswith("optim.name (str, default 'sgd'; one of sgd, adamw)") for line in lines)
     assert any(line.startswith("label.explainer.samples (int, default 50; >= 1)") for line in lines)
     sections = [f.name for f in dataclasses.fields(Config) if dataclasses.is_dataclass(getattr(Config(), f.name))]
-    assert {"run", "data", "model", "optim", "train", "pssl", "label", "mdp", "pixcon", "densecl", "ssa"} <= set(sections)
+    expected = {"run", "data", "model", "optim", "train", "pssl", "label", "mdp", "pixcon", "densecl", "ssa"}
+    assert expected <= set(sections)
     assert len(lines) == _leaf_keys(Config())
 
 

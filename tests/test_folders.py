@@ -159,7 +159,8 @@ def test_skip_bad_with_dataloader_reports_skipped_ids(voc):
         skipped += batch["skipped"]
     assert good == [ids[i] for i in (0, 2, 3, 5)]
     assert [sid for sid, _ in skipped] == [ids[1], ids[4]]
-    assert skipped[1][1] == f"{root / 'SegmentationClass' / ids[4]}.png: label values [9] out of range for num_classes=7"
+    mask = root / "SegmentationClass" / f"{ids[4]}.png"
+    assert skipped[1][1] == f"{mask}: label values [9] out of range for num_classes=7"
     assert set(folder.bad_samples) == {ids[1], ids[4]}
     all_bad = collate_skip_bad([folder[1], folder[4]])  # no image, but the bad samples are still reported
     assert "image" not in all_bad and [sid for sid, _ in all_bad["skipped"]] == [ids[1], ids[4]]

@@ -81,7 +81,8 @@ def test_end_to_end_three_committed_shards(labelled, tiny):
     for row in table.to_pylist():
         assert row["class_index"] == classes.index(row["id"].split("/")[0])
         d = shards.decode_deciles(row["deciles_png"])
-        assert d.shape == (32, 32) and d.dtype == np.uint8 and d.max() <= 9 and (row["height"], row["width"]) == (32, 32)
+        assert d.shape == (32, 32) and d.dtype == np.uint8 and d.max() <= 9
+        assert (row["height"], row["width"]) == (32, 32)
         assert d.max() == 9 and len(np.unique(d)) >= 5  # a ranking, not a constant map
         assert row["content_hash"] == hashlib.sha256((root / "images" / row["id"]).read_bytes()).hexdigest()
     assert summary["new_images"] == summary["labelled"] == summary["total_rows"] == 24

@@ -3,8 +3,9 @@
 The run folder ``<storage>/<name>`` is both Ray Train's ``storage_path/name`` (its checkpoints and state) and
 the place of rayseg's outputs (config.yaml, TensorBoard, export/, metrics.json, summary.json). ``run.storage``
 may be an object-store URI: Ray Train then gets its pyarrow filesystem, and the loop publishes its outputs
-through :class:`rayseg.engine.run_folder.RunFolder`. Because the name is deterministic, re-running the same command resumes the run from its last checkpoint, also after the driver
-was killed; re-running a finished run does no work.
+through :class:`rayseg.engine.run_folder.RunFolder`. Because the name is deterministic, re-running the same
+command resumes the run from its last checkpoint, also after the driver was killed; re-running a finished run does
+no work.
 """
 
 from __future__ import annotations
