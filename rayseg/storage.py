@@ -14,6 +14,7 @@ at all, which is what rayseg's "written last" markers (``summary.json``, label m
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import posixpath
@@ -144,6 +145,15 @@ def write_bytes(location: str | os.PathLike, data: bytes) -> int:
     with stream:
         stream.write(data)
     return len(data)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 hex of a local file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_text(location: str | os.PathLike, text: str) -> int:

@@ -19,7 +19,6 @@ folder instead.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import posixpath
@@ -30,6 +29,7 @@ from typing import Callable, ContextManager, Iterable
 
 import torch
 
+from rayseg import storage
 
 STATE_FILE = "state.pt"
 CHECKSUMS_FILE = "checksums.json"
@@ -41,19 +41,12 @@ class CorruptCheckpointError(ValueError):
         super().__init__(f"{location}: {reason}")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_checksums(directory: str | os.PathLike) -> None:
     """Record size and sha256 of every file of a checkpoint directory in ``checksums.json``."""
     directory = Path(directory)
     files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != CHECKSUMS_FILE)
-    records = {p.relative_to(directory).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+    records = {p.relative_to(directory).as_posix(): {"bytes": p.stat().st_size, "sha256": storage.sha256_file(p)}
+               for p in files}
     (directory / CHECKSUMS_FILE).write_text(json.dumps(records, indent=1))
 
 
@@ -76,7 +69,7 @@ def verify_checkpoint(directory: str | os.PathLike) -> None:
         if path.stat().st_size != record["bytes"]:
             raise CorruptCheckpointError(str(path), f"{path.stat().st_size} bytes, checksums.json records "
                                                     f"{record['bytes']} (truncated?)")
-        if _sha256(path) != record["sha256"]:
+        if storage.sha256_file(path) != record["sha256"]:
             raise CorruptCheckpointError(str(path), "content does not match its sha256 in checksums.json")
 
 

@@ -226,7 +226,7 @@ def drop_changed_shards(version_dir: str, manifests: list[dict], root: str, stam
             continue
         table = shards.read_labels(version_dir, columns=["id", "content_hash"], manifests=[manifest])
         hashes = dict(zip(table.column("id").to_pylist(), table.column("content_hash").to_pylist()))
-        differ = [i for i in moved if hashes.get(i) != _sha256_file(os.path.join(root, i))]
+        differ = [i for i in moved if hashes.get(i) != storage.sha256_file(os.path.join(root, i))]
         if differ:
             changed[shards.shard_name(int(manifest["shard"]))] = (
                 f"{len(differ)} image(s) changed since they were labelled (first: {os.path.join(root, differ[0])})")
@@ -235,14 +235,6 @@ def drop_changed_shards(version_dir: str, manifests: list[dict], root: str, stam
         shards.write_manifest(version_dir, int(manifest["shard"]), manifest)
         kept.append(manifest)
     return kept, changed
-
-
-def _sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def plan_by_identity(ids: list[str], committed: list[dict], shard_size: int
