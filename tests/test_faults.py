@@ -211,7 +211,7 @@ def test_a_volume_too_small_for_the_checkpoints_fails_before_ray(volume):
 def test_labelling_onto_a_full_volume_stops_with_one_line_and_resumes(ray_cluster, volume, members, tmp_path):
     images = tmp_path / "images"
     write_image_folder(SyntheticClassification(num_images=24, image_size=32, classes=[0, 1, 2]), images)
-    vol = volume("256k")
+    vol = volume("4m")  # room for the whole job and its preview once the filler is gone
     filler = vol / "filler"
     free = os.statvfs(vol).f_bavail * os.statvfs(vol).f_frsize
     filler.write_bytes(b"\0" * (free - 24 * 1024))  # room for a few 4 KiB pages: a shard or two

@@ -41,20 +41,32 @@ PREVIEW_IMAGES = 8
 
 def write_preview(summary: dict) -> None:
     """A look at the labels after each run that labelled something: ``<version_dir>/preview.png`` (the
-    ``show-labels`` grid of the first 8 images, with IoU when true masks were given) and the same grid in
-    ``<version_dir>/tensorboard`` (image ``labels/grid``, step = labelled rows so far)."""
-    import numpy as np
+    ``show-labels`` grid of the first 8 images, with IoU when true masks were given) and the same PNG as image
+    ``labels/grid`` (step = labelled rows so far) in an event file of ``<version_dir>/tensorboard``. Both are written
+    in one atomic step each (:func:`rayseg.storage.write_bytes`), so a full disk is one error line naming the file."""
+    import io
+    import socket
+    import time
+
     from PIL import Image
-    from torch.utils.tensorboard import SummaryWriter
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.summary.writer.record_writer import RecordWriter
 
     from rayseg.commands.show_labels import show_labels
 
     version_dir = Path(summary["version_dir"])
     png = show_labels(version_dir, None, version_dir / "preview.png", count=PREVIEW_IMAGES)
     with Image.open(png) as image:
-        grid = np.asarray(image.convert("RGB"))
-    with SummaryWriter(log_dir=str(version_dir / "tensorboard")) as writer:
-        writer.add_image("labels/grid", grid, summary["total_rows"], dataformats="HWC")
+        width, height = image.size
+    grid = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=png.read_bytes())
+    events = io.BytesIO()
+    records = RecordWriter(events)
+    records.write(Event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString())
+    records.write(Event(wall_time=time.time(), step=summary["total_rows"],
+                        summary=Summary(value=[Summary.Value(tag="labels/grid", image=grid)])).SerializeToString())
+    name = f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}.labels"
+    storage.write_bytes(version_dir / "tensorboard" / name, events.getvalue())
 
 
 def run(args: argparse.Namespace) -> int:

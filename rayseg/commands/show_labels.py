@@ -108,8 +108,8 @@ def show_labels(version_dir: str | os.PathLike, images_root: str | os.PathLike |
     (deciles >= ``threshold``, red over the image). Rows: the first ``count`` ids in sorted order, or a sample
     seeded by ``seed`` when given. Titles: id and class name (class folder of ``images_root``; ``class <index>``
     for Parquet input). ``images_root`` may also be a Parquet image table (file or folder of ``*.parquet``),
-    like ``parquet``; both None -> the source recorded in ``summary.json``. An image that is missing or no longer matches the labelled content hash is
-    marked in its title (grey when unreadable). With true object masks (``true_masks``, or the ``label.true_masks``
+    like ``parquet``; both None -> the source recorded in ``summary.json``. An image that is missing or no longer
+    matches the labelled content hash is marked in its title (grey when unreadable). With true object masks (``true_masks``, or the ``label.true_masks``
     recorded in ``summary.json``) each pseudo-mask's title gives its IoU with the true mask, and the true mask's
     outline is drawn in green. Written atomically; returns the path of the PNG."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

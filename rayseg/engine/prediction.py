@@ -263,7 +263,7 @@ def _run_pool(settings: PredictSection, eval_settings: EvalSection, root: Path, 
 
     items = [{"id": i, "shard": k} for k in todo for i in shards[k]]
     if is_parquet_table(root):
-        ds = ray.data.read_parquet(str(root), columns=["id", "image"])
+        ds = ray.data.read_parquet(str(root)).select_columns(["id", "image"])
         ds = ds.map_batches(select_parquet_rows, batch_format="numpy", fn_kwargs=parquet_lookup(shards, todo))
     else:
         ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * settings.num_actors)))
