@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from rayseg import storage
 from rayseg.config import ConfigError
+from rayseg.engine.prediction import is_parquet_table
 from rayseg.labeling import shards
 from rayseg.labeling.geometry import fit_image, placement
 from rayseg.labeling.stages import read_true_mask, top_decile_iou
@@ -32,12 +33,6 @@ __all__ = ["show_labels"]
 
 CELL_INCHES = 2.4
 DPI = 100
-
-
-def _is_parquet(path: Path) -> bool:
-    if path.is_file():
-        return path.suffix == ".parquet"
-    return path.is_dir() and any(path.glob("*.parquet")) and not any(p.is_dir() for p in path.iterdir())
 
 
 def _source(version_dir: str, images_root, parquet) -> tuple[Path | None, Path | None]:
@@ -52,7 +47,7 @@ def _source(version_dir: str, images_root, parquet) -> tuple[Path | None, Path |
                              "(ImageFolder root) or parquet (Parquet image table)")
     if images_root is not None and parquet is not None:
         raise ValueError("show_labels: give images_root or parquet, not both")
-    if images_root is not None and _is_parquet(Path(images_root)):  # --images may name the table too
+    if images_root is not None and is_parquet_table(Path(images_root)):  # --images may name the table too
         images_root, parquet = None, images_root
     if images_root is not None and not Path(images_root).is_dir():
         raise FileNotFoundError(f"{images_root}: image folder not found")

@@ -14,7 +14,6 @@ import dataclasses
 import difflib
 import math
 import os
-from collections.abc import Callable
 from dataclasses import field
 from typing import Any
 
@@ -33,16 +32,14 @@ class ConfigError(ValueError):
         return ConfigError(self.detail, prefix + self.key) if self.key else self
 
 
-Choices = tuple | Callable[[], tuple]
 _BOUNDS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
            "le": ("<=", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}
 
 
-def setting(default: Any, doc: str = "", choices: Choices | None = None, *, ge: float | None = None,
+def setting(default: Any, doc: str = "", choices: tuple | None = None, *, ge: float | None = None,
             gt: float | None = None, le: float | None = None, lt: float | None = None,
             path: str | None = None) -> Any:
-    """A config field: its default, one line of doc, and the rules its value must follow. ``choices`` may be a
-    function returning them (read when checked, e.g. the method registry). ``path`` marks a location: ``"input"``
+    """A config field: its default, one line of doc, and the rules its value must follow. ``path`` marks a location: ``"input"``
     and ``"spec"`` (each list item ``KIND:PATH``) are made absolute when the section is built
     (:func:`absolute_location`); an ``"output"`` is made absolute where the command uses it (:func:`output_location`),
     so that an output a command does not write is never refused."""
@@ -61,8 +58,7 @@ def setting(default: Any, doc: str = "", choices: Choices | None = None, *, ge: 
 
 
 def choices_of(f: dataclasses.Field) -> tuple | None:
-    choices = f.metadata.get("choices")
-    return choices() if callable(choices) else choices
+    return f.metadata.get("choices")
 
 
 def rules_of(f: dataclasses.Field) -> str:
