@@ -32,7 +32,8 @@ def test_run_writes_its_outputs(finished_run):
     assert summary["final_losses"]["loss"] > 0 and summary["images_per_s"] > 0
     assert load_config(f"{run_dir}/config.yaml") == cfg  # the resolved config beside the outputs
     assert json.loads(open(f"{run_dir}/tags.json").read()) == {"command": "pretrain", "method": "supervised",
-                                                                "head": "linear", "start": "scratch", "seed": 3}
+                                                                "head": "linear", "start": "scratch", "seed": 3,
+                                                                "eval": "finetune"}
     metrics = json.loads(open(f"{run_dir}/metrics.json").read())
     assert 0.0 <= metrics["miou"] <= 1.0 and set(metrics["per_class_iou"]) == {
         "background", "disc", "square", "triangle", "ring", "cross", "ellipse"}

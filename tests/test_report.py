@@ -91,7 +91,8 @@ def test_run_tags_group_any_fine_tunes(tmp_path, capsys):
         (run / "tags.json").write_text(json.dumps(cfg.tags("finetune")))
         (run / "metrics.json").write_text(json.dumps({"miou": miou}))
     assert cfg.tags("finetune") == {"command": "finetune", "method": "supervised", "head": "linear",
-                                    "start": "pretrain-pssl-1234", "seed": 0, "recipe": "a", "target": "ade"}
+                                    "start": "pretrain-pssl-1234", "seed": 0, "eval": "finetune", "recipe": "a",
+                                    "target": "ade"}
 
     assert main(["report", "--storage", str(runs), "--by", "recipe,target", "--title", "two recipes"]) == 0
     lines = capsys.readouterr().out.splitlines()

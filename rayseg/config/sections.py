@@ -96,7 +96,8 @@ class DataSection(Section):
 class ModelSection(Section):
     backbone: str = setting("resnet18", "torchvision backbone", choices=(
         "resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v3_large"))
-    head: str = setting("fcn", "decode head", choices=("fcn", "deeplabv3", "fpn"))
+    head: str = setting("fcn", "decode head; probe = no decoder, BatchNorm on the backbone's deepest features (a "
+                        "linear probe with freeze_backbone)", choices=("fcn", "deeplabv3", "fpn", "probe"))
     output_stride: int = setting(8, "backbone output stride", choices=(8, 16, 32))
     channels: int = setting(128, "decode head width", ge=1)
     dropout: float = setting(0.1, "dropout before the classifier", ge=0, lt=1)
@@ -104,6 +105,8 @@ class ModelSection(Section):
                                 path="input")
     classifier: str = setting("linear", "pixel classifier on the decoder features: linear (1x1 conv) or ssa "
                               "(SSA-Seg head; its losses are set in the ssa section)", choices=("linear", "ssa"))
+    freeze_backbone: bool = setting(False, "train only decoder + classifier: backbone weights and BatchNorm "
+                                    "statistics stay as loaded (with head: probe, a frozen-backbone linear probe)")
 
     def check_inputs(self) -> None:
         if self.init_weights and not storage.is_file(self.init_weights):
@@ -525,8 +528,8 @@ class Config(Section):
 
     def tags(self, command: str) -> dict:
         """What ``<run>/tags.json`` holds: the command, method, head (``model.classifier``), start (the pre-training
-        run whose export ``model.init_weights`` names, its file name otherwise, ``scratch`` without one) and seed,
-        then ``run.tags`` over them."""
+        run whose export ``model.init_weights`` names, its file name otherwise, ``scratch`` without one), seed and
+        eval (``probe`` with ``model.freeze_backbone``, else ``finetune``), then ``run.tags`` over them."""
         init = self.model.init_weights
         if not init:
             start = "scratch"
@@ -535,7 +538,8 @@ class Config(Section):
         else:
             start = storage.basename(init).rsplit(".", 1)[0]
         return {"command": command, "method": self.method, "head": self.model.classifier, "start": start,
-                "seed": self.run.seed, **self.run.tags}
+                "seed": self.run.seed, "eval": "probe" if self.model.freeze_backbone else "finetune",
+                **self.run.tags}
 
     def run_dir(self, command: str) -> str:
         name = self.run.name or f"{command}-{self.method}-{self.fingerprint()}"

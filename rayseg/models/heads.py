@@ -4,6 +4,9 @@
 - ``deeplabv3``: torchvision ``ASPP`` + ``DeepLabHead``'s conv3x3/BN/ReLU, on the deepest level.
 - ``fpn``: ``torchvision.ops.FeaturePyramidNetwork`` over all backbone levels, each level upsampled to the
   finest one and summed (Panoptic-FPN semantic branch, lightweight), then conv3x3/BN/ReLU.
+- ``probe``: no decoder, only BatchNorm over the deepest level, so that the 1x1 classifier after it is a linear
+  probe of the backbone's features (with ``model.freeze_backbone``); BatchNorm puts features of different
+  pre-trainings on one scale, so that one learning rate suits them all.
 
 Every decoder ends with ``Dropout(dropout)`` (the dropout MMSegmentation's decode heads apply before the
 classifier) and has ``out_channels`` and ``levels`` (the backbone levels it reads).
@@ -66,6 +69,14 @@ class DeepLabV3Head(DeepestLevelHead):
         )
 
 
+class ProbeHead(DeepestLevelHead):
+    """BatchNorm + Dropout on the deepest level: at inference an affine map, so decoder + 1x1 classifier stay
+    linear in the backbone's features."""
+
+    def __init__(self, in_channels: int, dropout: float = 0.1):
+        super().__init__(nn.BatchNorm2d(in_channels), nn.Dropout(dropout), out_channels=in_channels)
+
+
 class FPNHead(nn.Module):
     """FPN over the given levels; levels upsampled (bilinear) to the finest one, summed, conv3x3 + BN + ReLU."""
 
@@ -98,10 +109,15 @@ def _fpn(in_channels: dict[str, int], channels: int, output_stride: int, dropout
     return FPNHead(in_channels, channels, dropout)
 
 
+def _probe(in_channels: dict[str, int], channels: int, output_stride: int, dropout: float) -> nn.Module:
+    return ProbeHead(in_channels["out"], dropout)
+
+
 HEADS: dict[str, Callable[[dict[str, int], int, int, float], nn.Module]] = {
     "fcn": _fcn,
     "deeplabv3": _deeplabv3,
     "fpn": _fpn,
+    "probe": _probe,
 }
 
 

@@ -29,6 +29,20 @@ class SegmentationModel(nn.Module):
         self.decoder = decoder
         self.classifier = classifier if classifier is not None else nn.Conv2d(decoder.out_channels, num_classes, 1)
         self.arch = dict(arch, num_classes=num_classes)
+        self.backbone_frozen = False
+
+    def freeze_backbone(self) -> None:
+        """Train decoder + classifier only: the backbone's weights get no gradient and its BatchNorm statistics
+        stay as loaded (the backbone stays in eval mode through ``train()``)."""
+        self.backbone.requires_grad_(False)
+        self.backbone_frozen = True
+        self.backbone.eval()
+
+    def train(self, mode: bool = True) -> SegmentationModel:
+        super().train(mode)
+        if self.backbone_frozen:
+            self.backbone.eval()
+        return self
 
     def forward_features(self, x: torch.Tensor) -> dict[str, Any]:
         """``{"backbone": OrderedDict of levels, "decoder": B x C x h x w}``."""

@@ -124,6 +124,13 @@ def load_weights(model: SegmentationModel, path: str | os.PathLike, strict_backb
         keys = ", ".join(d.split(":")[0] for d in weights["dropped"])
         report.notices.append(f"dropped {keys} (torchvision classification head)")
 
+    if arch["head"] == "probe":  # a linear probe reads the backbone's features only
+        unused = [key for key in weights["state_dict"] if not key.startswith("backbone.")]
+        if unused:
+            weights["state_dict"] = {k: v for k, v in weights["state_dict"].items() if k.startswith("backbone.")}
+            weights["part"] = "backbone"
+            report.notices.append(f"head probe: only the backbone is loaded; the file's decoder and classifier "
+                                  f"({len(unused)} tensors) are not used")
     mismatch = []
     if file_arch is not None:
         if file_arch.get("backbone") != arch["backbone"]:
