@@ -37,6 +37,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "sweep": ("Ray Tune search over config keys (one Train run per trial)", "sweep:add_arguments", "sweep:run"),
     "report": ("transfer table and chart of fine-tune mIoU over starts, heads and seeds",
                "report:add_arguments", "report:run"),
+    "claims": ("run the experiments behind the papers' claims and judge each with a 95% interval",
+               "claims:add_arguments", "claims:run"),
     "demo": ("the whole pipeline on the embedded synthetic benchmark", "demo:add_arguments", "demo:run"),
     "config": ("print the resolved config, or every key with --explain", "config:add_arguments", "config:run"),
     "predict": ("masks and overlays of a trained model for an image or a folder (Ray Data)", "args:add_config_args",
@@ -64,6 +66,7 @@ EXAMPLES: dict[str, list[str]] = {
     "sweep": ["rayseg sweep --space tune_spaces/mdp_temperature_topk.yaml --config jobs/configs/pretrain_mdp.yaml"],
     "report": ["rayseg report --storage rayseg_runs/demo/full",
                "rayseg report --storage runs/finetunes --by start,head --title 'VOC fine-tunes'"],
+    "claims": ["rayseg claims", "rayseg claims --read --storage rayseg_runs/claims"],
     "demo": ["rayseg demo --quick", "rayseg demo"],
     "predict": ["rayseg predict predict.weights=RUN/export/model.pt predict.input=photo.jpg",
                 "rayseg predict predict.weights=RUN/export/model.pt predict.input=/data/images predict.output=out "

@@ -28,7 +28,8 @@ from rayseg import storage
 from rayseg.config import ConfigError
 from rayseg.tables import format_table
 
-__all__ = ["ReportRow", "collect_runs", "render_chart", "summarise", "format_report", "write_report"]
+__all__ = ["FineTune", "ReportRow", "collect_runs", "read_fine_tunes", "render_chart", "summarise", "format_report",
+           "write_report"]
 
 HEAD_ORDER = ("linear", "ssa")
 
@@ -42,13 +43,20 @@ class ReportRow:
     run_dir: str
 
 
-def collect_runs(root: str | os.PathLike, by: tuple[str, str] = ("start", "head")) -> list[ReportRow]:
-    """Every fine-tune ``<root>/*/tags.json`` run, with its mIoU (None when ``metrics.json`` is missing) and the
-    values of its tags ``by`` (``-`` where a run lacks one). ``root`` is a path or an object-store URI."""
+@dataclass
+class FineTune:
+    tags: dict
+    miou: float | None  # None: the run has no metrics.json yet
+    run_dir: str
+
+
+def read_fine_tunes(root: str | os.PathLike) -> list[FineTune]:
+    """Every fine-tune ``<root>/*/tags.json`` run (``command`` finetune, or none: older runs and hand-written
+    tags), with its mIoU (None when ``metrics.json`` is missing). ``root`` is a path or an object-store URI."""
     root = storage.absolute(root)
     if not storage.is_dir(root):
         raise FileNotFoundError(f"{root}: folder not found")
-    rows = []
+    runs = []
     for entry in storage.list_dir(root):
         run_dir = storage.join(root, entry)
         tags_file = storage.join(run_dir, "tags.json")
@@ -61,8 +69,17 @@ def collect_runs(root: str | os.PathLike, by: tuple[str, str] = ("start", "head"
             raise ConfigError(f"{tags_file}: missing seed")
         metrics_file = storage.join(run_dir, "metrics.json")
         miou = json.loads(storage.read_text(metrics_file))["miou"] if storage.is_file(metrics_file) else None
-        row, column = (str(tags.get(key, "-")) for key in by)
-        rows.append(ReportRow(row, column, str(tags["seed"]), miou, run_dir))
+        runs.append(FineTune(tags, miou, run_dir))
+    return runs
+
+
+def collect_runs(root: str | os.PathLike, by: tuple[str, str] = ("start", "head")) -> list[ReportRow]:
+    """Every fine-tune run under ``root`` (:func:`read_fine_tunes`) as a row: the values of its tags ``by``
+    (``-`` where a run lacks one), its seed and mIoU."""
+    rows = []
+    for run in read_fine_tunes(root):
+        row, column = (str(run.tags.get(key, "-")) for key in by)
+        rows.append(ReportRow(row, column, str(run.tags["seed"]), run.miou, run.run_dir))
     return rows
 
 

@@ -297,11 +297,27 @@ def commit_shard(version_dir: str, index: int, planned: list[str], rows: list[di
         manifest["stamps"] = stamps
     if score:
         ious = np.asarray([r["iou"] for r in good], np.float64).reshape(-1, len(names) + 1)
-        ious = ious[~np.isnan(ious).any(axis=1)]
+        scored = ~np.isnan(ious).any(axis=1)
+        ious = ious[scored]
         manifest["iou"] = {"count": int(len(ious)), "ensemble_sum": float(ious[:, 0].sum()),
-                           "members_sum": {nm: float(ious[:, k + 1].sum()) for k, nm in enumerate(names)}}
+                           "members_sum": {nm: float(ious[:, k + 1].sum()) for k, nm in enumerate(names)},
+                           # per image (ensemble, then each member): paired comparisons (rayseg claims)
+                           "images": {r["id"]: [round(float(v), 5) for v in row]
+                                      for r, row in zip((r for r, ok in zip(good, scored) if ok), ious)}}
     write_manifest(version_dir, index, manifest)
     return {**manifest, "bytes": sum(record["bytes"] for record in files.values())}
+
+
+def pseudo_mask_ious(version_dir: str) -> tuple[list[str], dict[str, list[float]]]:
+    """Per-image IoU of the top-decile mask with the true mask, from the committed manifests of a label version
+    labelled with ``label.true_masks``: (member names, ``{image id: [ensemble, member 1, ...]}``)."""
+    names: list[str] = []
+    images: dict[str, list[float]] = {}
+    for manifest in committed_shards(version_dir):
+        iou = manifest.get("iou") or {}
+        names = names or list(iou.get("members_sum", {}))
+        images.update(iou.get("images", {}))
+    return names, images
 
 
 def shard_bytes(version_dir: str) -> int:

@@ -1,0 +1,203 @@
+"""``rayseg claims``: run (or resume, or read) the experiments behind the papers' claims and judge each claim.
+
+The runs (:mod:`rayseg.claims.plan`) go to Ray as tasks of one CPU each (Train's local mode inside the task,
+one torch thread), so a 2-core machine trains two runs at a time and a cluster as many as it has CPUs; a
+fine-tune or probe waits for the pre-training run it starts from. PSSL's chain goes first, on the driver: the
+ensemble members train, then Ray Data labels the classification set with their SmoothGrad ensemble.
+
+Every run folder is deterministic, so a killed claims run resumes: finished runs return at once, others resume
+from their last checkpoint. ``--read`` judges the runs already under ``--storage`` without training anything.
+Output in ``<storage>/claims/``: ``claims.json`` (every comparison's effect and interval), ``claims.md`` (the
+table) and ``claims.png`` (the effects with their 95% intervals).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+from rayseg import storage
+from rayseg.claims.evaluate import ClaimResult, evaluate_claims
+from rayseg.claims.plan import BUDGETS, ClaimsPlan, RunSpec, plan_claims, pssl_specs
+from rayseg.tables import format_duration, format_table
+
+__all__ = ["run_claims", "judge", "format_claims", "render_claims_chart"]
+
+
+def _train_spec(spec: RunSpec, init: str) -> dict:
+    from rayseg.engine.checkpoint import LocalCheckpointStore
+    from rayseg.engine.runner import train
+    from rayseg.methods import METHODS
+
+    cfg = spec.build(init)
+    summary = train(cfg, spec.command, METHODS[cfg.method])
+    if spec.command == "finetune":  # keep the export and metrics; the resume checkpoint is ~100 MB a run
+        shutil.rmtree(Path(cfg.run_dir("finetune")) / LocalCheckpointStore.FOLDER, ignore_errors=True)
+    export = summary["export"]
+    return {"name": spec.name, "export": export.get("model") or next(iter(export.values())),
+            "fit_seconds": summary.get("fit_seconds", 0.0)}
+
+
+def _run_pssl_chain(plan: ClaimsPlan) -> tuple[str, str]:
+    """Train the ensemble members, label the classification set; (label version folder, images)."""
+    from rayseg.commands.label import label_images
+    from rayseg.commands.train_members import format_members_table, train_members
+    from rayseg.data.synthetic import SyntheticClassification, write_image_folder
+
+    b = plan.budget
+    print("[claims] PSSL: train the ensemble members", flush=True)
+    members = train_members(plan.classifiers)
+    print(format_members_table(members), flush=True)
+    images = f"{plan.storage}/classification/images"  # the images the members were trained on
+    write_image_folder(SyntheticClassification(num_images=b.classification_images, image_size=b.image_size, seed=0,
+                                               split="train"), images)
+    print("[claims] PSSL: label them with the ensemble (SmoothGrad, Ray Data)", flush=True)
+    labels = label_images(plan.label_config(images, [f"{m['arch']}:{m['weights']}" for m in members]).label)
+    return labels["version_dir"], images
+
+
+def _run_all(plan: ClaimsPlan, address: str | None) -> list[str]:
+    """Every run of the plan as Ray tasks; returns the errors (``name: message``) of the runs that failed."""
+    from rayseg.engine.runner import ensure_ray
+
+    ensure_ray(address)
+    import ray
+
+    labels, images = _run_pssl_chain(plan)
+    pretrain = plan.pretrain + [s for p in plan.budget.pretrain_seeds
+                                for s in pssl_specs(plan.storage, plan.budget, p, labels, images)]
+    task = ray.remote(num_cpus=1, max_retries=0)(_train_spec)
+    refs = {s.name: task.options(name=s.name).remote(s, "") for s in pretrain}
+
+    @ray.remote(num_cpus=1, max_retries=0)
+    def evaluate(spec: RunSpec, start: dict | None) -> dict:
+        return _train_spec(spec, start["export"] if start else "")
+
+    for s in plan.evaluate:
+        refs[s.name] = evaluate.options(name=s.name).remote(s, refs[s.after] if s.after else None)
+    pending = {ref: name for name, ref in refs.items()}
+    errors, done, started = [], 0, time.perf_counter()
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        name = pending.pop(ready[0])
+        done += 1
+        try:
+            ray.get(ready[0])
+        except Exception as e:  # a failed run (or its pre-training) is reported; the others go on
+            errors.append(f"{name}: {str(e).strip().splitlines()[-1]}")
+        elapsed = time.perf_counter() - started
+        eta = elapsed / done * len(pending)
+        print(f"[claims] {done}/{len(refs)} runs done ({name}); {format_duration(elapsed)} so far, "
+              f"about {format_duration(eta)} to go", flush=True)
+    return errors
+
+
+def judge(root: str, labels_dir: str | None = None) -> list[ClaimResult]:
+    """The claims over the finished fine-tunes and probes under ``root`` and the labelling's per-image IoUs."""
+    from rayseg.commands.report import read_fine_tunes
+    from rayseg.labeling.shards import pseudo_mask_ious
+
+    runs = [(r.tags, r.miou) for r in read_fine_tunes(root) if r.miou is not None]
+    ious = None
+    if labels_dir is None:
+        versions = [storage.join(root, "labels", v) for v in storage.list_dir(storage.join(root, "labels"))] \
+            if storage.is_dir(storage.join(root, "labels")) else []
+        labels_dir = versions[0] if len(versions) == 1 else None
+    if labels_dir:
+        ious = pseudo_mask_ious(labels_dir)
+    return evaluate_claims(runs, ious)
+
+
+def _interval(c) -> str:
+    e = c.effect
+    if e is None:
+        return "-"
+    if math.isinf(e.low):
+        return f"{e.mean:+.2f} (n={e.n}: no interval)"
+    return f"{e.mean:+.2f} [{e.low:+.2f}, {e.high:+.2f}] (n={e.n}{f', {e.groups} groups' if e.groups > 1 else ''})"
+
+
+def format_claims(results: list[ClaimResult]) -> str:
+    """One line per comparison: claim, comparison, the two means, the effect with its 95% interval, verdict."""
+    rows = []
+    for r in results:
+        for k, c in enumerate(r.comparisons):
+            rows.append([f"{r.claim.key} {r.claim.paper}" if k == 0 else "", c.label,
+                         "-" if c.effect is None else f"{c.better_mean:.2f} vs {c.worse_mean:.2f}",
+                         _interval(c), c.verdict, r.verdict if k == 0 else ""])
+    return format_table(["claim", "comparison", "means (%)", "effect [95% CI] (points)", "verdict", "claim verdict"],
+                        rows, "<<>>>>")
+
+
+def render_claims_chart(results: list[ClaimResult], path: str, title: str = "") -> str:
+    """Forest plot: one row per comparison that ran, its effect and 95% interval, coloured by verdict."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"shown": "tab:green", "not shown": "tab:gray", "contradicted": "tab:red"}
+    rows = [(f"{r.claim.key}: {c.label}", c) for r in results for c in r.comparisons if c.effect is not None]
+    fig, ax = plt.subplots(figsize=(9, 0.35 * len(rows) + 1.5), dpi=100)
+    for i, (label, c) in enumerate(reversed(rows)):
+        e = c.effect
+        low = e.low if math.isfinite(e.low) else e.mean
+        high = e.high if math.isfinite(e.high) else e.mean
+        ax.errorbar([e.mean], [i], xerr=[[e.mean - low], [high - e.mean]], fmt="o", capsize=3,
+                    color=colours[c.verdict])
+    ax.set_yticks(range(len(rows)), [label for label, _ in reversed(rows)], fontsize=7)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel("effect (mIoU or IoU points), 95% interval; green: shown, grey: not shown, red: contradicted")
+    ax.set_title(title or "the papers' claims")
+    fig.tight_layout()
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    plt.close(fig)
+    storage.write_bytes(path, png.getvalue())
+    return path
+
+
+def write_claims(root: str, results: list[ClaimResult], extra: dict, title: str = "") -> dict:
+    out = storage.join(root, "claims")
+    table = format_claims(results)
+    storage.write_text(storage.join(out, "claims.json"),
+                       json.dumps({**extra, "claims": [r.as_dict() for r in results]}, indent=1))
+    storage.write_text(storage.join(out, "claims.md"), f"```\n{table}\n```\n")
+    png = render_claims_chart(results, storage.join(out, "claims.png"), title)
+    return {"table": table, "dir": out, "png": png}
+
+
+def run_claims(budget: str = "full", storage_root: str = "rayseg_runs/claims", address: str | None = None,
+               read_only: bool = False) -> dict:
+    b = BUDGETS[budget]
+    root = storage.absolute(storage.join(storage_root, budget))
+    started = time.perf_counter()
+    errors = [] if read_only else _run_all(plan_claims(root, b), address)
+    results = judge(root)
+    minutes = (time.perf_counter() - started) / 60
+    written = write_claims(root, results, {"budget": budget, "settings": b.__dict__, "minutes": minutes,
+                                           "errors": errors}, f"claims at budget {budget!r}")
+    print(f"\n[claims] budget {budget!r}: {len(b.pretrain_seeds)} pre-training seeds x {len(b.finetune_seeds)} "
+          f"fine-tune seeds; {minutes:.1f} minutes\n{written['table']}\n[claims] {written['dir']}: claims.json, "
+          f"claims.md, claims.png", flush=True)
+    for e in errors:
+        print(f"[claims] failed: {e}", flush=True)
+    return {"results": results, "errors": errors, "minutes": minutes, **written}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--budget", default="full", choices=sorted(BUDGETS),
+                   help="full: the recorded run (about 90 minutes on 2 cores); toy: every run once at toy size")
+    p.add_argument("--storage", default="rayseg_runs/claims", help="where the runs go (a folder per budget)")
+    p.add_argument("--read", action="store_true", help="judge the finished runs only; train nothing")
+    p.add_argument("--address", help="Ray cluster to join (default: a local cluster)")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = run_claims(args.budget, args.storage, args.address, read_only=args.read)
+    return 1 if out["errors"] else 0
