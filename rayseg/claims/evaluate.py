@@ -25,7 +25,8 @@ from rayseg.claims.stats import Effect, combine_verdicts, paired_effect, t_inter
 __all__ = ["CLAIMS", "Claim", "ClaimResult", "Comparison", "ComparisonResult", "evaluate_claims",
            "pair_runs", "pseudo_mask_comparison"]
 
-IGNORED_TAGS = ("command", "method")  # the same for every fine-tune; not what pairs runs
+# not what pairs runs: the same for every fine-tune, or (start_config) the identity of each start's own run
+IGNORED_TAGS = ("command", "method", "start_config")
 
 
 @dataclass(frozen=True)

@@ -58,23 +58,27 @@ BUDGETS: dict[str, ClaimsBudget] = {
 PIXCON_VARIANTS = {"PixCon-SR": "sr", "PixCon-Sim": "sim", "PixCon-Coord": "coord"}
 SGD = {"name": "sgd", "weight_decay": 1e-4, "schedule": "poly", "warmup_steps": 10}
 TRAIN = {"num_workers": 0, "cpus_per_worker": 1.0, "log_every": 50, "keep_checkpoints": 1}
-# DenseCL as published trains with MoCo-v2's symmetric views (PixCon with BYOL's asymmetric ones, the defaults)
-MOCO_V2_VIEWS = {"jitter": [0.4, 0.4, 0.4, 0.1], "blur_prob": [0.5, 0.5], "solarize_prob": [0.0, 0.0]}
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One training run: ``build(init)`` gives its config once the weights it starts from (``after``'s export,
-    or none) exist; ``command`` is pretrain or finetune."""
+    """One training run: ``build(init, start_config)`` gives its config once the weights it starts from
+    (``after``'s export, or none) exist; ``command`` is pretrain or finetune."""
 
     name: str
     command: str
     after: str  # the name of the pre-training run it starts from; "" for none
     settings: dict  # the config as a dict, without model.init_weights
 
-    def build(self, init: str = "") -> Config:
+    def build(self, init: str = "", start_config: str = "") -> Config:
+        """The config, starting from ``init``; ``start_config`` (the fingerprint of the pre-training run that
+        wrote ``init``) becomes the tag ``start_config``, so that a re-planned pre-training changes the configs
+        of the runs that start from it."""
         settings = dict(self.settings)
         settings["model"] = {**settings["model"], "init_weights": init}
+        if start_config:
+            run = settings["run"]
+            settings["run"] = {**run, "tags": {**run.get("tags", {}), "start_config": start_config}}
         return config_from_dict(settings)
 
 
@@ -126,8 +130,8 @@ def pretrain_specs(storage: str, b: ClaimsBudget, seed: int) -> list[RunSpec]:
         *(_pretrain(storage, b, start, seed, "pixcon", {"domain": "A", "num_train": n}, views=views,
                     pixcon={"variant": variant, "queue_size": queue, "proj_hidden_dim": 512, "pred_hidden_dim": 512})
           for start, variant in PIXCON_VARIANTS.items()),
-        _pretrain(storage, b, "DenseCL", seed, "densecl", {"domain": "A", "num_train": n},
-                  views={**views, **MOCO_V2_VIEWS},
+        # the same views as PixCon (BYOL's asymmetric ones), so that claim 4 compares the losses alone
+        _pretrain(storage, b, "DenseCL", seed, "densecl", {"domain": "A", "num_train": n}, views=views,
                   densecl={"queue_size": queue, "proj_hidden_dim": 512,
                            "dense_warmup_steps": max(1, b.pretrain_epochs * n // 16 // 20)}),
     ]

@@ -17,9 +17,7 @@ import argparse
 import io
 import json
 import math
-import shutil
 import time
-from pathlib import Path
 
 from rayseg import storage
 from rayseg.claims.evaluate import ClaimResult, evaluate_claims
@@ -29,18 +27,26 @@ from rayseg.tables import format_duration, format_table
 __all__ = ["run_claims", "judge", "format_claims", "render_claims_chart"]
 
 
-def _train_spec(spec: RunSpec, init: str) -> dict:
+def _train_spec(spec: RunSpec, start: dict | None = None) -> dict:
+    """Train (or resume, or return) the run ``spec``, after the pre-training run whose result is ``start``. A run
+    folder whose config differs from the plan's (the plan changed since) is removed and trained again."""
+    from rayseg.config import load_config
     from rayseg.engine.checkpoint import LocalCheckpointStore
     from rayseg.engine.runner import train
     from rayseg.methods import METHODS
 
-    cfg = spec.build(init)
+    cfg = spec.build(start["export"] if start else "", start["config"] if start else "")
+    run_dir = cfg.run_dir(spec.command)
+    stored = storage.join(run_dir, "config.yaml")
+    if storage.is_file(stored) and load_config(stored) != cfg:
+        print(f"[claims] {spec.name}: its settings changed since it ran; training it again", flush=True)
+        storage.delete(run_dir)
     summary = train(cfg, spec.command, METHODS[cfg.method])
     if spec.command == "finetune":  # keep the export and metrics; the resume checkpoint is ~100 MB a run
-        shutil.rmtree(Path(cfg.run_dir("finetune")) / LocalCheckpointStore.FOLDER, ignore_errors=True)
+        storage.delete(storage.join(run_dir, LocalCheckpointStore.FOLDER))
     export = summary["export"]
     return {"name": spec.name, "export": export.get("model") or next(iter(export.values())),
-            "fit_seconds": summary.get("fit_seconds", 0.0)}
+            "config": cfg.fingerprint()}
 
 
 def _run_pssl_chain(plan: ClaimsPlan) -> tuple[str, str]:
@@ -72,14 +78,9 @@ def _run_all(plan: ClaimsPlan, address: str | None) -> list[str]:
     pretrain = plan.pretrain + [s for p in plan.budget.pretrain_seeds
                                 for s in pssl_specs(plan.storage, plan.budget, p, labels, images)]
     task = ray.remote(num_cpus=1, max_retries=0)(_train_spec)
-    refs = {s.name: task.options(name=s.name).remote(s, "") for s in pretrain}
-
-    @ray.remote(num_cpus=1, max_retries=0)
-    def evaluate(spec: RunSpec, start: dict | None) -> dict:
-        return _train_spec(spec, start["export"] if start else "")
-
-    for s in plan.evaluate:
-        refs[s.name] = evaluate.options(name=s.name).remote(s, refs[s.after] if s.after else None)
+    refs = {s.name: task.options(name=s.name).remote(s) for s in pretrain}
+    for s in plan.evaluate:  # Ray hands each its pre-training run's result once that run has finished
+        refs[s.name] = task.options(name=s.name).remote(s, refs[s.after] if s.after else None)
     pending = {ref: name for name, ref in refs.items()}
     errors, done, started = [], 0, time.perf_counter()
     while pending:

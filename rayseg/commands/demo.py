@@ -223,10 +223,26 @@ def run_demo(storage: str = "rayseg_runs/demo", quick: bool = False, address: st
           f"{budget.finetune_epochs} epochs, seeds {list(budget.seeds)}), mIoU on {budget.val_images} held-out "
           f"images:\n{report['table']}\n[demo] chart: {report['png']}; per run: {report['csv']}; "
           f"{minutes:.1f} minutes")
+    claims = demo_claims(storage, budget)
     results = {"summary": report["summary"], "labels": {k: labels[k] for k in ("iou_ensemble", "iou_members",
                                                                                 "iou_images")},
-               "minutes": minutes}
+               "minutes": minutes, "claims": {r.claim.key: r.verdict for r in claims}}
     write_text(Path(storage) / "demo_results.json", json.dumps(results, indent=2))
+    return results
+
+
+def demo_claims(storage: str, budget: DemoBudget) -> list:
+    """The papers' claims the demo's runs can judge (:mod:`rayseg.claims`), printed and written to
+    ``<storage>/claims``. With one pre-training and one or two fine-tune seeds per start the intervals are wide:
+    the demo shows the machinery, ``rayseg claims`` has the budget to decide."""
+    from rayseg.commands.claims import judge, write_claims
+
+    results = judge(storage)
+    written = write_claims(storage, results, {"budget": "demo", "seeds": list(budget.seeds)},
+                           f"claims the demo can judge ({len(budget.seeds)} fine-tune seeds)")
+    print(f"\n[demo] the papers' claims at the demo's budget (paired by fine-tune seed; 'not run': the demo has no "
+          f"such runs; `rayseg claims` runs them all with 2 pre-training x 5 fine-tune seeds):\n{written['table']}\n"
+          f"[demo] {written['dir']}: claims.json, claims.md, claims.png", flush=True)
     return results
 
 

@@ -1,0 +1,71 @@
+"""`rayseg claims` at the toy budget, as a user runs it: a subprocess in another working directory with a relative
+--storage, on a real Ray cluster (the runs are Ray tasks); then re-run (nothing trains) and --read (no Ray)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rayseg.claims.evaluate import CLAIMS
+from rayseg.claims.plan import BUDGETS, plan_claims
+from rayseg.cli import main
+
+
+def _claims(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rayseg", "claims", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def toy_claims(ray_cluster, tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("user")
+    first = _claims(cwd, "--budget", "toy", "--storage", "claims_runs", "--address", ray_cluster)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    return cwd, first, cwd / "claims_runs" / "toy"
+
+
+def test_every_run_of_the_plan_finished_and_each_claim_has_a_verdict(toy_claims):
+    cwd, first, root = toy_claims
+    b = BUDGETS["toy"]
+    plan = plan_claims(str(root), b)
+    for spec in plan.evaluate:
+        metrics = root / spec.name / "metrics.json"
+        assert metrics.is_file(), spec.name
+        assert not (root / spec.name / "local_checkpoints").exists()  # fine-tunes keep export + metrics only
+    pssl_pretrains = [f"pretrain-{s}-p0" for s in ("PSSL", "PSSL-bg1")]
+    assert all((root / name / "export" / "model.pt").is_file() for name in pssl_pretrains)
+
+    out = json.loads((root / "claims" / "claims.json").read_text())
+    assert [c["key"] for c in out["claims"]] == [c.key for c in CLAIMS] and out["errors"] == []
+    verdicts = {c["key"]: c["verdict"] for c in out["claims"]}
+    assert set(verdicts.values()) <= {"shown", "not shown", "contradicted"}, verdicts  # all claims ran
+    assert verdicts["1b"] == "not shown"  # the toy sweep lacks w_bg = 0.001: a partial claim is never shown
+    by_label = {c["label"]: c for claim in out["claims"] for c in claim["comparisons"]}
+    pssl = by_label["PSSL vs scratch (fine-tune)"]
+    # complete pairs: the mean difference is the difference of the means; n = pre-training x fine-tune seeds
+    assert pssl["effect"]["n"] == len(b.pretrain_seeds) * len(b.finetune_seeds)
+    assert pssl["effect"]["mean"] == pytest.approx(pssl["better_mean"] - pssl["worse_mean"], abs=1e-9)
+    assert pssl["effect"]["low"] < pssl["effect"]["mean"] < pssl["effect"]["high"]
+    assert (root / "claims" / "claims.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (root / "claims" / "claims.md").read_text()
+    assert "PixCon-SR vs PixCon-Sim (fine-tune)" in table and "ensemble vs best member" in table
+    assert "runs done" in first.stdout
+
+
+def test_a_rerun_trains_nothing_and_read_judges_without_ray(toy_claims, ray_cluster, monkeypatch, capsys):
+    cwd, _, root = toy_claims
+    before = (root / "claims" / "claims.json").read_text()
+    again = _claims(cwd, "--budget", "toy", "--storage", "claims_runs", "--address", ray_cluster)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "step " not in again.stdout  # every run was complete: no training step logged
+    assert json.loads((root / "claims" / "claims.json").read_text())["claims"] == json.loads(before)["claims"]
+
+    import rayseg.engine.runner as runner
+
+    monkeypatch.setattr(runner, "ensure_ray", lambda *a, **k: pytest.fail("--read started Ray"))
+    monkeypatch.chdir(cwd)
+    assert main(["claims", "--budget", "toy", "--storage", "claims_runs", "--read"]) == 0
+    assert "PSSL vs scratch (fine-tune)" in capsys.readouterr().out
+    assert json.loads((root / "claims" / "claims.json").read_text())["claims"] == json.loads(before)["claims"]
