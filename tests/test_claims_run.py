@@ -69,3 +69,35 @@ def test_a_rerun_trains_nothing_and_read_judges_without_ray(toy_claims, ray_clus
     assert main(["claims", "--budget", "toy", "--storage", "claims_runs", "--read"]) == 0
     assert "PSSL vs scratch (fine-tune)" in capsys.readouterr().out
     assert json.loads((root / "claims" / "claims.json").read_text())["claims"] == json.loads(before)["claims"]
+
+
+def test_a_replanned_run_trains_exactly_the_changed_runs(toy_claims, ray_cluster, monkeypatch):
+    """The plan changes between two runs (here: longer probes): the runs whose config changed are trained again
+    from the start; every other run is left as it was."""
+    import dataclasses
+
+    from rayseg.claims import plan as plan_module
+    from rayseg.commands.claims import run_claims
+
+    cwd, _, root = toy_claims
+    plan = plan_claims(str(root), BUDGETS["toy"])
+    untouched = {s.name: (root / s.name / "metrics.json").stat().st_mtime_ns for s in plan.evaluate
+                 if not s.name.startswith("probe-")}
+    monkeypatch.setitem(plan_module.BUDGETS, "toy", dataclasses.replace(BUDGETS["toy"], probe_epochs=2))
+    monkeypatch.chdir(cwd)
+    out = run_claims("toy", "claims_runs", ray_cluster)
+    assert out["errors"] == []
+    probes = [s.name for s in plan.evaluate if s.name.startswith("probe-")]
+    assert len(probes) == 18  # (scratch + 8 pre-trained starts) x 2 fine-tune seeds
+    for name in probes:
+        assert json.loads((root / name / "summary.json").read_text())["epochs"] == 2, name
+        assert len(list((root / name / "tensorboard").glob("events.*"))) == 1, name  # trained once, from the start
+    assert {n: (root / n / "metrics.json").stat().st_mtime_ns for n in untouched} == untouched
+
+
+def test_runs_after_a_changed_pretraining_change_too(tmp_path):
+    spec = next(s for s in plan_claims(str(tmp_path), BUDGETS["toy"]).evaluate if s.after)
+    weights = tmp_path / "model.pt"
+    weights.write_bytes(b"")
+    assert spec.build(str(weights), "aaaa") != spec.build(str(weights), "bbbb")
+    assert spec.build(str(weights), "aaaa").run.tags["start_config"] == "aaaa"

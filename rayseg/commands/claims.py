@@ -67,8 +67,9 @@ def _run_pssl_chain(plan: ClaimsPlan) -> tuple[str, str]:
     return labels["version_dir"], images
 
 
-def _run_all(plan: ClaimsPlan, address: str | None) -> list[str]:
-    """Every run of the plan as Ray tasks; returns the errors (``name: message``) of the runs that failed."""
+def _run_all(plan: ClaimsPlan, address: str | None) -> tuple[list[str], str]:
+    """Every run of the plan as Ray tasks; returns the errors (``name: message``) of the runs that failed and the
+    label version folder."""
     from rayseg.engine.runner import ensure_ray
 
     ensure_ray(address)
@@ -95,23 +96,22 @@ def _run_all(plan: ClaimsPlan, address: str | None) -> list[str]:
         eta = elapsed / done * len(pending)
         print(f"[claims] {done}/{len(refs)} runs done ({name}); {format_duration(elapsed)} so far, "
               f"about {format_duration(eta)} to go", flush=True)
-    return errors
+    return errors, labels
 
 
-def judge(root: str, labels_dir: str | None = None) -> list[ClaimResult]:
-    """The claims over the finished fine-tunes and probes under ``root`` and the labelling's per-image IoUs."""
+def judge(root: str, names: set[str] | None = None, labels_dir: str | None = None) -> list[ClaimResult]:
+    """The claims over the finished fine-tunes and probes under ``root`` (only the run folders ``names`` when
+    given: runs a re-planned budget dropped are not judged) and the labelling's per-image IoUs."""
     from rayseg.commands.report import read_fine_tunes
     from rayseg.labeling.shards import pseudo_mask_ious
 
-    runs = [(r.tags, r.miou) for r in read_fine_tunes(root) if r.miou is not None]
-    ious = None
-    if labels_dir is None:
+    runs = [(r.tags, r.miou) for r in read_fine_tunes(root)
+            if r.miou is not None and (names is None or storage.basename(r.run_dir) in names)]
+    if labels_dir is None:  # the only label version under root, if there is one
         versions = [storage.join(root, "labels", v) for v in storage.list_dir(storage.join(root, "labels"))] \
             if storage.is_dir(storage.join(root, "labels")) else []
         labels_dir = versions[0] if len(versions) == 1 else None
-    if labels_dir:
-        ious = pseudo_mask_ious(labels_dir)
-    return evaluate_claims(runs, ious)
+    return evaluate_claims(runs, pseudo_mask_ious(labels_dir) if labels_dir else None)
 
 
 def _interval(c) -> str:
@@ -178,11 +178,17 @@ def run_claims(budget: str = "full", storage_root: str = "rayseg_runs/claims", a
     b = BUDGETS[budget]
     root = storage.absolute(storage.join(storage_root, budget))
     started = time.perf_counter()
-    errors = [] if read_only else _run_all(plan_claims(root, b), address)
-    results = judge(root)
+    plan = plan_claims(root, b)
+    previous = storage.join(root, "claims", "claims.json")
+    if read_only:  # the label version the last run used
+        errors, labels = [], json.loads(storage.read_text(previous)).get("labels") if storage.is_file(previous) \
+            else None
+    else:
+        errors, labels = _run_all(plan, address)
+    results = judge(root, {s.name for s in plan.evaluate}, labels)
     minutes = (time.perf_counter() - started) / 60
-    written = write_claims(root, results, {"budget": budget, "settings": b.__dict__, "minutes": minutes,
-                                           "errors": errors}, f"claims at budget {budget!r}")
+    written = write_claims(root, results, {"budget": budget, "settings": b.__dict__, "labels": labels,
+                                           "minutes": minutes, "errors": errors}, f"claims at budget {budget!r}")
     print(f"\n[claims] budget {budget!r}: {len(b.pretrain_seeds)} pre-training seeds x {len(b.finetune_seeds)} "
           f"fine-tune seeds; {minutes:.1f} minutes\n{written['table']}\n[claims] {written['dir']}: claims.json, "
           f"claims.md, claims.png", flush=True)
