@@ -85,6 +85,7 @@ def test_claims_over_runs_and_pseudo_masks():
     first, second = results["3"].comparisons
     assert first.verdict == "shown" and first.effect.mean == pytest.approx(10.68)
     assert second.verdict == "contradicted" and second.effect.mean == pytest.approx(-5.0)
+    assert first.better_mean - first.worse_mean == pytest.approx(first.effect.mean)  # means over the pairs
     assert results["3"].verdict == "contradicted"
     assert results["2"].verdict == "not run" and results["6"].verdict == "not run"
     a = results["1a"].comparisons[0]

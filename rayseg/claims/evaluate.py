@@ -22,8 +22,8 @@ import numpy as np
 
 from rayseg.claims.stats import Effect, combine_verdicts, paired_effect, t_interval, verdict
 
-__all__ = ["CLAIMS", "Claim", "ClaimResult", "Comparison", "ComparisonResult", "evaluate_claims",
-           "pair_runs", "pseudo_mask_comparison"]
+__all__ = ["CLAIMS", "Claim", "ClaimResult", "Comparison", "ComparisonResult", "compare", "evaluate_claims",
+           "pair_runs", "paired_values", "pseudo_mask_comparison"]
 
 # not what pairs runs: the same for every fine-tune, or (start_config) the identity of each start's own run
 IGNORED_TAGS = ("command", "method", "start_config")
@@ -101,14 +101,15 @@ def _matches(tags: Mapping, wanted: Mapping) -> bool:
     return all(str(tags.get(k)) == str(v) for k, v in wanted.items())
 
 
-def pair_runs(runs: Sequence[tuple[Mapping, float]], comparison: Comparison) -> dict[tuple, list[float]]:
-    """``{group: [better - worse, ...]}`` over the paired runs (``(tags, value)`` each; see the module doc).
+def paired_values(runs: Sequence[tuple[Mapping, float]], comparison: Comparison
+                  ) -> dict[tuple, list[tuple[float, float]]]:
+    """``{group: [(better, worse), ...]}`` over the paired runs (``(tags, value)`` each; see the module doc).
     ``ValueError`` when a better run matches several worse runs (the tags do not identify a pair)."""
     where = dict(comparison.where)
     better = [(t, v) for t, v in runs if _matches(t, {**where, **comparison.better})]
     worse = [(t, v) for t, v in runs if _matches(t, {**where, **comparison.worse})]
     compared = set(comparison.better) | set(comparison.worse) | set(IGNORED_TAGS)
-    groups: dict[tuple, list[float]] = defaultdict(list)
+    groups: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
     for tags, value in better:
         partners = [(wt, wv) for wt, wv in worse
                     if all(str(tags[k]) == str(wt[k]) for k in set(tags) & set(wt) - compared)]
@@ -117,23 +118,25 @@ def pair_runs(runs: Sequence[tuple[Mapping, float]], comparison: Comparison) -> 
                              "tag them apart (run.tags)")
         if partners:
             group = tuple(sorted((k, str(v)) for k, v in tags.items() if k not in compared | {"seed"}))
-            groups[group].append(value - partners[0][1])
+            groups[group].append((value, partners[0][1]))
     return dict(groups)
 
 
-def _side_mean(runs, comparison: Comparison, side: Mapping) -> float:
-    values = [v for t, v in runs if _matches(t, {**comparison.where, **side})]
-    return float(np.mean(values)) if values else float("nan")
+def pair_runs(runs: Sequence[tuple[Mapping, float]], comparison: Comparison) -> dict[tuple, list[float]]:
+    """``{group: [better - worse, ...]}`` (:func:`paired_values`)."""
+    return {g: [b - w for b, w in pairs] for g, pairs in paired_values(runs, comparison).items()}
 
 
 def compare(runs: Sequence[tuple[Mapping, float]], comparison: Comparison, confidence: float = 0.95
             ) -> ComparisonResult:
-    groups = pair_runs(runs, comparison)
-    if not groups:
+    """The effect of one comparison; the means are over the paired runs (so they differ by the effect)."""
+    pairs = paired_values(runs, comparison)
+    if not pairs:
         return ComparisonResult(comparison.label, None, "not run")
-    effect = paired_effect(groups, confidence)
-    return ComparisonResult(comparison.label, effect, verdict(effect), _side_mean(runs, comparison, comparison.better),
-                            _side_mean(runs, comparison, comparison.worse))
+    effect = paired_effect({g: [b - w for b, w in p] for g, p in pairs.items()}, confidence)
+    flat = [pair for p in pairs.values() for pair in p]
+    return ComparisonResult(comparison.label, effect, verdict(effect), float(np.mean([b for b, _ in flat])),
+                            float(np.mean([w for _, w in flat])))
 
 
 def pseudo_mask_comparison(members: Sequence[str], images: Mapping[str, Sequence[float]],
