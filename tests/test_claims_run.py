@@ -33,9 +33,11 @@ def test_every_run_of_the_plan_finished_and_each_claim_has_a_verdict(toy_claims)
     for spec in plan.evaluate:
         metrics = root / spec.name / "metrics.json"
         assert metrics.is_file(), spec.name
-        assert not (root / spec.name / "local_checkpoints").exists()  # fine-tunes keep export + metrics only
+        # what the claims read stays, the rest goes: a finished run needs no checkpoint, an evaluation no export
+        assert not (root / spec.name / "local_checkpoints").exists() and not (root / spec.name / "export").exists()
     pssl_pretrains = [f"pretrain-{s}-p0" for s in ("PSSL", "PSSL-bg1")]
     assert all((root / name / "export" / "model.pt").is_file() for name in pssl_pretrains)
+    assert not any((root / name / "local_checkpoints").exists() for name in pssl_pretrains)
 
     out = json.loads((root / "claims" / "claims.json").read_text())
     assert [c["key"] for c in out["claims"]] == [c.key for c in CLAIMS] and out["errors"] == []

@@ -42,8 +42,12 @@ def _train_spec(spec: RunSpec, start: dict | None = None) -> dict:
         print(f"[claims] {spec.name}: its settings changed since it ran; training it again", flush=True)
         storage.delete(run_dir)
     summary = train(cfg, spec.command, METHODS[cfg.method])
-    if spec.command == "finetune":  # keep the export and metrics; the resume checkpoint is ~100 MB a run
-        storage.delete(storage.join(run_dir, LocalCheckpointStore.FOLDER))
+    # a finished run needs no resume checkpoint (~150 MB); a fine-tune or probe needs no export either (~90 MB):
+    # what the claims read is its metrics.json
+    storage.delete(storage.join(run_dir, LocalCheckpointStore.FOLDER))
+    if spec.command == "finetune":
+        storage.delete(storage.join(run_dir, "export"))
+        return {"name": spec.name}
     export = summary["export"]
     return {"name": spec.name, "export": export.get("model") or next(iter(export.values())),
             "config": cfg.fingerprint()}
@@ -144,7 +148,7 @@ def render_claims_chart(results: list[ClaimResult], path: str, title: str = "") 
 
     colours = {"shown": "tab:green", "not shown": "tab:gray", "contradicted": "tab:red"}
     rows = [(f"{r.claim.key}: {c.label}", c) for r in results for c in r.comparisons if c.effect is not None]
-    fig, ax = plt.subplots(figsize=(9, 0.35 * len(rows) + 1.5), dpi=100)
+    fig, ax = plt.subplots(figsize=(10, 0.35 * len(rows) + 1.5), dpi=100)
     for i, (label, c) in enumerate(reversed(rows)):
         e = c.effect
         low = e.low if math.isfinite(e.low) else e.mean
@@ -153,7 +157,8 @@ def render_claims_chart(results: list[ClaimResult], path: str, title: str = "") 
                     color=colours[c.verdict])
     ax.set_yticks(range(len(rows)), [label for label, _ in reversed(rows)], fontsize=7)
     ax.axvline(0, color="black", lw=0.8)
-    ax.set_xlabel("effect (mIoU or IoU points), 95% interval; green: shown, grey: not shown, red: contradicted")
+    ax.set_xlabel("effect in points (mIoU; IoU for 1a), 95% interval\ngreen: shown, grey: not shown, "
+                  "red: contradicted")
     ax.set_title(title or "the papers' claims")
     fig.tight_layout()
     png = io.BytesIO()
@@ -180,13 +185,13 @@ def run_claims(budget: str = "full", storage_root: str = "rayseg_runs/claims", a
     started = time.perf_counter()
     plan = plan_claims(root, b)
     previous = storage.join(root, "claims", "claims.json")
-    if read_only:  # the label version the last run used
-        errors, labels = [], json.loads(storage.read_text(previous)).get("labels") if storage.is_file(previous) \
-            else None
+    last = json.loads(storage.read_text(previous)) if storage.is_file(previous) else {}
+    if read_only:  # the label version, wall time and errors of the last run that trained
+        errors, labels, minutes = last.get("errors", []), last.get("labels"), last.get("minutes", 0.0)
     else:
         errors, labels = _run_all(plan, address)
+        minutes = (time.perf_counter() - started) / 60
     results = judge(root, {s.name for s in plan.evaluate}, labels)
-    minutes = (time.perf_counter() - started) / 60
     written = write_claims(root, results, {"budget": budget, "settings": b.__dict__, "labels": labels,
                                            "minutes": minutes, "errors": errors}, f"claims at budget {budget!r}")
     print(f"\n[claims] budget {budget!r}: {len(b.pretrain_seeds)} pre-training seeds x {len(b.finetune_seeds)} "
