@@ -173,8 +173,8 @@ def test_cli_weights_that_do_not_fit_the_model_exit_2_before_ray(tmp_path):
 
 
 def test_a_choice_close_to_a_valid_one_gets_a_did_you_mean():
-    with pytest.raises(ConfigError, match=r"^model.head: 'deeplab' is not one of fcn, deeplabv3, fpn \(did you mean "
+    with pytest.raises(ConfigError, match=r"^model.head: 'deeplab' is not one of fcn, deeplabv3, fpn, probe \(did you mean "
                                           r"'deeplabv3'\?\)$"):
         load_config(None, ["model.head=deeplab"])
-    with pytest.raises(ConfigError, match=r"is not one of fcn, deeplabv3, fpn$"):
+    with pytest.raises(ConfigError, match=r"is not one of fcn, deeplabv3, fpn, probe$"):
         load_config(None, ["model.head=unet"])
