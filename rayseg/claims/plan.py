@@ -41,7 +41,7 @@ class ClaimsBudget:
 
 
 BUDGETS: dict[str, ClaimsBudget] = {
-    # the recorded run: at most 90 minutes on 2 cores (bench/RESULTS.md says how it was chosen)
+    # the recorded run: about an hour on 2 cores, at most 90 minutes (bench/RESULTS.md says how it was chosen)
     "full": ClaimsBudget(image_size=64, output_stride=8, source_images=384, pretrain_epochs=6, target_images=96,
                          val_images=128, finetune_epochs=5, probe_epochs=5, classification_images=256,
                          classifier_epochs=5, smoothgrad_samples=8, ensemble=("resnet18", "resnet34", "resnet50"),
