@@ -64,7 +64,6 @@ class ClaimResult:
     claim: Claim
     comparisons: list[ComparisonResult]
     verdict: str
-    reason: str = ""  # why a claim is not shown (filled in by the person who looked: RESULTS.md)
 
     def as_dict(self) -> dict:
         return {"key": self.claim.key, "paper": self.claim.paper, "text": self.claim.text, "verdict": self.verdict,

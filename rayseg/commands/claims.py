@@ -19,12 +19,15 @@ import json
 import math
 import time
 
+from collections.abc import Callable
+
 from rayseg import storage
 from rayseg.claims.evaluate import ClaimResult, evaluate_claims
 from rayseg.claims.plan import BUDGETS, ClaimsPlan, RunSpec, plan_claims, pssl_specs
+from rayseg.config import Config
 from rayseg.tables import format_duration, format_table
 
-__all__ = ["run_claims", "judge", "format_claims", "render_claims_chart"]
+__all__ = ["run_claims", "judge", "format_claims", "label_classification_set", "render_claims_chart"]
 
 
 def _train_spec(spec: RunSpec, start: dict | None = None) -> dict:
@@ -53,22 +56,25 @@ def _train_spec(spec: RunSpec, start: dict | None = None) -> dict:
             "config": cfg.fingerprint()}
 
 
-def _run_pssl_chain(plan: ClaimsPlan) -> tuple[str, str]:
-    """Train the ensemble members, label the classification set; (label version folder, images)."""
+def label_classification_set(classifiers: Config, storage_root: str,
+                             label_config: Callable[[str, list[str]], Config]) -> tuple[dict, str]:
+    """PSSL's chain before pre-training (the demo's too): train the ensemble members of ``classifiers``, write the
+    synthetic classification set they were trained on as an ImageFolder under ``storage_root``, and label it with
+    ``label_config(images, member specs)``. Returns (the labelling summary, the images folder)."""
     from rayseg.commands.label import label_images
     from rayseg.commands.train_members import format_members_table, train_members
     from rayseg.data.synthetic import SyntheticClassification, write_image_folder
 
-    b = plan.budget
-    print("[claims] PSSL: train the ensemble members", flush=True)
-    members = train_members(plan.classifiers)
+    print("[rayseg] PSSL: train the ensemble members on the synthetic classification set", flush=True)
+    members = train_members(classifiers)
     print(format_members_table(members), flush=True)
-    images = f"{plan.storage}/classification/images"  # the images the members were trained on
-    write_image_folder(SyntheticClassification(num_images=b.classification_images, image_size=b.image_size, seed=0,
+    c = classifiers.classifier
+    images = storage.join(storage_root, "classification", "images")  # the very images the members were trained on
+    write_image_folder(SyntheticClassification(num_images=c.num_images, image_size=c.image_size, seed=0,
                                                split="train"), images)
-    print("[claims] PSSL: label them with the ensemble (SmoothGrad, Ray Data)", flush=True)
-    labels = label_images(plan.label_config(images, [f"{m['arch']}:{m['weights']}" for m in members]).label)
-    return labels["version_dir"], images
+    print("[rayseg] PSSL: label them with the ensemble (SmoothGrad, Ray Data)", flush=True)
+    labels = label_images(label_config(images, [f"{m['arch']}:{m['weights']}" for m in members]).label)
+    return labels, images
 
 
 def _run_all(plan: ClaimsPlan, address: str | None) -> tuple[list[str], str]:
@@ -79,7 +85,8 @@ def _run_all(plan: ClaimsPlan, address: str | None) -> tuple[list[str], str]:
     ensure_ray(address)
     import ray
 
-    labels, images = _run_pssl_chain(plan)
+    summary, images = label_classification_set(plan.classifiers, plan.storage, plan.label_config)
+    labels = summary["version_dir"]
     pretrain = plan.pretrain + [s for p in plan.budget.pretrain_seeds
                                 for s in pssl_specs(plan.storage, plan.budget, p, labels, images)]
     task = ray.remote(num_cpus=1, max_retries=0)(_train_spec)

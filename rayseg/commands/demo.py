@@ -165,18 +165,11 @@ def _export(summary: dict, cfg: Config) -> str:
 
 def run_pssl(storage: str, b: DemoBudget) -> tuple[str, dict]:
     """Train the ensemble, label the classification set, pre-train on the labels; (export, labeling summary)."""
-    from rayseg.commands.label import label_images
-    from rayseg.commands.train_members import format_members_table, train_members
-    from rayseg.data.synthetic import SyntheticClassification, write_image_folder
+    from rayseg.commands.claims import label_classification_set
 
-    print("\n[demo] PSSL: train the explanation ensemble on the synthetic classification set", flush=True)
-    members = train_members(classifier_config(storage, b))
-    print(format_members_table(members))
-    images = str(Path(storage) / "classification" / "images")  # the very images the members were trained on
-    write_image_folder(SyntheticClassification(num_images=b.classification_images, image_size=64, seed=0,
-                                               split="train"), images)
-    print("\n[demo] PSSL: label them with the ensemble (SmoothGrad, Ray Data)", flush=True)
-    labels = label_images(label_config(storage, b, images, [f"{m['arch']}:{m['weights']}" for m in members]).label)
+    print("\n[demo] PSSL: ensemble, labels, pre-training", flush=True)
+    labels, images = label_classification_set(classifier_config(storage, b), storage,
+                                              lambda images, members: label_config(storage, b, images, members))
     print("\n[demo] PSSL: pre-train on the pseudo labels", flush=True)
     cfg = pssl_config(storage, b, labels["version_dir"], images)
     return _export(_train(cfg, "pretrain"), cfg), labels
