@@ -56,6 +56,34 @@ def test_every_run_of_the_plan_finished_and_each_claim_has_a_verdict(toy_claims)
     assert "runs done" in first.stdout
 
 
+def test_each_start_is_judged_at_the_lr_its_search_chose_on_held_out_training_images(toy_claims):
+    import yaml
+
+    _, first, root = toy_claims
+    b = BUDGETS["toy"]
+    plan = plan_claims(str(root), b)
+    lr_search = json.loads((root / "claims" / "claims.json").read_text())["lr_search"]
+    # scratch + 7 pre-trained starts are fine-tuned; those and the PSSL-bg1 sweep start are probed
+    assert len(lr_search) == len(plan.searches) == 8 + 9
+    for key, specs in plan.searches.items():
+        grid = b.probe_lrs if key.endswith(" probe") else b.finetune_lrs
+        scores = lr_search[key]["held_out_miou"]
+        assert [float(lr) for lr in scores] == list(grid)
+        assert scores[f"{lr_search[key]['chosen']:g}"] == max(scores.values())
+        for spec in specs:  # trained on the training images less the held-out ones, scored on those
+            cfg = yaml.safe_load((root / spec.name / "config.yaml").read_text())
+            assert cfg["data"]["holdout"] == b.holdout and cfg["data"]["num_train"] == b.target_images
+    for spec in plan.evaluate:
+        cfg = yaml.safe_load((root / spec.name / "config.yaml").read_text())
+        assert cfg["data"]["holdout"] == 0
+        if spec.search:
+            key = next(k for k, specs in plan.searches.items() if specs[0].name == spec.search[0])
+            assert cfg["optim"]["lr"] == lr_search[key]["chosen"], spec.name
+        else:  # the SSA study: one recipe for both heads
+            assert cfg["optim"]["lr"] == b.ssa_lr, spec.name
+    assert "held-out mIoU per lr" in first.stdout
+
+
 def test_a_rerun_trains_nothing_and_read_judges_without_ray(toy_claims, ray_cluster, monkeypatch, capsys):
     cwd, _, root = toy_claims
     before = (root / "claims" / "claims.json").read_text()
@@ -102,5 +130,5 @@ def test_runs_after_a_changed_pretraining_change_too(tmp_path):
     spec = next(s for s in plan_claims(str(tmp_path), BUDGETS["toy"]).evaluate if s.after)
     weights = tmp_path / "model.pt"
     weights.write_bytes(b"")
-    assert spec.build(str(weights), "aaaa") != spec.build(str(weights), "bbbb")
-    assert spec.build(str(weights), "aaaa").run.tags["start_config"] == "aaaa"
+    assert spec.build(str(weights), "aaaa", lr=0.1) != spec.build(str(weights), "bbbb", lr=0.1)
+    assert spec.build(str(weights), "aaaa", lr=0.1).run.tags["start_config"] == "aaaa"

@@ -23,22 +23,24 @@ from collections.abc import Callable
 
 from rayseg import storage
 from rayseg.claims.evaluate import ClaimResult, evaluate_claims
-from rayseg.claims.plan import BUDGETS, ClaimsPlan, RunSpec, plan_claims, pssl_specs
+from rayseg.claims.plan import BUDGETS, ClaimsPlan, RunSpec, choose_lr, plan_claims, pssl_specs
 from rayseg.config import Config
 from rayseg.tables import format_duration, format_table
 
 __all__ = ["run_claims", "judge", "format_claims", "label_classification_set", "render_claims_chart"]
 
 
-def _train_spec(spec: RunSpec, start: dict | None = None) -> dict:
-    """Train (or resume, or return) the run ``spec``, after the pre-training run whose result is ``start``. A run
-    folder whose config differs from the plan's (the plan changed since) is removed and trained again."""
+def _train_spec(spec: RunSpec, start: dict | None = None, *searched: dict) -> dict:
+    """Train (or resume, or return) the run ``spec``, after the pre-training run whose result is ``start``, with
+    the lr that did best in its ``searched`` lr-search runs. A run folder whose config differs from the plan's (the
+    plan changed since) is removed and trained again."""
     from rayseg.config import load_config
     from rayseg.engine.checkpoint import LocalCheckpointStore
     from rayseg.engine.runner import train
     from rayseg.methods import METHODS
 
-    cfg = spec.build(start["export"] if start else "", start["config"] if start else "")
+    cfg = spec.build(start["export"] if start else "", start["config"] if start else "",
+                     choose_lr(searched) if spec.search else None)
     run_dir = cfg.run_dir(spec.command)
     stored = storage.join(run_dir, "config.yaml")
     if storage.is_file(stored) and load_config(stored) != cfg:
@@ -50,7 +52,7 @@ def _train_spec(spec: RunSpec, start: dict | None = None) -> dict:
     storage.delete(storage.join(run_dir, LocalCheckpointStore.FOLDER))
     if spec.command == "finetune":
         storage.delete(storage.join(run_dir, "export"))
-        return {"name": spec.name}
+        return {"name": spec.name, "lr": cfg.optim.lr, "miou": summary["miou"]}
     export = summary["export"]
     return {"name": spec.name, "export": export.get("model") or next(iter(export.values())),
             "config": cfg.fingerprint()}
@@ -77,9 +79,9 @@ def label_classification_set(classifiers: Config, storage_root: str,
     return labels, images
 
 
-def _run_all(plan: ClaimsPlan, address: str | None) -> tuple[list[str], str]:
-    """Every run of the plan as Ray tasks; returns the errors (``name: message``) of the runs that failed and the
-    label version folder."""
+def _run_all(plan: ClaimsPlan, address: str | None) -> tuple[list[str], str, dict]:
+    """Every run of the plan as Ray tasks; returns the errors (``name: message``) of the runs that failed, the
+    label version folder and, per lr search, the held-out mIoU of each lr and the lr chosen."""
     from rayseg.engine.runner import ensure_ray
 
     ensure_ray(address)
@@ -91,23 +93,42 @@ def _run_all(plan: ClaimsPlan, address: str | None) -> tuple[list[str], str]:
                                 for s in pssl_specs(plan.storage, plan.budget, p, labels, images)]
     task = ray.remote(num_cpus=1, max_retries=0)(_train_spec)
     refs = {s.name: task.options(name=s.name).remote(s) for s in pretrain}
-    for s in plan.evaluate:  # Ray hands each its pre-training run's result once that run has finished
-        refs[s.name] = task.options(name=s.name).remote(s, refs[s.after] if s.after else None)
+    for s in [s for specs in plan.searches.values() for s in specs] + plan.evaluate:
+        # Ray hands each the result of its pre-training run and of its lr search runs once those have finished
+        start = refs[s.after] if s.after else None
+        refs[s.name] = task.options(name=s.name).remote(s, start, *(refs[n] for n in s.search))
     pending = {ref: name for name, ref in refs.items()}
-    errors, done, started = [], 0, time.perf_counter()
+    errors, results, started = [], {}, time.perf_counter()
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         name = pending.pop(ready[0])
-        done += 1
         try:
-            ray.get(ready[0])
+            results[name] = ray.get(ready[0])
         except Exception as e:  # a failed run (or its pre-training) is reported; the others go on
             errors.append(f"{name}: {str(e).strip().splitlines()[-1]}")
         elapsed = time.perf_counter() - started
-        eta = elapsed / done * len(pending)
+        done = len(refs) - len(pending)
         print(f"[claims] {done}/{len(refs)} runs done ({name}); {format_duration(elapsed)} so far, "
-              f"about {format_duration(eta)} to go", flush=True)
-    return errors, labels
+              f"about {format_duration(elapsed / done * len(pending))} to go", flush=True)
+    return errors, labels, _lr_choices(plan, results)
+
+
+def _lr_choices(plan: ClaimsPlan, results: dict) -> dict:
+    """``{"<start> <evaluation>": {"held_out_miou": {lr: mIoU}, "chosen": lr}}`` of the searches that finished."""
+    choices = {}
+    for key, specs in plan.searches.items():
+        searched = [results[s.name] for s in specs if s.name in results]
+        if len(searched) == len(specs):
+            choices[key] = {"held_out_miou": {f"{r['lr']:g}": round(100 * r["miou"], 2) for r in searched},
+                            "chosen": choose_lr(searched)}
+    return choices
+
+
+def format_lr_choices(choices: dict) -> str:
+    """One line per lr search: the held-out mIoU of each lr, the chosen one marked."""
+    rows = [[key, "  ".join(f"{lr}: {m:.1f}{'*' if float(lr) == c['chosen'] else ''}"
+                            for lr, m in c["held_out_miou"].items())] for key, c in choices.items()]
+    return format_table(["lr search", "held-out mIoU per lr (* chosen)"], rows, "<<")
 
 
 def judge(root: str, names: set[str] | None = None, labels_dir: str | None = None) -> list[ClaimResult]:
@@ -193,17 +214,19 @@ def run_claims(budget: str = "full", storage_root: str = "rayseg_runs/claims", a
     plan = plan_claims(root, b)
     previous = storage.join(root, "claims", "claims.json")
     last = json.loads(storage.read_text(previous)) if storage.is_file(previous) else {}
-    if read_only:  # the label version, wall time and errors of the last run that trained
+    if read_only:  # the label version, wall time, errors and lr choices of the last run that trained
         errors, labels, minutes = last.get("errors", []), last.get("labels"), last.get("minutes", 0.0)
+        lrs = last.get("lr_search", {})
     else:
-        errors, labels = _run_all(plan, address)
+        errors, labels, lrs = _run_all(plan, address)
         minutes = (time.perf_counter() - started) / 60
     results = judge(root, {s.name for s in plan.evaluate}, labels)
     written = write_claims(root, results, {"budget": budget, "settings": b.__dict__, "labels": labels,
-                                           "minutes": minutes, "errors": errors}, f"claims at budget {budget!r}")
+                                           "minutes": minutes, "errors": errors, "lr_search": lrs},
+                           f"claims at budget {budget!r}")
     print(f"\n[claims] budget {budget!r}: {len(b.pretrain_seeds)} pre-training seeds x {len(b.finetune_seeds)} "
-          f"fine-tune seeds; {minutes:.1f} minutes\n{written['table']}\n[claims] {written['dir']}: claims.json, "
-          f"claims.md, claims.png", flush=True)
+          f"fine-tune seeds; {minutes:.1f} minutes\n{format_lr_choices(lrs)}\n{written['table']}\n"
+          f"[claims] {written['dir']}: claims.json, claims.md, claims.png", flush=True)
     for e in errors:
         print(f"[claims] failed: {e}", flush=True)
     return {"results": results, "errors": errors, "minutes": minutes, **written}

@@ -60,6 +60,9 @@ class DataSection(Section):
     domain: str = setting("A", "synthetic domain (A, B, C)")
     train_split: str = setting("train", "split used for training")
     val_split: str = setting("val", "split used for evaluation")
+    holdout: int = setting(0, "tune without touching val_split: hold out this many images of the training split "
+                           "(a fixed random choice, by data.seed) as the evaluation set and train on the rest; 0 = "
+                           "off", ge=0)
     num_train: int = setting(512, "synthetic: number of training images", ge=1)
     num_val: int = setting(128, "synthetic: number of validation images", ge=1)
     image_size: int = setting(64, "synthetic: image side in pixels", ge=8)
@@ -81,6 +84,9 @@ class DataSection(Section):
     def check(self) -> None:
         require(self.scale_min <= self.scale_max, "scale_min/scale_max",
                 f"need scale_min <= scale_max, got {self.scale_min}, {self.scale_max}")
+        if self.kind == "synthetic":
+            require(self.holdout < self.num_train, "holdout",
+                    f"{self.holdout} leaves no training image of data.num_train = {self.num_train}")
         for key, value in self.label_map.items():
             require(0 <= key <= 65535 and 0 <= value <= 65535, "label_map",
                     f"{key}: {value} is outside 0..65535 (8- or 16-bit mask values)")

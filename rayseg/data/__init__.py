@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 from rayseg.config import DataSection
 from rayseg.data.errors import BadSampleError
 from rayseg.data.folders import ImageFolderClassification, VOCSegmentationFolder, collate_skip_bad
+from rayseg.data.holdout import HeldOutImages
 from rayseg.data.native import NATIVE_KINDS, build_native
 from rayseg.data.synthetic import SyntheticClassification, SyntheticSegmentation
 from rayseg.data.transforms import SegEvalTransform, SegTrainTransform
@@ -33,7 +34,14 @@ def build_segmentation_dataset(data: DataSection, train: bool) -> Dataset:
 
 def read_segmentation_split(data: DataSection, train: bool, transform: Callable | None) -> Dataset:
     """The reader of ``data.kind`` for the training or the evaluation split, with the joint ``transform`` (None:
-    float image in [0, 1] and int64 mask, as read)."""
+    float image in [0, 1] and int64 mask, as read). With ``data.holdout``, both come from the training split:
+    :class:`HeldOutImages`."""
+    if data.holdout:
+        return HeldOutImages(_read_split(data, True, transform), data.holdout, data.seed, held_out=not train)
+    return _read_split(data, train, transform)
+
+
+def _read_split(data: DataSection, train: bool, transform: Callable | None) -> Dataset:
     split = data.train_split if train else data.val_split
     if data.kind == "synthetic":
         return SyntheticSegmentation(domain=data.domain, split=split,
@@ -51,7 +59,7 @@ def read_segmentation_split(data: DataSection, train: bool, transform: Callable 
 
 
 __all__ = [
-    "BadSampleError", "ImageFolderClassification", "SegEvalTransform", "SegTrainTransform",
+    "BadSampleError", "HeldOutImages", "ImageFolderClassification", "SegEvalTransform", "SegTrainTransform",
     "SyntheticClassification", "SyntheticSegmentation", "VOCSegmentationFolder", "build_segmentation_dataset",
     "read_segmentation_split",
     "collate_skip_bad",
