@@ -229,6 +229,14 @@ class ExplainerSection(Section):
     polyphase_stem: bool = setting(True, "input gradient of the strided convolutions on the image as one "
                                    "stride-1 convolution (same gradient, faster; SmoothGrad and IG)")
     amp: bool = setting(True, "bf16 autocast of the explainers' forward pass on GPU (ignored on CPU)")
+    compile: bool = setting(False, "torch.compile each member once per actor (SmoothGrad; pays on GPU over many "
+                            "images; needs fixed_chunks)")
+    fixed_chunks: bool = setting(False, "SmoothGrad: pad the last chunk of noisy copies to batch_cap so that every "
+                                 "forward has one shape (compiled models, CUDA graphs)")
+
+    def check(self) -> None:
+        require(not self.compile or self.fixed_chunks, "compile",
+                "needs fixed_chunks: true (a compiled model is specialised to one chunk shape)")
 
 
 @dataclass

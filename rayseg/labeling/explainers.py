@@ -102,7 +102,8 @@ def prepare_for_explanation(model: nn.Module, cfg: ExplainerSection) -> nn.Modul
     parameter gradients, BatchNorm folded into the preceding convolution (``cfg.fold_batchnorm``, SmoothGrad and
     IG; ``W' = W·γ/√(σ²+ε)``, ``b' = (b − μ)·γ/√(σ²+ε) + β``, the same function in eval mode, done by
     ``torch.fx.experimental.optimization.fuse``), image-facing strided convolutions with a polyphase input
-    gradient (``cfg.polyphase_stem``) and channels-last weights (``cfg.channels_last``).
+    gradient (``cfg.polyphase_stem``), channels-last weights (``cfg.channels_last``) and ``torch.compile``
+    (``cfg.compile``, shape-specialised: use it with ``cfg.fixed_chunks``).
 
     A model that ``torch.fx`` cannot trace is kept unfolded (with a warning). The input model is not modified."""
     import copy
@@ -125,6 +126,8 @@ def prepare_for_explanation(model: nn.Module, cfg: ExplainerSection) -> nn.Modul
         use_polyphase_input_grad(model)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        model = torch.compile(model, dynamic=False)
     return model
 
 
@@ -172,7 +175,9 @@ def smoothgrad(
 
     Efficiency: the ``B·S`` noisy copies are processed in chunks of at most ``cfg.batch_cap`` samples (copies of
     several images share a chunk), one forward and one ``torch.autograd.grad`` per chunk, gradients w.r.t. the
-    inputs only; only one image's noise block and one chunk are in memory at a time.
+    inputs only; only one image's noise block and one chunk are in memory at a time. With ``cfg.fixed_chunks`` the
+    last chunk is padded with zero rows to ``batch_cap`` (their scores are left out, so they add no gradient): every
+    forward then has one shape, which compiled models (``cfg.compile``) and CUDA graphs need.
     """
     cfg = cfg or ExplainerSection()
     targets = _check_inputs(images, targets)
@@ -213,6 +218,9 @@ def smoothgrad(
                 lo, hi = max(start - i * samples, 0), min(stop - i * samples, samples)
                 pieces.append(x[i] + noise_of(i, lo, hi))
                 owners.append(torch.full((hi - lo,), i, dtype=torch.long, device=x.device))
+            n = stop - start
+            if cfg.fixed_chunks and n < cap:  # one input shape for every chunk: the padding rows add no gradient
+                pieces.append(x.new_zeros((cap - n, c, h, w)))
             noisy = torch.cat(pieces)
             if use_cl:
                 noisy = noisy.contiguous(memory_format=torch.channels_last)
@@ -220,9 +228,9 @@ def smoothgrad(
             owner = torch.cat(owners)
             with amp:
                 outputs = model(noisy)
-            selected = _target_scores(outputs, targets[owner], cfg.target).sum()
+            selected = _target_scores(outputs[:n], targets[owner], cfg.target).sum()
             (grad,) = torch.autograd.grad(selected, noisy)
-            grad_sum.index_add_(0, owner, grad.float())
+            grad_sum.index_add_(0, owner, grad[:n].float())
     return (grad_sum / samples).abs().sum(dim=1)
 
 
