@@ -6,14 +6,15 @@ Stages of the one streaming pipeline (over the images of every shard still to do
     from_items(id, shard, class_index)                             driver, deterministic shard plan
       (Parquet input: read_parquet(id, image, label)               read tasks; see below)
       -> map_batches(decode_and_resize)        CPU tasks            bytes, sha256, PIL decode (RGB), resize to
-                                                                    input_size x input_size, ImageNet
-                                                                    normalisation; a bad file becomes a row
-                                                                    with ``status`` = the reason
+                                                                    input_size x input_size, uint8; a bad file
+                                                                    becomes a row with ``status`` = the reason
       -> map_batches(ExplainActor)             actor pool           members loaded once per actor;
                                                (explainer_pool: num_actors actors, each call on the actor's
                                                main thread; num_gpus per actor,
-                                               fractions allowed, CPU when 0 / no CUDA); explain_ensemble
-                                               on the ok rows, deciles (uint8) + per-member top-decile masks
+                                               fractions allowed, CPU when 0 / no CUDA); ImageNet
+                                               normalisation, noise, explain_ensemble and deciles on the
+                                               actor's device for the ok rows; only the uint8 deciles and
+                                               per-member top-decile masks come back
       -> map_batches(encode_and_score)         CPU tasks            PNG-encode deciles; IoU with true masks
       -> iter_batches on the driver                                 rows buffered per shard (they may arrive
                                                                     in any order); a shard is written when
@@ -270,8 +271,8 @@ class ExplainActor:
     Output per row: ``deciles`` uint8 HxW (zeros for error rows) and ``member_top`` uint8 MxHxW, the top-decile
     mask of each member alone (for the ensemble-vs-member IoU check). The ``image`` column is dropped."""
 
-    def __init__(self, members: list[Member], num_classes: int, explainer: ExplainerSection, use_gpu: bool,
-                 seed: int, num_threads: int = 0, score_members: bool = True):
+    def __init__(self, members: list[Member], num_classes: int, explainer: ExplainerSection, mean: tuple,
+                 std: tuple, use_gpu: bool, seed: int, num_threads: int = 0, score_members: bool = True):
         import torch
 
         self.score_members = score_members  # per-member top-decile masks are only needed to score against true masks
@@ -280,6 +281,8 @@ class ExplainActor:
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.cfg = explainer
         self.models = [prepare_for_explanation(m, explainer) for m in load_members(members, num_classes, self.device)]
+        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
         self.seed = int(seed)
 
     def __call__(self, batch: dict) -> dict:
@@ -298,7 +301,8 @@ class ExplainActor:
             generator = torch.Generator(device=self.device)
             generator.manual_seed((self.seed * 1_000_003 + int(hashlib.sha256(ids.encode()).hexdigest()[:12], 16))
                                   % (2**63))
-            x = torch.from_numpy(np.ascontiguousarray(images[ok])).to(self.device)
+            x = torch.from_numpy(np.ascontiguousarray(images[ok])).to(self.device)  # uint8: normalised here
+            x = (x.float() / 255.0 - self.mean) / self.std
             labels = torch.from_numpy(np.asarray(batch["class_index"][ok], np.int64)).to(self.device)
             with torch.enable_grad():
                 per_model, _, dec = explain_ensemble(self.models, x, labels, self.cfg, generator=generator)
@@ -343,8 +347,7 @@ def _run_pipeline(label: LabelSection, plan: LabelingPlan, num_actors: int, seed
     # their remote args differ from the actor stage's: otherwise Ray Data fuses decoding into the explainer
     # actors, and on GPU actors the decoding would no longer overlap with the explanation.
     cpu_args: dict = {"max_calls": 0, "num_cpus": float(label.cpus_per_task)}
-    norm = {"input_size": int(label.input_size), "geometry": label.geometry, "mean": tuple(IMAGENET_MEAN),
-            "std": tuple(IMAGENET_STD)}
+    norm = {"input_size": int(label.input_size), "geometry": label.geometry}
     if label.images_parquet:
         ds = ray.data.read_parquet(str(label.images_parquet)).select_columns(list(PARQUET_COLUMNS))
         ds = ds.map_batches(decode_parquet_rows, batch_size=label.batch_size, batch_format="numpy", **cpu_args,
@@ -366,6 +369,8 @@ def _run_pipeline(label: LabelSection, plan: LabelingPlan, num_actors: int, seed
             "members": list(plan.members),
             "num_classes": plan.num_classes,
             "explainer": label.explainer,
+            "mean": tuple(IMAGENET_MEAN),
+            "std": tuple(IMAGENET_STD),
             "use_gpu": label.gpus_per_actor > 0,
             "seed": int(seed),
             "num_threads": max(1, int(math.ceil(label.cpus_per_actor))),
