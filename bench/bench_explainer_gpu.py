@@ -23,7 +23,7 @@ fp32 agreement of rayseg's maps: share of the fp32 top-decile pixels that bf16 k
 correlation. ``--toy`` (2 small members, 32 px, S = 2, 2 images) runs on CPU in seconds (the tests run it).
 
 Run: ``python bench/bench_explainer_gpu.py [--device cuda] [--toy] [--size 224] [--images 8] [--samples 50]
-[--chunk 64] [--compile] [--skip naive,captum_batched] [--json out.json]``.
+[--chunk 64] [--compile] [--skip naive,captum_batched] [--threads 2] [--json out.json]``.
 """
 
 from __future__ import annotations
@@ -262,14 +262,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--compile", action="store_true", help="torch.compile the bare loop's members")
     p.add_argument("--skip", default="", help=f"comma-separated variants to leave out of {VARIANTS}")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: torch's default)")
     p.add_argument("--json", default="")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     archs = tuple(args.archs.split(",")) if args.archs else TOY_ENSEMBLE if args.toy else PAPER_ENSEMBLE
     setup = Setup(torch.device(args.device), 32 if args.toy else args.size, 2 if args.toy else args.images,
                   2 if args.toy else args.samples, 4 if args.toy else args.chunk, args.compile,
                   num_classes=10 if args.toy else 1000)
     out = run(archs, setup, {s for s in args.skip.split(",") if s}, 1 if args.toy else args.repeats)
     out["machine"] = {"node": platform.node(), "cpu": platform.processor(), "torch": torch.__version__,
+                      "threads": torch.get_num_threads(),
                       "gpu": torch.cuda.get_device_name() if setup.device.type == "cuda" else ""}
     for name, r in out["images_per_s"].items():
         print(f"{name:>24}: {r:9.3f} images/s  {out['achieved_tflops'][name]:9.4f} TFLOP/s")
