@@ -18,7 +18,9 @@ weights: speed does not depend on them), same images:
 
 Printed: images/s of each, the ratios (rayseg vs bare, vs naive, vs the best captum), FLOPs per image (forward +
 backward of every sample of every member, counted by ``torch.utils.flop_counter`` in real FLOPs, 2 per
-multiply-add) and the achieved TFLOP/s against the device's measured matmul roofline. On CUDA also the bf16 vs
+multiply-add) and the achieved TFLOP/s against the device's measured matmul and convolution rooflines, and the
+rate of the labelling pipeline's CPU decode stage (ImageNet-like JPEGs), which says how many CPUs feed one
+explainer actor. On CUDA also the bf16 vs
 fp32 agreement of rayseg's maps: share of the fp32 top-decile pixels that bf16 keeps, and the Spearman rank
 correlation. ``--toy`` (2 small members, 32 px, S = 2, 2 images) runs on CPU in seconds (the tests run it).
 
@@ -176,6 +178,53 @@ def matmul_roofline(device: torch.device) -> float:
     return 2 * n ** 3 * reps / (time.perf_counter() - start)
 
 
+def conv_roofline(device: torch.device) -> float:
+    """Measured FLOP/s of a large 3x3 convolution (256 -> 256 channels, 56x56, batch 8; bf16 on CUDA, channels
+    last): the ceiling a convolutional member can reach."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    batch = 64 if device.type == "cuda" else 8
+    x = torch.randn((batch, 256, 56, 56), device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    conv = torch.nn.Conv2d(256, 256, 3, padding=1, bias=False).to(device, dtype).to(
+        memory_format=torch.channels_last)
+    with torch.no_grad():
+        conv(x)
+        _sync(device)
+        reps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < 1.0:
+            conv(x)
+            reps += 1
+        _sync(device)
+    return 2 * batch * 56 * 56 * 256 * 256 * 9 * reps / (time.perf_counter() - start)
+
+
+def decode_rate(size: int, count: int = 32) -> float:
+    """Images/s of the labelling pipeline's CPU decode stage on this process's core (ImageNet-like 500x375 JPEGs of
+    ~100 KB to ``size``): how many CPUs per explainer actor keep it fed."""
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+
+    from rayseg.labeling.stages import decode_and_resize
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as root:
+        ids = []
+        for i in range(count):
+            smooth = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)  # low-frequency content plus texture
+            image = np.asarray(Image.fromarray(smooth).resize((500, 375), Image.BICUBIC), np.int16)
+            image = np.clip(image + rng.integers(-20, 21, image.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(image).save(Path(root) / f"{i}.jpg", quality=90)
+            ids.append(f"{i}.jpg")
+        batch = {"id": ids, "shard": [0] * count, "class_index": [0] * count}
+        decode_and_resize(batch, root, size, "crop")
+        start = time.perf_counter()
+        out = decode_and_resize(batch, root, size, "crop")
+        seconds = time.perf_counter() - start
+    assert all(s == "ok" for s in out["status"])
+    return count / seconds
+
+
 def timed(fn, device: torch.device, repeats: int) -> tuple[float, torch.Tensor]:
     """Seconds per call (best of ``repeats`` after one warm-up call) and the last result."""
     result = fn()
@@ -233,7 +282,9 @@ def run(archs: tuple[str, ...], setup: Setup, skip: set[str], repeats: int) -> d
     out = {"archs": list(archs), "setup": {**dataclasses.asdict(setup), "device": str(setup.device)},
            "images_per_s": rates, "flops_per_image": flops,
            "achieved_tflops": {k: r * flops / 1e12 for k, r in rates.items()},
-           "roofline_tflops": matmul_roofline(setup.device) / 1e12}
+           "roofline_tflops": matmul_roofline(setup.device) / 1e12,
+           "conv_roofline_tflops": conv_roofline(setup.device) / 1e12,
+           "decode_images_per_s_per_cpu": decode_rate(setup.size)}
     if "rayseg" in rates:
         captum = [rates[k] for k in ("captum_batched", "captum_batched_prepared") if k in rates]
         out["ratios"] = {f"rayseg_vs_{k}": rates["rayseg"] / rates[k] for k in ("bare", "naive") if k in rates}
@@ -277,8 +328,12 @@ def main(argv: list[str] | None = None) -> dict:
                       "gpu": torch.cuda.get_device_name() if setup.device.type == "cuda" else ""}
     for name, r in out["images_per_s"].items():
         print(f"{name:>24}: {r:9.3f} images/s  {out['achieved_tflops'][name]:9.4f} TFLOP/s")
-    print(f"FLOPs per image {out['flops_per_image'] / 1e9:.3f} G; roofline {out['roofline_tflops']:.2f} TFLOP/s; "
-          f"ratios {json.dumps(out.get('ratios', {}))}")
+    print(f"FLOPs per image {out['flops_per_image'] / 1e9:.3f} G; roofline: matmul {out['roofline_tflops']:.2f}, "
+          f"conv {out['conv_roofline_tflops']:.2f} TFLOP/s; ratios {json.dumps(out.get('ratios', {}))}")
+    if "rayseg" in out["images_per_s"]:
+        print(f"decode at {setup.size} px: {out['decode_images_per_s_per_cpu']:.0f} images/s per CPU: "
+              f"{out['images_per_s']['rayseg'] / out['decode_images_per_s_per_cpu']:.2f} CPUs keep one explainer "
+              f"actor fed")
     for key in ("max_rel_diff", "bf16_vs_fp32"):
         if key in out:
             print(f"{key}: {out[key]}")
