@@ -289,6 +289,9 @@ def test_label_version_changes_with_samples_and_weights(tiny, tmp_path):
     assert label_version(check_members(list(zip(ARCHS, weights)), NUM_CLASSES), ExplainerSection(samples=4), 32,
                          NUM_CLASSES) == v  # the same bytes and settings: the same version
     assert label_version(members, dataclasses.replace(cfg, samples=5), 32, NUM_CLASSES) != v
+    # how the same maps are computed is not part of the version: another chunk size or compilation re-labels nothing
+    assert label_version(members, dataclasses.replace(cfg, batch_cap=7, fixed_chunks=True, compile=True), 32,
+                         NUM_CLASSES) == v
     assert label_version(members, cfg, 64, NUM_CLASSES) != v
     assert label_version(members, cfg, 32, NUM_CLASSES + 1) != v
     changed = tmp_path / "changed.pt"
