@@ -374,7 +374,24 @@ def test_config_rejects_unknown_choices():
     with pytest.raises(ValueError, match="target"):
         ExplainerSection(target="loss")
     with pytest.raises(ValueError, match="batch_cap"):
-        ExplainerSection(batch_cap=0)
+        ExplainerSection(batch_cap=-1)
+
+
+def test_the_auto_chunk_keeps_the_pixels_per_chunk_and_an_explicit_cap_wins():
+    from rayseg.labeling.explainers import CHUNK_PIXELS, MAX_CHUNK, chunk_size
+
+    auto = ExplainerSection()
+    assert auto.batch_cap == 0
+    small, large = torch.zeros(1, 3, 64, 64), torch.zeros(1, 3, 224, 224)
+    assert chunk_size(auto, small) == min(MAX_CHUNK, CHUNK_PIXELS["cpu"] // 64 ** 2)
+    assert chunk_size(auto, large) == CHUNK_PIXELS["cpu"] // 224 ** 2 < chunk_size(auto, small)
+    assert chunk_size(auto, torch.zeros(1, 3, 4096, 4096)) == 1
+    assert chunk_size(ExplainerSection(batch_cap=5), large) == 5
+    model, x, t = tiny_net(), images(3), torch.tensor([0, 1, 2])  # 16 px: 12 copies in one chunk
+    sizes, _, handle = count_forwards(model)
+    smoothgrad(model, x, t, ExplainerSection(samples=4), generator=torch.Generator().manual_seed(0))
+    handle.remove()
+    assert sizes == [12]
 
 
 def test_explain_dispatches_on_method():

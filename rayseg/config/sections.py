@@ -220,8 +220,9 @@ class ExplainerSection(Section):
                           choices=("probability", "logit"))
     target_from: str = setting("label", "explained class: the image's label or each model's own prediction",
                                choices=("label", "prediction"))
-    batch_cap: int = setting(256, "most samples (noisy copies, IG steps or images) in one forward/backward pass "
-                             "(memory cap)", ge=1)
+    batch_cap: int = setting(0, "most samples (noisy copies, IG steps or images) in one forward/backward pass "
+                             "(memory cap); 0 = by the image size and device (rayseg.labeling.explainers."
+                             "chunk_size)", ge=0)
     ig_steps: int = setting(32, "IntegratedGradients integration steps (baseline: the all-zero image)", ge=1)
     fold_batchnorm: bool = setting(True, "fold BatchNorm into the convolutions before explaining (same function, "
                                    "faster; SmoothGrad and IG: GradCAM reads activations folding would change)")

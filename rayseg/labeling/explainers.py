@@ -37,12 +37,29 @@ __all__ = [
     "prepare_for_explanation",
     "smoothgrad",
     "targets_for",
+    "chunk_size",
 ]
 
 METHODS = ("smoothgrad", "integrated_gradients", "gradcam")  # the choices of label.explainer.method
 
 
 # --------------------------------------------------------------------------------------------------- helpers
+
+# ``batch_cap: 0`` (auto): input pixels per forward/backward chunk, by device. The chunk that pays at 64 px costs
+# at 224 px on a CPU (bench/RESULTS.md, the explainer at both sizes), so the auto chunk keeps the pixels, not the
+# copies, constant; on a GPU it is sized for memory (the 15-member ensemble at 224 px in bf16).
+CHUNK_PIXELS = {"cpu": 64 * 64 * 64, "cuda": 64 * 224 * 224}
+MAX_CHUNK = 256
+
+
+def chunk_size(cfg: ExplainerSection, images: Tensor) -> int:
+    """Samples per forward/backward: ``cfg.batch_cap``, or with 0 (auto) as many as hold
+    ``CHUNK_PIXELS[device]`` pixels of ``images``' size (at least 1, at most ``MAX_CHUNK``)."""
+    if cfg.batch_cap:
+        return int(cfg.batch_cap)
+    pixels = CHUNK_PIXELS["cuda" if images.is_cuda else "cpu"]
+    return max(1, min(MAX_CHUNK, pixels // (images.shape[-2] * images.shape[-1])))
+
 
 
 @contextlib.contextmanager
@@ -143,7 +160,7 @@ def targets_for(model: nn.Module, images: Tensor, labels: Tensor | None, cfg: Ex
         return _check_inputs(images, labels)
     preds = []
     with _explaining(model), torch.no_grad():
-        for chunk in images.split(cfg.batch_cap):
+        for chunk in images.split(chunk_size(cfg, images)):
             preds.append(model(chunk).argmax(dim=1))
     return torch.cat(preds).long()
 
@@ -208,7 +225,7 @@ def smoothgrad(
         return block[i][lo:hi]
 
     grad_sum = torch.zeros((b, c, h, w), dtype=torch.float32, device=x.device)
-    total, cap = b * samples, int(cfg.batch_cap)
+    total, cap = b * samples, chunk_size(cfg, x)
     with _explaining(model):
         amp, use_cl = _fast_path(model, x, cfg)
         for start in range(0, total, cap):
@@ -254,7 +271,7 @@ def integrated_gradients(
 
     cfg = cfg or ExplainerSection()
     targets = _check_inputs(images, targets)
-    cap = int(cfg.batch_cap)
+    cap = chunk_size(cfg, images)
     maps = []
     with _explaining(model):
         ig = IntegratedGradients(_score_function(model, cfg.target))
@@ -313,7 +330,8 @@ def gradcam(
     maps = []
     with _explaining(model):
         cam = LayerGradCam(_score_function(model, cfg.target), layer)
-        for chunk, tgt in zip(images.split(int(cfg.batch_cap)), targets.split(int(cfg.batch_cap))):
+        cap = chunk_size(cfg, images)
+        for chunk, tgt in zip(images.split(cap), targets.split(cap)):
             attr = cam.attribute(chunk.detach(), target=tgt, relu_attributions=True)
             up = LayerAttribution.interpolate(attr, size, interpolate_mode="bilinear")
             maps.append(up.sum(dim=1).float())
