@@ -7,7 +7,7 @@ weights saved to local files: speed does not depend on the weights), SmoothGrad 
 target = the image's class, softmax probability (the explainer's defaults apart from S). CPU only.
 
 1. naive loop: in this process with ``torch.set_num_threads(2)``, image by image: read + decode + resize
-   (the pipeline's ``decode_and_resize`` on a one-row batch), then model by model captum
+   (the pipeline's ``decode_and_resize`` on a one-row batch, normalised as the actor does), then model by model captum
    ``NoiseTunnel(Saliency(softmax∘model)).attribute(x[None], nt_type="smoothgrad", nt_samples=S,
    stdevs=σ_image, target=label, abs=False)`` (``nt_samples_batch_size`` default: all S copies in one pass),
    ``|·|`` summed over channels, then the ensemble math of :mod:`rayseg.labeling.ensemble` (min-max, mean,
@@ -111,9 +111,16 @@ def decoded(images: Path) -> tuple[list[str], torch.Tensor, torch.Tensor]:
 
     ids, class_of = list_images(images)
     out = decode_and_resize({"id": ids, "shard": [0] * len(ids), "class_index": [class_of[i] for i in ids]},
-                            str(images), SIZE, GEOMETRY, tuple(IMAGENET_MEAN), tuple(IMAGENET_STD))
+                            str(images), SIZE, GEOMETRY)
     assert all(s == "ok" for s in out["status"]), out["status"]
-    return ids, torch.from_numpy(out["image"]), torch.from_numpy(out["class_index"])
+    return ids, normalised(out["image"]), torch.from_numpy(out["class_index"])
+
+
+def normalised(images) -> torch.Tensor:
+    """uint8 ``[N, 3, S, S]`` from the decode stage, ImageNet-normalised as the explainer actor does it."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (torch.from_numpy(images).float() / 255.0 - mean) / std
 
 
 # --------------------------------------------------------------------------------------------------- 1. naive
@@ -132,8 +139,8 @@ def naive_loop(models: list, images: Path, cfg: ExplainerSection) -> dict:
     start = time.perf_counter()
     for rel in ids:
         one = decode_and_resize({"id": [rel], "shard": [0], "class_index": [class_of[rel]]}, str(images), SIZE,
-                                GEOMETRY, tuple(IMAGENET_MEAN), tuple(IMAGENET_STD))
-        x = torch.from_numpy(one["image"])
+                                GEOMETRY)
+        x = normalised(one["image"])
         label = int(one["class_index"][0])
         sigma = cfg.noise_level * float(x.max() - x.min())
         maps = []

@@ -88,6 +88,12 @@ def test_end_to_end_three_committed_shards(labelled, tiny):
     assert summary["new_images"] == summary["labelled"] == summary["total_rows"] == 24
     assert summary["errors"] == 0 and summary["shards_done"] == 3 and summary["shards_skipped"] == 0
     assert summary["output_bytes"] > 0 and summary["images_per_s"] > 0
+    # the time by stage: every stage was timed, the first output came within the pipeline's time, and the
+    # actors explained during part of it
+    stages = summary["stages"]
+    assert set(stages) == {"plan_s", "ray_start_s", "first_output_s", "actor_start_s", "explain_s", "pipeline_s"}
+    assert 0 < stages["first_output_s"] <= stages["pipeline_s"] <= summary["seconds"]
+    assert stages["actor_start_s"] > 0 and 0 < summary["explainer_busy"] <= 1
     # IoU of the top-decile masks with the true masks: a number in [0, 1] per member and for the ensemble
     assert summary["iou_images"] == 24
     assert 0.0 <= summary["iou_ensemble"] <= 1.0
@@ -283,6 +289,9 @@ def test_label_version_changes_with_samples_and_weights(tiny, tmp_path):
     assert label_version(check_members(list(zip(ARCHS, weights)), NUM_CLASSES), ExplainerSection(samples=4), 32,
                          NUM_CLASSES) == v  # the same bytes and settings: the same version
     assert label_version(members, dataclasses.replace(cfg, samples=5), 32, NUM_CLASSES) != v
+    # how the same maps are computed is not part of the version: another chunk size or compilation re-labels nothing
+    assert label_version(members, dataclasses.replace(cfg, batch_cap=7, fixed_chunks=True, compile=True), 32,
+                         NUM_CLASSES) == v
     assert label_version(members, cfg, 64, NUM_CLASSES) != v
     assert label_version(members, cfg, 32, NUM_CLASSES + 1) != v
     changed = tmp_path / "changed.pt"
@@ -302,11 +311,11 @@ def test_stages_without_ray_decode_errors_and_iou_numbers(tiny, tmp_path):
     (images / "a" / "bad.png").write_bytes(b"not an image")
     batch = {"id": np.array(["a/good.png", "a/bad.png", "a/gone.png"], object), "shard": np.zeros(3, np.int64),
              "class_index": np.zeros(3, np.int64)}
-    out = pipeline_mod.decode_and_resize(batch, str(images), 16, "square", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    assert out["image"].shape == (3, 3, 16, 16) and out["image"].dtype == np.float32
+    out = pipeline_mod.decode_and_resize(batch, str(images), 16, "square")
+    assert out["image"].shape == (3, 3, 16, 16) and out["image"].dtype == np.uint8  # the actor normalises
     assert out["status"][0] == "ok" and out["status"][1].startswith("a/bad.png: cannot decode image")
     assert out["status"][2].startswith("a/gone.png: cannot read file")
-    assert -2.0 <= out["image"][0].min() and out["image"][0].max() <= 2.0  # (x - 0.5) / 0.25 with x in [0, 1]
+    assert out["image"][0].max() > 0 and not out["image"][1:].any()  # bad rows stay zeros
 
     # IoU: true mask = left half of an 8x8 image; deciles 9 on the left 4x4 quarter (IoU 0.5 after nearest
     # resize of the 4x4 map to 8x8), member 0 top = whole left half (IoU 1), member 1 top = right half (IoU 0).
@@ -391,17 +400,17 @@ def test_decode_parquet_rows_shard_lookup_drops_committed_and_reports_bad_bytes(
     batch = {"id": np.array(["b", "a", "d", "c", "e"], object),
              "image": np.array([good, good, None, b"junk", good], object), "label": np.array([1, 0, 2, 1, 0])}
     # plan: [a, b] [c, d] [e]; shard 0 already committed
-    out = pipeline_mod.decode_parquet_rows(batch, ["c", "e"], [1, 2], [], 16, "square", (0.5,) * 3, (0.25,) * 3)
+    out = pipeline_mod.decode_parquet_rows(batch, ["c", "e"], [1, 2], [], 16, "square")
     assert list(out["id"]) == ["d", "c", "e"] and list(out["shard"]) == [1, 1, 2]
     assert list(out["class_index"]) == [2, 1, 0] and out["image"].shape == (3, 3, 16, 16)
     assert out["status"][0] == "d: no image bytes (null)" and out["content_hash"][0] == ""
     assert out["status"][1].startswith("c: cannot decode image")
     assert out["content_hash"][1] == hashlib.sha256(b"junk").hexdigest()
     assert out["status"][2] == "ok" and out["content_hash"][2] == hashlib.sha256(good).hexdigest()
-    empty = pipeline_mod.decode_parquet_rows(batch, [], [], [], 16, "square", (0.5,) * 3, (0.25,) * 3)
+    empty = pipeline_mod.decode_parquet_rows(batch, [], [], [], 16, "square")
     assert len(empty["id"]) == 0 and empty["image"].shape == (0, 3, 16, 16)
     # resumed with other shards: committed "d" sorts inside the new shard 4 [c, e] and is skipped by name
-    out = pipeline_mod.decode_parquet_rows(batch, ["c"], [4], ["d"], 16, "square", (0.5,) * 3, (0.25,) * 3)
+    out = pipeline_mod.decode_parquet_rows(batch, ["c"], [4], ["d"], 16, "square")
     assert list(out["id"]) == ["c", "e"] and list(out["shard"]) == [4, 4]
 
 

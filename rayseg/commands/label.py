@@ -8,6 +8,7 @@ starts Ray, sizes the explainer pool for the cluster once and runs the one Ray D
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from rayseg import storage
@@ -19,18 +20,22 @@ def label_images(label: LabelSection, seed: int = 0, address: str | None = None)
     """Run (or resume) the labelling job of ``label`` (``run.seed`` = ``seed``); returns its summary."""
     from rayseg.labeling.pipeline import plan_labeling, run_labeling
 
+    started = time.perf_counter()
     plan = plan_labeling(label)
+    stages = {"plan_s": time.perf_counter() - started}
     num_actors = 0
     if plan.todo:
         from rayseg.engine.runner import ensure_ray
 
+        started = time.perf_counter()
         ensure_ray(address)  # before `import ray`: a local cluster is bound to 127.0.0.1 at import time
         import ray
 
         from rayseg.labeling.pipeline import actors_for_cluster
 
         num_actors = actors_for_cluster(label, ray.cluster_resources())
-    summary = run_labeling(label, plan, num_actors, seed)
+        stages["ray_start_s"] = time.perf_counter() - started
+    summary = run_labeling(label, plan, num_actors, seed, stages)
     if summary["shards_done"] and not storage.is_uri(summary["version_dir"]):
         write_preview(summary)
     return summary
@@ -46,7 +51,6 @@ def write_preview(summary: dict) -> None:
     in one atomic step each (:func:`rayseg.storage.write_bytes`), so a full disk is one error line naming the file."""
     import io
     import socket
-    import time
 
     from PIL import Image
     from tensorboard.compat.proto.event_pb2 import Event

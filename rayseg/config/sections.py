@@ -220,8 +220,9 @@ class ExplainerSection(Section):
                           choices=("probability", "logit"))
     target_from: str = setting("label", "explained class: the image's label or each model's own prediction",
                                choices=("label", "prediction"))
-    batch_cap: int = setting(256, "most samples (noisy copies, IG steps or images) in one forward/backward pass "
-                             "(memory cap)", ge=1)
+    batch_cap: int = setting(0, "most samples (noisy copies, IG steps or images) in one forward/backward pass "
+                             "(memory cap); 0 = by the image size and device (rayseg.labeling.explainers."
+                             "chunk_size)", ge=0)
     ig_steps: int = setting(32, "IntegratedGradients integration steps (baseline: the all-zero image)", ge=1)
     fold_batchnorm: bool = setting(True, "fold BatchNorm into the convolutions before explaining (same function, "
                                    "faster; SmoothGrad and IG: GradCAM reads activations folding would change)")
@@ -229,6 +230,14 @@ class ExplainerSection(Section):
     polyphase_stem: bool = setting(True, "input gradient of the strided convolutions on the image as one "
                                    "stride-1 convolution (same gradient, faster; SmoothGrad and IG)")
     amp: bool = setting(True, "bf16 autocast of the explainers' forward pass on GPU (ignored on CPU)")
+    compile: bool = setting(False, "torch.compile each member once per actor (SmoothGrad; pays on GPU over many "
+                            "images; needs fixed_chunks)")
+    fixed_chunks: bool = setting(False, "SmoothGrad: pad the last chunk of noisy copies to batch_cap so that every "
+                                 "forward has one shape (compiled models, CUDA graphs)")
+
+    def check(self) -> None:
+        require(not self.compile or self.fixed_chunks, "compile",
+                "needs fixed_chunks: true (a compiled model is specialised to one chunk shape)")
 
 
 @dataclass

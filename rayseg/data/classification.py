@@ -1,7 +1,7 @@
 """Image-classification data for the PSSL ensemble members: the synthetic classification set or an ImageFolder.
 
-Preprocessing matches the labelling pipeline (``rayseg.labeling.stages.decode_and_resize``): the image is
-resized to ``image_size x image_size`` with bilinear filtering (aspect ratio not kept), scaled to [0, 1] and
+Preprocessing matches the labelling pipeline (``rayseg.labeling.stages.decode_and_resize``, then the explainer
+actor's normalisation): the image is resized to ``image_size x image_size`` with bilinear filtering (aspect ratio not kept), scaled to [0, 1] and
 normalised with the ImageNet mean/std. Training adds RandomResizedCrop(scale 0.5-1) and a horizontal flip.
 """
 

@@ -37,12 +37,29 @@ __all__ = [
     "prepare_for_explanation",
     "smoothgrad",
     "targets_for",
+    "chunk_size",
 ]
 
 METHODS = ("smoothgrad", "integrated_gradients", "gradcam")  # the choices of label.explainer.method
 
 
 # --------------------------------------------------------------------------------------------------- helpers
+
+# ``batch_cap: 0`` (auto): input pixels per forward/backward chunk, by device. The chunk that pays at 64 px costs
+# at 224 px on a CPU (bench/RESULTS.md, the explainer at both sizes), so the auto chunk keeps the pixels, not the
+# copies, constant; on a GPU it is sized for memory (the 15-member ensemble at 224 px in bf16).
+CHUNK_PIXELS = {"cpu": 64 * 64 * 64, "cuda": 64 * 224 * 224}
+MAX_CHUNK = 256
+
+
+def chunk_size(cfg: ExplainerSection, images: Tensor) -> int:
+    """Samples per forward/backward: ``cfg.batch_cap``, or with 0 (auto) as many as hold
+    ``CHUNK_PIXELS[device]`` pixels of ``images``' size (at least 1, at most ``MAX_CHUNK``)."""
+    if cfg.batch_cap:
+        return int(cfg.batch_cap)
+    pixels = CHUNK_PIXELS["cuda" if images.is_cuda else "cpu"]
+    return max(1, min(MAX_CHUNK, pixels // (images.shape[-2] * images.shape[-1])))
+
 
 
 @contextlib.contextmanager
@@ -102,7 +119,8 @@ def prepare_for_explanation(model: nn.Module, cfg: ExplainerSection) -> nn.Modul
     parameter gradients, BatchNorm folded into the preceding convolution (``cfg.fold_batchnorm``, SmoothGrad and
     IG; ``W' = W·γ/√(σ²+ε)``, ``b' = (b − μ)·γ/√(σ²+ε) + β``, the same function in eval mode, done by
     ``torch.fx.experimental.optimization.fuse``), image-facing strided convolutions with a polyphase input
-    gradient (``cfg.polyphase_stem``) and channels-last weights (``cfg.channels_last``).
+    gradient (``cfg.polyphase_stem``), channels-last weights (``cfg.channels_last``) and ``torch.compile``
+    (``cfg.compile``, shape-specialised: use it with ``cfg.fixed_chunks``).
 
     A model that ``torch.fx`` cannot trace is kept unfolded (with a warning). The input model is not modified."""
     import copy
@@ -125,6 +143,8 @@ def prepare_for_explanation(model: nn.Module, cfg: ExplainerSection) -> nn.Modul
         use_polyphase_input_grad(model)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        model = torch.compile(model, dynamic=False)
     return model
 
 
@@ -140,7 +160,7 @@ def targets_for(model: nn.Module, images: Tensor, labels: Tensor | None, cfg: Ex
         return _check_inputs(images, labels)
     preds = []
     with _explaining(model), torch.no_grad():
-        for chunk in images.split(cfg.batch_cap):
+        for chunk in images.split(chunk_size(cfg, images)):
             preds.append(model(chunk).argmax(dim=1))
     return torch.cat(preds).long()
 
@@ -172,7 +192,9 @@ def smoothgrad(
 
     Efficiency: the ``B·S`` noisy copies are processed in chunks of at most ``cfg.batch_cap`` samples (copies of
     several images share a chunk), one forward and one ``torch.autograd.grad`` per chunk, gradients w.r.t. the
-    inputs only; only one image's noise block and one chunk are in memory at a time.
+    inputs only; only one image's noise block and one chunk are in memory at a time. With ``cfg.fixed_chunks`` the
+    last chunk is padded with zero rows to ``batch_cap`` (their scores are left out, so they add no gradient): every
+    forward then has one shape, which compiled models (``cfg.compile``) and CUDA graphs need.
     """
     cfg = cfg or ExplainerSection()
     targets = _check_inputs(images, targets)
@@ -203,7 +225,7 @@ def smoothgrad(
         return block[i][lo:hi]
 
     grad_sum = torch.zeros((b, c, h, w), dtype=torch.float32, device=x.device)
-    total, cap = b * samples, int(cfg.batch_cap)
+    total, cap = b * samples, chunk_size(cfg, x)
     with _explaining(model):
         amp, use_cl = _fast_path(model, x, cfg)
         for start in range(0, total, cap):
@@ -213,6 +235,9 @@ def smoothgrad(
                 lo, hi = max(start - i * samples, 0), min(stop - i * samples, samples)
                 pieces.append(x[i] + noise_of(i, lo, hi))
                 owners.append(torch.full((hi - lo,), i, dtype=torch.long, device=x.device))
+            n = stop - start
+            if cfg.fixed_chunks and n < cap:  # one input shape for every chunk: the padding rows add no gradient
+                pieces.append(x.new_zeros((cap - n, c, h, w)))
             noisy = torch.cat(pieces)
             if use_cl:
                 noisy = noisy.contiguous(memory_format=torch.channels_last)
@@ -220,9 +245,9 @@ def smoothgrad(
             owner = torch.cat(owners)
             with amp:
                 outputs = model(noisy)
-            selected = _target_scores(outputs, targets[owner], cfg.target).sum()
+            selected = _target_scores(outputs[:n], targets[owner], cfg.target).sum()
             (grad,) = torch.autograd.grad(selected, noisy)
-            grad_sum.index_add_(0, owner, grad.float())
+            grad_sum.index_add_(0, owner, grad[:n].float())
     return (grad_sum / samples).abs().sum(dim=1)
 
 
@@ -246,7 +271,7 @@ def integrated_gradients(
 
     cfg = cfg or ExplainerSection()
     targets = _check_inputs(images, targets)
-    cap = int(cfg.batch_cap)
+    cap = chunk_size(cfg, images)
     maps = []
     with _explaining(model):
         ig = IntegratedGradients(_score_function(model, cfg.target))
@@ -305,7 +330,8 @@ def gradcam(
     maps = []
     with _explaining(model):
         cam = LayerGradCam(_score_function(model, cfg.target), layer)
-        for chunk, tgt in zip(images.split(int(cfg.batch_cap)), targets.split(int(cfg.batch_cap))):
+        cap = chunk_size(cfg, images)
+        for chunk, tgt in zip(images.split(cap), targets.split(cap)):
             attr = cam.attribute(chunk.detach(), target=tgt, relu_attributions=True)
             up = LayerAttribution.interpolate(attr, size, interpolate_mode="bilinear")
             maps.append(up.sum(dim=1).float())

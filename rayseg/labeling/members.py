@@ -129,14 +129,20 @@ def load_members(members: Sequence[Member], num_classes: int, device: str | torc
     return models
 
 
+# explainer settings that change how the maps are computed, not what they are (chunking, compilation)
+EXECUTION_ONLY = ("batch_cap", "compile", "fixed_chunks")
+
+
 def label_version(members: Sequence[Member], explainer: ExplainerSection, input_size: int, num_classes: int,
                   geometry: str = "square") -> str:
     """12 hex digits of a sha256 over: member architectures and the sha256 of each weights file (``"random"``
-    when there is none), the explainer settings, the input size and geometry, the class count and
+    when there is none), the explainer settings but those that only say how the same maps are computed
+    (:data:`EXECUTION_ONLY`: a new chunk size does not re-label), the input size and geometry, the class count and
     ``rayseg.__version__`` (the square geometry adds nothing, so versions written before it existed stay valid)."""
+    settings = {k: v for k, v in dataclasses.asdict(explainer).items() if k not in EXECUTION_ONLY}
     payload = {
         "members": [[m.arch, m.sha256] for m in members],
-        "explainer": dataclasses.asdict(explainer),
+        "explainer": settings,
         "input_size": int(input_size),
         "extra": {"num_classes": int(num_classes), **({"geometry": geometry} if geometry != "square" else {})},
         "code": rayseg.__version__,

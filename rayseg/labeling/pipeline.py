@@ -6,14 +6,15 @@ Stages of the one streaming pipeline (over the images of every shard still to do
     from_items(id, shard, class_index)                             driver, deterministic shard plan
       (Parquet input: read_parquet(id, image, label)               read tasks; see below)
       -> map_batches(decode_and_resize)        CPU tasks            bytes, sha256, PIL decode (RGB), resize to
-                                                                    input_size x input_size, ImageNet
-                                                                    normalisation; a bad file becomes a row
-                                                                    with ``status`` = the reason
+                                                                    input_size x input_size, uint8; a bad file
+                                                                    becomes a row with ``status`` = the reason
       -> map_batches(ExplainActor)             actor pool           members loaded once per actor;
                                                (explainer_pool: num_actors actors, each call on the actor's
                                                main thread; num_gpus per actor,
-                                               fractions allowed, CPU when 0 / no CUDA); explain_ensemble
-                                               on the ok rows, deciles (uint8) + per-member top-decile masks
+                                               fractions allowed, CPU when 0 / no CUDA); ImageNet
+                                               normalisation, noise, explain_ensemble and deciles on the
+                                               actor's device for the ok rows; only the uint8 deciles and
+                                               per-member top-decile masks come back
       -> map_batches(encode_and_score)         CPU tasks            PNG-encode deciles; IoU with true masks
       -> iter_batches on the driver                                 rows buffered per shard (they may arrive
                                                                     in any order); a shard is written when
@@ -268,10 +269,13 @@ class ExplainActor:
     """Actor stage: the ensemble is loaded once per actor; each call explains the ok rows of a batch.
 
     Output per row: ``deciles`` uint8 HxW (zeros for error rows) and ``member_top`` uint8 MxHxW, the top-decile
-    mask of each member alone (for the ensemble-vs-member IoU check). The ``image`` column is dropped."""
+    mask of each member alone (for the ensemble-vs-member IoU check); ``explain_s`` and ``actor_start_s``, the
+    row's share of the call's seconds and of the actor's start-up (first call only), for the summary's stage
+    timings. The ``image`` column is dropped."""
 
-    def __init__(self, members: list[Member], num_classes: int, explainer: ExplainerSection, use_gpu: bool,
-                 seed: int, num_threads: int = 0, score_members: bool = True):
+    def __init__(self, members: list[Member], num_classes: int, explainer: ExplainerSection, mean: tuple,
+                 std: tuple, use_gpu: bool, seed: int, num_threads: int = 0, score_members: bool = True):
+        started = time.perf_counter()
         import torch
 
         self.score_members = score_members  # per-member top-decile masks are only needed to score against true masks
@@ -280,7 +284,10 @@ class ExplainActor:
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.cfg = explainer
         self.models = [prepare_for_explanation(m, explainer) for m in load_members(members, num_classes, self.device)]
+        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
         self.seed = int(seed)
+        self.start_seconds = time.perf_counter() - started  # torch's import, loading and preparing the members
 
     def __call__(self, batch: dict) -> dict:
         import torch
@@ -288,6 +295,7 @@ class ExplainActor:
         from rayseg.labeling.ensemble import deciles
         from rayseg.labeling.explainers import explain_ensemble
 
+        started = time.perf_counter()
         images = batch.pop("image")
         n, _, h, w = images.shape
         ok = np.asarray([s == "ok" for s in batch["status"]], bool)
@@ -298,7 +306,8 @@ class ExplainActor:
             generator = torch.Generator(device=self.device)
             generator.manual_seed((self.seed * 1_000_003 + int(hashlib.sha256(ids.encode()).hexdigest()[:12], 16))
                                   % (2**63))
-            x = torch.from_numpy(np.ascontiguousarray(images[ok])).to(self.device)
+            x = torch.from_numpy(np.ascontiguousarray(images[ok])).to(self.device)  # uint8: normalised here
+            x = (x.float() / 255.0 - self.mean) / self.std
             labels = torch.from_numpy(np.asarray(batch["class_index"][ok], np.int64)).to(self.device)
             with torch.enable_grad():
                 per_model, _, dec = explain_ensemble(self.models, x, labels, self.cfg, generator=generator)
@@ -308,6 +317,10 @@ class ExplainActor:
                 out_members[ok] = member_top.transpose(0, 1).cpu().numpy().astype(np.uint8)
         batch["deciles"] = out_deciles
         batch["member_top"] = out_members
+        # the stage timings of the summary, spread over the rows (the driver sums them)
+        batch["explain_s"] = np.full(n, (time.perf_counter() - started) / max(n, 1), np.float64)
+        batch["actor_start_s"] = np.full(n, self.start_seconds / max(n, 1), np.float64)
+        self.start_seconds = 0.0  # counted once, with the first batch
         return batch
 
 
@@ -324,9 +337,12 @@ def explainer_pool(num_actors: int):
 
 
 def _run_pipeline(label: LabelSection, plan: LabelingPlan, num_actors: int, seed: int,
-                  log: list[str]) -> tuple[list[dict], int]:
+                  log: list[str], stages: dict) -> tuple[list[dict], int]:
     """Label the shards ``plan.todo`` in one Ray Data pipeline; commit each shard as soon as all its rows are in.
-    Returns (manifests of the newly committed shards, bytes written); the progress lines printed go to ``log``."""
+    Returns (manifests of the newly committed shards, bytes written); the progress lines printed go to ``log``,
+    the stage timings (seconds) to ``stages``: ``first_output_s`` (pipeline start to the first labelled batch at
+    the driver), ``actor_start_s`` (the actors' start-up, summed), ``explain_s`` (the actors' calls, summed),
+    ``pipeline_s``."""
     import ray
     from ray.data import DataContext
 
@@ -343,8 +359,7 @@ def _run_pipeline(label: LabelSection, plan: LabelingPlan, num_actors: int, seed
     # their remote args differ from the actor stage's: otherwise Ray Data fuses decoding into the explainer
     # actors, and on GPU actors the decoding would no longer overlap with the explanation.
     cpu_args: dict = {"max_calls": 0, "num_cpus": float(label.cpus_per_task)}
-    norm = {"input_size": int(label.input_size), "geometry": label.geometry, "mean": tuple(IMAGENET_MEAN),
-            "std": tuple(IMAGENET_STD)}
+    norm = {"input_size": int(label.input_size), "geometry": label.geometry}
     if label.images_parquet:
         ds = ray.data.read_parquet(str(label.images_parquet)).select_columns(list(PARQUET_COLUMNS))
         ds = ds.map_batches(decode_parquet_rows, batch_size=label.batch_size, batch_format="numpy", **cpu_args,
@@ -366,6 +381,8 @@ def _run_pipeline(label: LabelSection, plan: LabelingPlan, num_actors: int, seed
             "members": list(plan.members),
             "num_classes": plan.num_classes,
             "explainer": label.explainer,
+            "mean": tuple(IMAGENET_MEAN),
+            "std": tuple(IMAGENET_STD),
             "use_gpu": label.gpus_per_actor > 0,
             "seed": int(seed),
             "num_threads": max(1, int(math.ceil(label.cpus_per_actor))),
@@ -382,6 +399,10 @@ def _run_pipeline(label: LabelSection, plan: LabelingPlan, num_actors: int, seed
     total = sum(len(plan.shards[i]) for i in plan.todo)
     start = time.perf_counter()
     for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
+        if "first_output_s" not in stages:
+            stages["first_output_s"] = time.perf_counter() - start
+        stages["explain_s"] = stages.get("explain_s", 0.0) + float(batch["explain_s"].sum())
+        stages["actor_start_s"] = stages.get("actor_start_s", 0.0) + float(batch["actor_start_s"].sum())
         columns = list(batch)
         for j in range(len(batch["id"])):
             row = {c: batch[c][j] for c in columns}
@@ -397,6 +418,7 @@ def _run_pipeline(label: LabelSection, plan: LabelingPlan, num_actors: int, seed
     if pending:
         raise RuntimeError(f"labelling pipeline ended with incomplete shards {sorted(pending)} "
                            f"({sum(map(len, pending.values()))} rows); re-run to finish them")
+    stages["pipeline_s"] = time.perf_counter() - start
     return committed, written
 
 
@@ -464,10 +486,13 @@ def check_cpu_budget(label: LabelSection, num_actors: int, cluster_cpus: float) 
                           f"actors (or lower label.cpus_per_task, now {task:g})", "label.cpus_per_actor")
 
 
-def run_labeling(label: LabelSection, plan: LabelingPlan, num_actors: int, seed: int) -> dict:
+def run_labeling(label: LabelSection, plan: LabelingPlan, num_actors: int, seed: int,
+                 stages: dict | None = None) -> dict:
     """Label the shards of ``plan`` not yet committed (no Ray work when there are none) with ``num_actors``
     explainer actors on the Ray cluster this process is connected to; returns the summary (also written to
-    ``<version_dir>/summary.json``). Noise of SmoothGrad is seeded by ``seed`` (``run.seed``)."""
+    ``<version_dir>/summary.json``). Noise of SmoothGrad is seeded by ``seed`` (``run.seed``). ``stages``: the
+    seconds of the steps before (planning, Ray's start), kept in the summary's ``stages`` with the pipeline's."""
+    stages = dict(stages or {})
     start = time.perf_counter()
     log: list[str] = []
     for reason in plan.discarded.values():
@@ -475,7 +500,7 @@ def run_labeling(label: LabelSection, plan: LabelingPlan, num_actors: int, seed:
     if plan.removed:
         _print(f"[rayseg] {len(plan.removed)} labelled image(s) are no longer in the input (first: "
                f"{plan.removed[0]}); their labels stay in their shards", log)
-    new, written = _run_pipeline(label, plan, num_actors, seed, log) if plan.todo else ([], 0)
+    new, written = _run_pipeline(label, plan, num_actors, seed, log, stages) if plan.todo else ([], 0)
     seconds = time.perf_counter() - start
 
     manifests = shards.committed_shards(plan.version_dir)
@@ -501,7 +526,10 @@ def run_labeling(label: LabelSection, plan: LabelingPlan, num_actors: int, seed:
         "images_root": str(Path(label.images).resolve()) if label.images else "",
         "images_parquet": str(Path(label.images_parquet).resolve()) if label.images_parquet else "",
         "true_masks": str(Path(label.true_masks).resolve()) if label.true_masks else "",
+        "stages": {k: round(v, 3) for k, v in stages.items()},
     }
+    if stages.get("explain_s") and num_actors:  # the share of the actors' time spent explaining
+        summary["explainer_busy"] = round(stages["explain_s"] / (num_actors * stages["pipeline_s"]), 3)
     if label.true_masks:
         names = member_names(plan.members)
         scored = [m["iou"] for m in manifests if m.get("iou")]
@@ -518,6 +546,12 @@ def run_labeling(label: LabelSection, plan: LabelingPlan, num_actors: int, seed:
         members = ", ".join(f"{n} {v:.3f}" for n, v in summary["iou_members"].items())
         line += f"; top-decile IoU ensemble {summary['iou_ensemble']:.3f} ({members})"
     _print(line, log)
+    if "explainer_busy" in summary:
+        s = summary["stages"]
+        _print(f"[rayseg] time by stage: plan {s.get('plan_s', 0):.1f} s, Ray start {s.get('ray_start_s', 0):.1f} s, "
+               f"first labelled batch after {s['first_output_s']:.1f} s (actor start-up "
+               f"{s['actor_start_s'] / num_actors:.1f} s each), pipeline {s['pipeline_s']:.1f} s; explainer actors "
+               f"busy {100 * summary['explainer_busy']:.0f}% of it", log)
     if plan.todo:  # a re-run with nothing to do leaves the finished folder as it was
         _append_log(plan.version_dir, log)
     return summary

@@ -22,18 +22,17 @@ from rayseg.labeling.geometry import NO_DECILE, deciles_on_image, fit_image
 __all__ = ["decode_and_resize", "decode_parquet_rows", "encode_and_score"]
 
 
-def decode_and_resize(batch: dict, images_root: str, input_size: int, geometry: str, mean: tuple, std: tuple) -> dict:
-    """CPU stage: read, hash, decode (RGB) and resize every image; normalise with ``mean``/``std`` (the driver
-    passes the ImageNet ones of :mod:`rayseg.data.transforms`, so that this module's import stays light for
-    the task workers: no torchvision). A file that cannot be read or decoded becomes a row with ``status`` =
-    the reason (never an exception)."""
+def decode_and_resize(batch: dict, images_root: str, input_size: int, geometry: str) -> dict:
+    """CPU stage: read, hash, decode (RGB) and resize every image, kept as uint8 ``[n, 3, S, S]``: the explainer
+    actor normalises on its own device (a quarter of the bytes through the object store and to the GPU). A file
+    that cannot be read or decoded becomes a row with ``status`` = the reason (never an exception)."""
     contents: list = []
     for rel in batch["id"]:
         try:
             contents.append((Path(images_root) / str(rel)).read_bytes())
         except OSError as exc:
             contents.append(f"{rel}: cannot read file ({type(exc).__name__}: {exc.strerror or exc})")
-    return _decode_rows(batch["id"], batch["shard"], batch["class_index"], contents, input_size, geometry, mean, std)
+    return _decode_rows(batch["id"], batch["shard"], batch["class_index"], contents, input_size, geometry)
 
 
 def new_shard_of(image_id: str, shard_starts: list[str], shard_indices: list[int], skip: set[str]) -> int | None:
@@ -44,11 +43,11 @@ def new_shard_of(image_id: str, shard_starts: list[str], shard_indices: list[int
 
 
 def decode_parquet_rows(batch: dict, shard_starts: list[str], shard_indices: list[int], skip_ids: list[str],
-                        input_size: int, geometry: str, mean: tuple, std: tuple) -> dict:
+                        input_size: int, geometry: str) -> dict:
     """CPU stage for Parquet input: ``batch`` has the table's ``id``, ``image`` (bytes) and ``label`` columns.
     Each row's new shard is found by bisecting ``shard_starts`` (the first id of each shard to label, sorted;
     its index in ``shard_indices``); rows before the first one or in ``skip_ids`` are committed already and
-    dropped. Then as :func:`decode_and_resize`: sha256 of the bytes, decode, resize, normalise; null or
+    dropped. Then as :func:`decode_and_resize`: sha256 of the bytes, decode, resize; null or
     undecodable bytes become a row with ``status`` = the reason."""
     skip = set(skip_ids)
     ids, shard, labels, contents = [], [], [], []
@@ -61,16 +60,13 @@ def decode_parquet_rows(batch: dict, shard_starts: list[str], shard_indices: lis
         shard.append(k)
         labels.append(int(label))
         contents.append(f"{rel}: no image bytes (null)" if data is None else bytes(data))
-    return _decode_rows(ids, shard, labels, contents, input_size, geometry, mean, std)
+    return _decode_rows(ids, shard, labels, contents, input_size, geometry)
 
 
-def _decode_rows(ids, shard, class_index, contents: list, input_size: int, geometry: str, mean: tuple,
-                 std: tuple) -> dict:
+def _decode_rows(ids, shard, class_index, contents: list, input_size: int, geometry: str) -> dict:
     """``contents[i]``: the encoded bytes of image ``ids[i]``, or a str = the reason it has none."""
-    mean = np.asarray(mean, np.float32).reshape(3, 1, 1)
-    std = np.asarray(std, np.float32).reshape(3, 1, 1)
     n = len(ids)
-    images = np.zeros((n, 3, input_size, input_size), np.float32)
+    images = np.zeros((n, 3, input_size, input_size), np.uint8)
     hashes, status = [], []
     for i, (rel, data) in enumerate(zip(ids, contents)):
         if isinstance(data, str):
@@ -86,8 +82,7 @@ def _decode_rows(ids, shard, class_index, contents: list, input_size: int, geome
             msg = str(exc).splitlines()[0] if str(exc) else ""
             status.append(f"{rel}: cannot decode image ({type(exc).__name__}: {msg})")
             continue
-        array = np.asarray(rgb, np.float32).transpose(2, 0, 1) / 255.0
-        images[i] = (array - mean) / std
+        images[i] = np.asarray(rgb, np.uint8).transpose(2, 0, 1)
         status.append("ok")
     return {
         "id": np.asarray([str(i) for i in ids], dtype=object),
