@@ -25,7 +25,7 @@ fp32 agreement of rayseg's maps: share of the fp32 top-decile pixels that bf16 k
 correlation. ``--toy`` (2 small members, 32 px, S = 2, 2 images) runs on CPU in seconds (the tests run it).
 
 Run: ``python bench/bench_explainer_gpu.py [--device cuda] [--toy] [--size 224] [--images 8] [--samples 50]
-[--chunk 64] [--compile] [--skip naive,captum_batched] [--threads 2] [--json out.json]``.
+[--chunk 0] [--compile] [--skip naive,captum_batched] [--threads 2] [--json out.json]``.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ import torchvision  # noqa: E402
 
 from rayseg.config import ExplainerSection  # noqa: E402
 from rayseg.labeling.ensemble import deciles, ensemble_mean  # noqa: E402
-from rayseg.labeling.explainers import explain_ensemble, prepare_for_explanation  # noqa: E402
+from rayseg.labeling.explainers import chunk_size, explain_ensemble, prepare_for_explanation  # noqa: E402
 
 # methods.md §3.1: 15 diverse torchvision classifiers (the paper does not list its own)
 PAPER_ENSEMBLE = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "densenet121", "densenet161",
@@ -94,6 +94,7 @@ def bare_loop(models: list, x: torch.Tensor, targets: torch.Tensor, setup: Setup
     (the noise drawn as rayseg draws it: one ``randn(S, C, H, W)`` per image, models in order)."""
     b, c, h, w = x.shape
     s = setup.samples
+    chunk = min(setup.chunk, b * s)  # the fixed shape: no padding beyond the copies there are
     sigma = setup.noise_level * (x.amax(dim=(1, 2, 3)) - x.amin(dim=(1, 2, 3)))
     maps = []
     for model in models:
@@ -101,11 +102,11 @@ def bare_loop(models: list, x: torch.Tensor, targets: torch.Tensor, setup: Setup
                            for i in range(b)])
         owner = torch.arange(b, device=x.device).repeat_interleave(s)
         grad_sum = torch.zeros((b, c, h, w), device=x.device)
-        for lo in range(0, b * s, setup.chunk):
-            part = noisy[lo:lo + setup.chunk]
+        for lo in range(0, b * s, chunk):
+            part = noisy[lo:lo + chunk]
             n = part.shape[0]
-            if n < setup.chunk:  # one shape for every chunk (compiled graphs are shape-specialised)
-                part = torch.cat([part, part.new_zeros((setup.chunk - n, c, h, w))])
+            if n < chunk:  # one shape for every chunk (compiled graphs are shape-specialised)
+                part = torch.cat([part, part.new_zeros((chunk - n, c, h, w))])
             part = part.contiguous(memory_format=torch.channels_last).requires_grad_(True)
             with _amp(x.device, amp):
                 out = model(part)
@@ -225,17 +226,24 @@ def decode_rate(size: int, count: int = 32) -> float:
     return count / seconds
 
 
-def timed(fn, device: torch.device, repeats: int) -> tuple[float, torch.Tensor]:
-    """Seconds per call (best of ``repeats`` after one warm-up call) and the last result."""
-    result = fn()
-    best = float("inf")
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        result = fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return best, result
+def interleaved(arms: dict, device: torch.device, rounds: int) -> tuple[dict, dict]:
+    """Seconds per call of each arm (the best of ``rounds``, after a warm-up call of each) and its last result. The
+    arms take turns within each round, so that a drift of the machine's speed hits them alike."""
+    seconds, results = {name: float("inf") for name in arms}, {}
+    with torch.enable_grad():
+        for name, fn in arms.items():
+            print(f"[bench] warm-up: {name}", flush=True)
+            results[name] = fn()
+        for r in range(rounds):
+            for name, fn in arms.items():
+                _sync(device)
+                start = time.perf_counter()
+                results[name] = fn()
+                _sync(device)
+                seconds[name] = min(seconds[name], time.perf_counter() - start)
+            print(f"[bench] round {r + 1}/{rounds}: " + ", ".join(f"{n} {seconds[n]:.2f} s" for n in arms),
+                  flush=True)
+    return seconds, results
 
 
 def agreement(fp32: torch.Tensor, other: torch.Tensor) -> dict:
@@ -254,6 +262,8 @@ def run(archs: tuple[str, ...], setup: Setup, skip: set[str], repeats: int) -> d
     torch.manual_seed(0)
     models = build_members(archs, setup)
     cfg = ExplainerSection(samples=setup.samples, batch_cap=setup.chunk)
+    if not setup.chunk:  # rayseg's own choice for this size and device; the other arms get the same chunk
+        setup.chunk = chunk_size(cfg, torch.empty((1, 3, setup.size, setup.size), device=setup.device))
     prepared = [prepare_for_explanation(m, cfg) for m in models]
     if setup.compile:
         compiled = [torch.compile(m, dynamic=False) for m in prepared]
@@ -270,16 +280,12 @@ def run(archs: tuple[str, ...], setup: Setup, skip: set[str], repeats: int) -> d
         "rayseg": lambda: explain_ensemble(prepared, x, targets, cfg, generator=generator())[0],
         "bare": lambda: bare_loop(compiled if setup.compile else prepared, x, targets, setup, generator()),
     }
-    seconds, maps = {}, {}
-    with torch.enable_grad():
-        for name, fn in arms.items():
-            if name in skip:
-                continue
-            print(f"[bench] {name} ...", flush=True)
-            seconds[name], maps[name] = timed(fn, setup.device, repeats)
+    arms = {name: fn for name, fn in arms.items() if name not in skip}
+    seconds, maps = interleaved(arms, setup.device, repeats)
     rates = {name: setup.images / s for name, s in seconds.items()}
     flops = flops_per_image(prepared, setup)
-    out = {"archs": list(archs), "setup": {**dataclasses.asdict(setup), "device": str(setup.device)},
+    out = {"archs": list(archs), "rayseg_batch_cap": cfg.batch_cap,
+           "setup": {**dataclasses.asdict(setup), "device": str(setup.device)},
            "images_per_s": rates, "flops_per_image": flops,
            "achieved_tflops": {k: r * flops / 1e12 for k, r in rates.items()},
            "roofline_tflops": matmul_roofline(setup.device) / 1e12,
@@ -309,10 +315,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--images", type=int, default=8)
     p.add_argument("--samples", type=int, default=50)
-    p.add_argument("--chunk", type=int, default=64, help="noisy copies per forward/backward")
+    p.add_argument("--chunk", type=int, default=0, help="noisy copies per forward/backward (0: what rayseg's "
+                   "label.explainer.batch_cap: 0 chooses for this size and device)")
     p.add_argument("--compile", action="store_true", help="torch.compile the bare loop's members")
     p.add_argument("--skip", default="", help=f"comma-separated variants to leave out of {VARIANTS}")
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=2, help="interleaved rounds after the warm-up (best of them)")
     p.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: torch's default)")
     p.add_argument("--json", default="")
     args = p.parse_args(argv)

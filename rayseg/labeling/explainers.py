@@ -45,10 +45,11 @@ METHODS = ("smoothgrad", "integrated_gradients", "gradcam")  # the choices of la
 
 # --------------------------------------------------------------------------------------------------- helpers
 
-# ``batch_cap: 0`` (auto): input pixels per forward/backward chunk, by device. The chunk that pays at 64 px costs
-# at 224 px on a CPU (bench/RESULTS.md, the explainer at both sizes), so the auto chunk keeps the pixels, not the
-# copies, constant; on a GPU it is sized for memory (the 15-member ensemble at 224 px in bf16).
-CHUNK_PIXELS = {"cpu": 64 * 64 * 64, "cuda": 64 * 224 * 224}
+# ``batch_cap: 0`` (auto): input pixels per forward/backward chunk, by device. On a CPU the chunk that pays at 64 px
+# (256 copies) costs at 224 px, where 8-64 copies run best (bench/RESULTS.md, 2026-11-30, the explainer at both
+# sizes), so the auto chunk keeps the pixels, not the copies, constant: 256 at 64 px, 20 at 224 px. On a GPU it
+# is sized for memory: 64 copies at 224 px for the 15-member ensemble in bf16 (not measured yet).
+CHUNK_PIXELS = {"cpu": 256 * 64 * 64, "cuda": 64 * 224 * 224}
 MAX_CHUNK = 256
 
 
@@ -193,8 +194,9 @@ def smoothgrad(
     Efficiency: the ``B·S`` noisy copies are processed in chunks of at most ``cfg.batch_cap`` samples (copies of
     several images share a chunk), one forward and one ``torch.autograd.grad`` per chunk, gradients w.r.t. the
     inputs only; only one image's noise block and one chunk are in memory at a time. With ``cfg.fixed_chunks`` the
-    last chunk is padded with zero rows to ``batch_cap`` (their scores are left out, so they add no gradient): every
-    forward then has one shape, which compiled models (``cfg.compile``) and CUDA graphs need.
+    last chunk is padded with zero rows to the chunk size (their scores are left out, so they add no gradient):
+    every forward of a batch of ``B`` images then has one shape, which compiled models (``cfg.compile``) and CUDA
+    graphs need.
     """
     cfg = cfg or ExplainerSection()
     targets = _check_inputs(images, targets)
@@ -225,7 +227,8 @@ def smoothgrad(
         return block[i][lo:hi]
 
     grad_sum = torch.zeros((b, c, h, w), dtype=torch.float32, device=x.device)
-    total, cap = b * samples, chunk_size(cfg, x)
+    total = b * samples
+    cap = min(chunk_size(cfg, x), total)  # fixed_chunks pads to this: never beyond the copies there are
     with _explaining(model):
         amp, use_cl = _fast_path(model, x, cfg)
         for start in range(0, total, cap):
