@@ -91,9 +91,9 @@ def test_end_to_end_three_committed_shards(labelled, tiny):
     # the time by stage: every stage was timed, the first output came within the pipeline's time, and the
     # actors explained during part of it
     stages = summary["stages"]
-    assert set(stages) == {"plan_s", "ray_start_s", "first_output_s", "actor_start_s", "explain_s", "pipeline_s"}
+    assert set(stages) == {"plan_s", "ray_start_s", "first_output_s", "actors_ready_s", "explain_s", "pipeline_s"}
     assert 0 < stages["first_output_s"] <= stages["pipeline_s"] <= summary["seconds"]
-    assert stages["actor_start_s"] > 0 and 0 < summary["explainer_busy"] <= 1
+    assert 0 < stages["actors_ready_s"] < stages["first_output_s"] and 0 < summary["explainer_busy"] <= 1
     # IoU of the top-decile masks with the true masks: a number in [0, 1] per member and for the ensemble
     assert summary["iou_images"] == 24
     assert 0.0 <= summary["iou_ensemble"] <= 1.0

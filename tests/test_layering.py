@@ -91,6 +91,18 @@ def test_the_cli_parser_imports_neither_torch_nor_ray():
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.parametrize("module", ["rayseg.labeling.stages", "rayseg.labeling.actor"])
+def test_what_ray_workers_unpickle_for_labelling_imports_no_torch(module):
+    """The decode/encode tasks start without torch's ~2.5 s import, and so does unpickling the explainer actor's
+    class (torch comes with its members)."""
+    import subprocess
+    import sys
+
+    code = f"import sys, {module}; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent, check=True)
+    assert out.stdout.strip() == "False"
+
+
 @pytest.mark.parametrize("path", MODULES, ids=_rel)
 def test_files_are_written_atomically_by_storage_only(path):
     """One atomic writer: temp-name-and-rename lives in rayseg/storage.py (and the checkpoint folder commit)."""

@@ -44,7 +44,6 @@ not an id -> shard map) and drops the rows of shards already committed. Ids must
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -54,14 +53,13 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 
 from rayseg import storage
-from rayseg.config import ConfigError, ExplainerSection, LabelSection, output_location
+from rayseg.config import ConfigError, LabelSection, output_location
 from rayseg.labeling import shards
-from rayseg.labeling.explainers import prepare_for_explanation
-from rayseg.labeling.members import Member, check_members, label_version, load_members, member_names
+from rayseg.labeling.actor import ExplainActor
+from rayseg.labeling.members import Member, check_members, label_version, member_names
 from rayseg.labeling.stages import decode_and_resize, decode_parquet_rows, encode_and_score
 from rayseg.models.weights import WeightsError
 from rayseg.tables import format_duration
@@ -265,65 +263,6 @@ def _version_dir(output: str, version: str) -> str:
 # --------------------------------------------------------------------------------------------------- stages
 
 
-class ExplainActor:
-    """Actor stage: the ensemble is loaded once per actor; each call explains the ok rows of a batch.
-
-    Output per row: ``deciles`` uint8 HxW (zeros for error rows) and ``member_top`` uint8 MxHxW, the top-decile
-    mask of each member alone (for the ensemble-vs-member IoU check); ``explain_s`` and ``actor_start_s``, the
-    row's share of the call's seconds and of the actor's start-up (first call only), for the summary's stage
-    timings. The ``image`` column is dropped."""
-
-    def __init__(self, members: list[Member], num_classes: int, explainer: ExplainerSection, mean: tuple,
-                 std: tuple, use_gpu: bool, seed: int, num_threads: int = 0, score_members: bool = True):
-        started = time.perf_counter()
-        import torch
-
-        self.score_members = score_members  # per-member top-decile masks are only needed to score against true masks
-        if num_threads > 0:
-            torch.set_num_threads(num_threads)
-        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        self.cfg = explainer
-        self.models = [prepare_for_explanation(m, explainer) for m in load_members(members, num_classes, self.device)]
-        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
-        self.seed = int(seed)
-        self.start_seconds = time.perf_counter() - started  # torch's import, loading and preparing the members
-
-    def __call__(self, batch: dict) -> dict:
-        import torch
-
-        from rayseg.labeling.ensemble import deciles
-        from rayseg.labeling.explainers import explain_ensemble
-
-        started = time.perf_counter()
-        images = batch.pop("image")
-        n, _, h, w = images.shape
-        ok = np.asarray([s == "ok" for s in batch["status"]], bool)
-        out_deciles = np.zeros((n, h, w), np.uint8)
-        out_members = np.zeros((n, len(self.models) if self.score_members else 0, h, w), np.uint8)
-        if ok.any():
-            ids = "\n".join(str(i) for i in batch["id"][ok])
-            generator = torch.Generator(device=self.device)
-            generator.manual_seed((self.seed * 1_000_003 + int(hashlib.sha256(ids.encode()).hexdigest()[:12], 16))
-                                  % (2**63))
-            x = torch.from_numpy(np.ascontiguousarray(images[ok])).to(self.device)  # uint8: normalised here
-            x = (x.float() / 255.0 - self.mean) / self.std
-            labels = torch.from_numpy(np.asarray(batch["class_index"][ok], np.int64)).to(self.device)
-            with torch.enable_grad():
-                per_model, _, dec = explain_ensemble(self.models, x, labels, self.cfg, generator=generator)
-            out_deciles[ok] = dec.cpu().numpy()
-            if self.score_members:
-                member_top = deciles(per_model.float().flatten(0, 1)).view(per_model.shape) >= 9  # [M, B, H, W]
-                out_members[ok] = member_top.transpose(0, 1).cpu().numpy().astype(np.uint8)
-        batch["deciles"] = out_deciles
-        batch["member_top"] = out_members
-        # the stage timings of the summary, spread over the rows (the driver sums them)
-        batch["explain_s"] = np.full(n, (time.perf_counter() - started) / max(n, 1), np.float64)
-        batch["actor_start_s"] = np.full(n, self.start_seconds / max(n, 1), np.float64)
-        self.start_seconds = 0.0  # counted once, with the first batch
-        return batch
-
-
 # --------------------------------------------------------------------------------------------------- driver
 
 
@@ -341,7 +280,8 @@ def _run_pipeline(label: LabelSection, plan: LabelingPlan, num_actors: int, seed
     """Label the shards ``plan.todo`` in one Ray Data pipeline; commit each shard as soon as all its rows are in.
     Returns (manifests of the newly committed shards, bytes written); the progress lines printed go to ``log``,
     the stage timings (seconds) to ``stages``: ``first_output_s`` (pipeline start to the first labelled batch at
-    the driver), ``actor_start_s`` (the actors' start-up, summed), ``explain_s`` (the actors' calls, summed),
+    the driver), ``actors_ready_s`` (pipeline start to the last actor having its members loaded: process start,
+    imports, loading and preparing), ``explain_s`` (the actors' calls, summed),
     ``pipeline_s``."""
     import ray
     from ray.data import DataContext
@@ -397,12 +337,14 @@ def _run_pipeline(label: LabelSection, plan: LabelingPlan, num_actors: int, seed
     pending: dict[int, list[dict]] = defaultdict(list)
     committed, written = [], 0
     total = sum(len(plan.shards[i]) for i in plan.todo)
-    start = time.perf_counter()
+    start, started_at = time.perf_counter(), time.time()
     for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
         if "first_output_s" not in stages:
             stages["first_output_s"] = time.perf_counter() - start
         stages["explain_s"] = stages.get("explain_s", 0.0) + float(batch["explain_s"].sum())
-        stages["actor_start_s"] = stages.get("actor_start_s", 0.0) + float(batch["actor_start_s"].sum())
+        ready = float(batch["actor_ready_at"].max()) - started_at  # same clock on one machine; skew across nodes
+        if ready > stages.get("actors_ready_s", 0.0):
+            stages["actors_ready_s"] = ready
         columns = list(batch)
         for j in range(len(batch["id"])):
             row = {c: batch[c][j] for c in columns}
@@ -549,8 +491,8 @@ def run_labeling(label: LabelSection, plan: LabelingPlan, num_actors: int, seed:
     if "explainer_busy" in summary:
         s = summary["stages"]
         _print(f"[rayseg] time by stage: plan {s.get('plan_s', 0):.1f} s, Ray start {s.get('ray_start_s', 0):.1f} s, "
-               f"first labelled batch after {s['first_output_s']:.1f} s (actor start-up "
-               f"{s['actor_start_s'] / num_actors:.1f} s each), pipeline {s['pipeline_s']:.1f} s; explainer actors "
+               f"first labelled batch after {s['first_output_s']:.1f} s ("
+               f"actors ready after {s['actors_ready_s']:.1f} s), pipeline {s['pipeline_s']:.1f} s; explainer actors "
                f"busy {100 * summary['explainer_busy']:.0f}% of it", log)
     if plan.todo:  # a re-run with nothing to do leaves the finished folder as it was
         _append_log(plan.version_dir, log)
