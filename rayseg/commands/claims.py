@@ -234,7 +234,8 @@ def run_claims(budget: str = "full", storage_root: str = "rayseg_runs/claims", a
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", default="full", choices=sorted(BUDGETS),
-                   help="full: the recorded run (about an hour on 2 cores); toy: every run once at toy size")
+                   help="full: the recorded run (about 85 minutes on 2 cores from scratch); toy: every run once at "
+                   "toy size")
     p.add_argument("--storage", default="rayseg_runs/claims", help="where the runs go (a folder per budget)")
     p.add_argument("--read", action="store_true", help="judge the finished runs only; train nothing")
     p.add_argument("--address", help="Ray cluster to join (default: a local cluster)")

@@ -232,8 +232,8 @@ class ExplainerSection(Section):
     amp: bool = setting(True, "bf16 autocast of the explainers' forward pass on GPU (ignored on CPU)")
     compile: bool = setting(False, "torch.compile each member once per actor (SmoothGrad; pays on GPU over many "
                             "images; needs fixed_chunks)")
-    fixed_chunks: bool = setting(False, "SmoothGrad: pad the last chunk of noisy copies to batch_cap so that every "
-                                 "forward has one shape (compiled models, CUDA graphs)")
+    fixed_chunks: bool = setting(False, "SmoothGrad: pad the last chunk of noisy copies to the chunk size so that "
+                                 "every forward of a batch has one shape (compiled models, CUDA graphs)")
 
     def check(self) -> None:
         require(not self.compile or self.fixed_chunks, "compile",

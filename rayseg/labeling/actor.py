@@ -1,8 +1,7 @@
 """The explainer actor of the labelling pipeline (:mod:`rayseg.labeling.pipeline`): the ensemble loaded once per
 actor, each call explaining one batch on the actor's device.
 
-This module imports no torch at its top (torch comes with the actor's members), so that the decode and encode
-stages' workers, which unpickle the pipeline's functions, never need it.
+Apart from the pipeline's driver code, so that each reads on its own; torch is imported in ``__init__``.
 """
 
 from __future__ import annotations
