@@ -13,19 +13,24 @@ target = the image's class, softmax probability (the explainer's defaults apart 
    ``|·|`` summed over channels, then the ensemble math of :mod:`rayseg.labeling.ensemble` (min-max, mean,
    deciles) and the PNG encode of the decile map. Images/s.
 2. rayseg end to end: ``label_images(LabelSection(num_actors=A, cpus_per_actor=C, batch_size=8,
-   explainer.batch_cap=256))`` into a fresh output folder, for two layouts of the 2 cores: ``1x2`` (one actor with 2 CPUs
-   and 2 torch threads) and ``2x1`` (two actors with 1 CPU and 1 thread each) (the same folder would resume and do nothing). Images/s =
+   explainer.batch_cap=256))`` into a fresh output folder (the same folder would resume and do nothing), for two
+   layouts of the 2 cores: ``1x2`` (one actor with 2 CPUs and 2 torch threads) and ``2x1`` (two actors with 1 CPU
+   and 1 thread each). Images/s =
    N / wall time of ``label_images`` measured here (driver-side weight check, Ray Data start-up of the actor
    pool and the Parquet commit included), and the summary's own ``images_per_s``. The time until the driver
    receives the first output batch is recorded by wrapping ``ray.data.Dataset.iter_batches`` in this process:
    an upper bound of the start-up (it contains the first batch's explanation, and Ray Data may hold outputs
    back and hand several over at once). Before the measured jobs, one unmeasured job on one batch of other
    images takes the cold start of Ray's worker processes after ``ray.init`` (its wall time is reported).
-   Target: >= 2x the naive loop.
+   Target: >= 2x the naive loop. Also against what a user without Ray does with the cores: the naive loop in
+   ``THREADS`` processes of one thread each, every process over its share of the images (launched as
+   subprocesses; wall time from launch to the last exit, imports and member loading included, and the loops' own
+   time).
 3. pipeline efficiency = pure ensemble forward+backward time / end-to-end time for the same images. Pure:
    ``explain_ensemble(models, images, labels, cfg)`` in this process over the already decoded images in batches
    of 8 (same threads, same settings), with the models the actor uses (``prepare_for_explanation``: BatchNorm
-   folded, channels-last). The naive loop keeps the models as loaded, as a user of captum would. Two ways: (a) over the whole wall time of (2), fixed costs included;
+   folded, channels-last). The naive loop keeps the models as loaded, as a user of captum would. Two ways: (a) over
+   the whole wall time of (2), fixed costs included;
    (b) marginal: the job is also run on 2N images (the first N are the same images) and the pure time of the N
    extra images is divided by the extra end-to-end time (the slope removes the fixed start-up cost). Target
    >= 0.8.
@@ -126,14 +131,17 @@ def normalised(images) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------- 1. naive
 
 
-def naive_loop(models: list, images: Path, cfg: ExplainerSection) -> dict:
-    """Images/s of the per-image, per-model captum loop (decode and PNG encode included)."""
+def naive_loop(models: list, images: Path, cfg: ExplainerSection, part: tuple[int, int] = (0, 1),
+               threads: int = THREADS) -> dict:
+    """Images/s of the per-image, per-model captum loop (decode and PNG encode included) over the images
+    ``part = (k, P)`` takes (every P-th from the k-th), with ``threads`` torch threads."""
     from captum.attr import NoiseTunnel, Saliency
 
     from rayseg.labeling.pipeline import decode_and_resize, list_images
 
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(threads)
     ids, class_of = list_images(images)
+    ids = ids[part[0]::part[1]]
     tunnels = [NoiseTunnel(Saliency(lambda x, m=m: m(x).softmax(dim=1))) for m in models]
     png_bytes = 0
     start = time.perf_counter()
@@ -152,6 +160,35 @@ def naive_loop(models: list, images: Path, cfg: ExplainerSection) -> dict:
         png_bytes += len(shards.encode_deciles(dec.numpy()))
     seconds = time.perf_counter() - start
     return {"images": len(ids), "seconds": seconds, "images_per_s": len(ids) / seconds}
+
+
+def naive_part(specs_json: str, num_classes: int, samples: int, images: str, part: str) -> None:
+    """Subprocess body of :func:`naive_processes`: the naive loop over part ``k/P`` of the images, one thread,
+    the members as loaded; prints its JSON."""
+    specs = [Member(**s) for s in json.loads(specs_json)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        models = load_members(specs, num_classes)
+    k, p = (int(v) for v in part.split("/"))
+    print(json.dumps(naive_loop(models, Path(images), ExplainerSection(samples=samples), (k, p), threads=1)))
+
+
+def naive_processes(specs: list[Member], images: Path, num_classes: int, samples: int, processes: int) -> dict:
+    """What a user without Ray does with P cores: the naive loop in P processes of one thread, each over every
+    P-th image. ``wall_s``: from the launch to the last exit (each process's imports and member loading included,
+    as rayseg's end-to-end wall includes its actors' start); ``compute_s``: the slowest process's loop alone."""
+    specs_json = json.dumps([dataclasses.asdict(s) for s in specs])
+    start = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, __file__, "--naive-part", specs_json, str(num_classes), str(samples),
+                               str(images), f"{k}/{processes}"], stdout=subprocess.PIPE, text=True, cwd=str(ROOT))
+             for k in range(processes)]
+    outs = [json.loads(proc.communicate()[0].strip().splitlines()[-1]) for proc in procs]
+    wall = time.perf_counter() - start
+    if any(proc.returncode for proc in procs):
+        raise RuntimeError("a naive-loop process failed")
+    count, compute = sum(o["images"] for o in outs), max(o["seconds"] for o in outs)
+    return {"processes": processes, "images": count, "wall_s": wall, "images_per_s": count / wall,
+            "compute_s": compute, "compute_images_per_s": count / compute}
 
 
 # --------------------------------------------------------------------------------------------------- 3. pure
@@ -194,7 +231,8 @@ class FirstOutput:
 
 
 class ActorPeakRSS(threading.Thread):
-    """Polls the GCS actor table for the ExplainActor's pid, then its ``VmHWM`` (peak RSS) in ``/proc`` until it ends."""
+    """Polls the GCS actor table for the ExplainActor's pid, then its ``VmHWM`` (peak RSS) in ``/proc`` until it
+    ends."""
 
     def __init__(self):
         super().__init__(daemon=True)
@@ -211,7 +249,8 @@ class ActorPeakRSS(threading.Thread):
             if self.pid is None:
                 try:
                     for a in state.actor_table(None).values():
-                        if "ExplainActor" in str(a.get("ActorClassName")) and a.get("State") == "ALIVE" and a.get("Pid"):
+                        explainer = "ExplainActor" in str(a.get("ActorClassName"))
+                        if explainer and a.get("State") == "ALIVE" and a.get("Pid"):
                             self.pid = int(a["Pid"])
                 except Exception as exc:  # noqa: BLE001 - optional measurement
                     self.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
@@ -333,7 +372,12 @@ def main() -> None:
     parser.add_argument("--ray-cpus", type=int, default=max(os.cpu_count() or 1, THREADS + 2),
                         help="logical CPUs of the local Ray cluster (>= 2 + 2: the actor's and one per CPU stage)")
     parser.add_argument("--memory-probe", nargs=4, metavar=("SPECS", "K", "S", "BATCHES"), help=argparse.SUPPRESS)
+    parser.add_argument("--naive-part", nargs=5, metavar=("SPECS", "K", "S", "IMAGES", "PART"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.naive_part:
+        specs_json, k, s, images, part = args.naive_part
+        naive_part(specs_json, int(k), int(s), images, part)
+        return
     if args.memory_probe:
         specs_json, k, s, batches = args.memory_probe
         memory_probe(specs_json, int(k), int(s), tuple(int(b) for b in batches.split(",")))
@@ -373,7 +417,7 @@ def main() -> None:
         start_ray(args.ray_cpus)
         import ray
 
-        naive, pure = [], []
+        naive, naive_p, pure = [], [], []
         e2e_n: dict[str, list[dict]] = {k: [] for k in args.layouts}
         e2e_2n: dict[str, list[dict]] = {k: [] for k in args.layouts}
         try:
@@ -385,7 +429,9 @@ def main() -> None:
             for r in range(args.repeats):
                 log(f"round {r + 1}/{args.repeats}: naive loop on {n} images")
                 naive.append(naive_loop(models, images_n, cfg))
-                log(f"  {naive[-1]['images_per_s']:.2f} img/s; pure explain_ensemble on {2 * n} images")
+                log(f"  {naive[-1]['images_per_s']:.2f} img/s; the naive loop in {THREADS} one-thread processes")
+                naive_p.append(naive_processes(specs, images_n, num_classes, samples, THREADS))
+                log(f"  wall {naive_p[-1]['wall_s']:.1f} s; pure explain_ensemble on {2 * n} images")
                 pure.append(pure_ensemble(prepared, x2, labels2, cfg))
                 log(f"  {sum(pure[-1]):.1f} s")
                 for layout in args.layouts:
@@ -398,11 +444,14 @@ def main() -> None:
             ray.shutdown()
 
     naive_rate = mean([r["images_per_s"] for r in naive])
+    naive_p_rate = mean([r["images_per_s"] for r in naive_p])
+    naive_p_compute = mean([r["compute_images_per_s"] for r in naive_p])
     # pure time per image, from the 2N run (same cost per image for any N images): N images and N extra images
     pure_per_image = mean([sum(t) / len(x2) for t in pure])
     pure_n = pure_per_image * n
     result = {
         "naive": {"runs": [r["images_per_s"] for r in naive], "images_per_s": naive_rate},
+        "naive_processes": {"runs": naive_p, "images_per_s": naive_p_rate, "compute_images_per_s": naive_p_compute},
         "pure": {"batch_seconds": pure, "seconds_per_image": pure_per_image, "seconds_n": pure_n},
         "warmup_job": warm, "explainer_memory_mb": memory, "layouts": {},
     }
@@ -413,6 +462,8 @@ def main() -> None:
         f"{os.cpu_count()} cores, torch {torch_v}, ray {ray_v}){' [quick]' if args.quick else ''}",
         f"naive loop (captum NoiseTunnel per image per model): {naive_rate:.2f} img/s   "
         f"(runs: {', '.join(f'{r:.2f}' for r in result['naive']['runs'])})",
+        f"naive loop in {THREADS} one-thread processes: {naive_p_rate:.2f} img/s from launch to exit, "
+        f"{naive_p_compute:.2f} img/s in the loops alone",
         f"pure ensemble fwd+bwd ({THREADS} threads, one process): {pure_n:.1f} s for {n} images "
         f"({n / pure_n:.2f} img/s, {n / pure_n / naive_rate:.2f}x the naive loop); cold first job after ray.init "
         f"({BATCH} images, not measured): {warm['wall_s']:.1f} s",
@@ -430,7 +481,8 @@ def main() -> None:
         last = runs_n[-1]
         result["layouts"][layout] = {
             "end_to_end_n": {"runs": runs_n, "images_per_s": e2e_rate, "wall_s": wall_n,
-                             "ratio_vs_naive": e2e_rate / naive_rate},
+                             "ratio_vs_naive": e2e_rate / naive_rate,
+                             "ratio_vs_naive_processes": e2e_rate / naive_p_rate},
             "end_to_end_2n": {"runs": runs_2n, "wall_s": wall_2n, "images_per_s": 2 * n / wall_2n,
                               "ratio_vs_naive": 2 * n / wall_2n / naive_rate, "efficiency": 2 * pure_n / wall_2n},
             "marginal_images_per_s": n / extra if extra > 0 else float("nan"),
@@ -439,10 +491,11 @@ def main() -> None:
         lines += [
             f"[{layout}: {LAYOUTS[layout][0]} actor(s) x {LAYOUTS[layout][1]} CPU] rayseg label end to end: "
             f"{e2e_rate:.2f} img/s (wall {wall_n:.1f} s, first output after {first:.1f} s; summary {summ:.2f} img/s)"
-            f"   ratio {e2e_rate / naive_rate:.2f}x (target >= 2x)   "
-            f"(runs: {rates})",
+            f"   ratio {e2e_rate / naive_rate:.2f}x (target >= 2x), {e2e_rate / naive_p_rate:.2f}x the naive loop in "
+            f"{THREADS} processes   (runs: {rates})",
             f"  2N={2 * n} images: wall {wall_2n:.1f} s: {2 * n / wall_2n:.2f} img/s end to end, ratio "
-            f"{2 * n / wall_2n / naive_rate:.2f}x, efficiency {2 * pure_n / wall_2n:.2f}; {n} extra images in {extra:.1f} s "
+            f"{2 * n / wall_2n / naive_rate:.2f}x, efficiency {2 * pure_n / wall_2n:.2f}; {n} extra images in "
+            f"{extra:.1f} s "
             f"({n / extra if extra > 0 else float('nan'):.2f} img/s marginal, "
             f"{(n / extra if extra > 0 else float('nan')) / naive_rate:.2f}x)",
             f"  efficiency = pure / end to end: {efficiency:.2f} (marginal {marginal:.2f}) (target >= 0.8)",

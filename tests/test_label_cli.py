@@ -60,3 +60,37 @@ def test_label_command_writes_shards_and_scores_them(ray_cluster, image_folder, 
 
     with Image.open(png) as grid:
         assert grid.format == "PNG" and grid.height > 300 and grid.width > 300
+
+
+class ClusterStarted(Exception):
+    """Raised by the stand-in for ``ray.init``: the test ends where the cluster would start."""
+
+
+@pytest.mark.parametrize("dashboard_env, dashboard", [(None, False), ("1", True)])
+def test_label_command_starts_its_local_cluster_without_dashboard(image_folder, tmp_path, monkeypatch,
+                                                                 dashboard_env, dashboard):
+    """`rayseg label` runs no Ray Train (whose placement-group cleaner needs the dashboard), so the local cluster it
+    starts has none (seconds less start-up on 2 cores, bench/RESULTS.md); RAYSEG_DASHBOARD=1 brings it back."""
+    import ray
+
+    from rayseg.cli import build_parser
+    from rayseg.commands import label
+
+    seen = {}
+
+    def init(**kwargs):
+        seen.update(kwargs)
+        raise ClusterStarted
+
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if dashboard_env is None:
+        monkeypatch.delenv("RAYSEG_DASHBOARD", raising=False)
+    else:
+        monkeypatch.setenv("RAYSEG_DASHBOARD", dashboard_env)
+    args = build_parser().parse_args(["label", f"label.images={image_folder}", f"label.output={tmp_path}",
+                                      "label.members=[resnet18]", "label.allow_random_weights=true"])
+    with pytest.raises(ClusterStarted):
+        label.run(args)
+    assert seen["address"] == "local" and seen["include_dashboard"] is dashboard

@@ -16,8 +16,9 @@ from rayseg.commands.args import resolve
 from rayseg.config import LabelSection
 
 
-def label_images(label: LabelSection, seed: int = 0, address: str | None = None) -> dict:
-    """Run (or resume) the labelling job of ``label`` (``run.seed`` = ``seed``); returns its summary."""
+def label_images(label: LabelSection, seed: int = 0, address: str | None = None, dashboard: bool = True) -> dict:
+    """Run (or resume) the labelling job of ``label`` (``run.seed`` = ``seed``); returns its summary. ``dashboard``:
+    whether a local cluster started here runs Ray's dashboard (:func:`rayseg.engine.runner.ensure_ray`)."""
     from rayseg.labeling.pipeline import plan_labeling, run_labeling
 
     started = time.perf_counter()
@@ -28,7 +29,7 @@ def label_images(label: LabelSection, seed: int = 0, address: str | None = None)
         from rayseg.engine.runner import ensure_ray
 
         started = time.perf_counter()
-        ensure_ray(address)  # before `import ray`: a local cluster is bound to 127.0.0.1 at import time
+        ensure_ray(address, dashboard)  # before `import ray`: a local cluster is bound to 127.0.0.1 at import time
         import ray
 
         from rayseg.labeling.pipeline import actors_for_cluster
@@ -75,5 +76,6 @@ def write_preview(summary: dict) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = resolve(args)
-    label_images(cfg.label, cfg.run.seed, args.address)
+    # A process that only labels runs no Ray Train, whose placement-group cleaner is what needs the dashboard.
+    label_images(cfg.label, cfg.run.seed, args.address, dashboard=False)
     return 0
