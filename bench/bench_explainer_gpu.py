@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"conv {out['conv_roofline_tflops']:.2f} TFLOP/s; ratios {json.dumps(out.get('ratios', {}))}")
     if "rayseg" in out["images_per_s"]:
         print(f"decode at {setup.size} px: {out['decode_images_per_s_per_cpu']:.0f} images/s per CPU: "
-              f"{out['images_per_s']['rayseg'] / out['decode_images_per_s_per_cpu']:.2f} CPUs keep one explainer "
+              f"{out['images_per_s']['rayseg'] / out['decode_images_per_s_per_cpu']:.2g} CPUs keep one explainer "
               f"actor fed")
     for key in ("max_rel_diff", "bf16_vs_fp32"):
         if key in out:
