@@ -94,3 +94,5 @@ def test_label_command_starts_its_local_cluster_without_dashboard(image_folder, 
     with pytest.raises(ClusterStarted):
         label.run(args)
     assert seen["address"] == "local" and seen["include_dashboard"] is dashboard
+    # the workers are told the state API's address only where a dashboard serves it
+    assert (seen["runtime_env"] is not None) is dashboard

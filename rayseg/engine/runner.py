@@ -46,9 +46,9 @@ def ensure_ray(address: str | None = None, dashboard: bool = True) -> None:
         # The cleaner's state API is served by the dashboard (its agents cost ~10% of a 2-core machine).
         dashboard = {"0": False, "1": True}.get(os.environ.get("RAYSEG_DASHBOARD", ""), dashboard)
         port = _free_port()
+        state_api = {"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}}
         ray.init(address="local", logging_level=logging.WARNING, include_dashboard=dashboard,
-                 dashboard_host="127.0.0.1", dashboard_port=port,
-                 runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
+                 dashboard_host="127.0.0.1", dashboard_port=port, runtime_env=state_api if dashboard else None)
     else:
         check_address(address)
         # (inside `ray job submit` the job's own runtime_env, with its working_dir, must stay as it is)
