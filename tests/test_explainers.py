@@ -203,6 +203,50 @@ def test_fixed_chunks_pad_the_last_chunk_without_changing_the_maps():
     torch.testing.assert_close(padded, plain, rtol=1e-6, atol=1e-8)
 
 
+class RunsOutOfMemory(nn.Module):
+    """Stands in for a member on a small GPU: a forward of more than ``fits`` copies raises CUDA's out-of-memory
+    error (on any device); ``refused`` counts those forwards."""
+
+    def __init__(self, model: nn.Module, fits: int):
+        super().__init__()
+        self.model, self.fits, self.refused = model, fits, 0
+
+    def forward(self, x):
+        if x.shape[0] > self.fits:
+            self.refused += 1
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory: {x.shape[0]} copies")
+        return self.model(x)
+
+
+def test_a_chunk_out_of_device_memory_is_halved_and_the_size_kept_for_the_next_batches():
+    model, x, t = tiny_net(), images(3), torch.tensor([0, 1, 2])
+    cfg = ExplainerSection(samples=8, batch_cap=16, fixed_chunks=True)  # B*S = 24 copies
+    expected = smoothgrad(model, x, t, cfg, generator=torch.Generator().manual_seed(3))
+    small = RunsOutOfMemory(model, fits=5)
+    sizes, _, handle = count_forwards(small.model)
+    with pytest.warns(UserWarning) as warned:
+        out = smoothgrad(small, x, t, cfg, generator=torch.Generator().manual_seed(3))
+    assert [str(w.message) for w in warned] == [
+        f"explainer: RunsOutOfMemory ran out of device memory with {n} copies of 16x16 per chunk; {n // 2} from now on"
+        for n in (16, 8)]
+    assert small.refused == 2 and sizes == [4] * 6  # 16 and 8 refused, then six chunks of 4: the same copies
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-8)  # the same noise, so the same maps
+    sizes.clear()
+    again = smoothgrad(small, x, t, cfg, generator=torch.Generator().manual_seed(3))  # learned: no refusal
+    assert small.refused == 2 and sizes == [4] * 6
+    torch.testing.assert_close(again, expected, rtol=1e-6, atol=1e-8)
+    sizes.clear()
+    with pytest.warns(UserWarning) as warned:  # another image size starts from the configured chunk again
+        smoothgrad(small, images(3, 8, 8), t, cfg)
+    assert [str(w.message).split(" with ")[1] for w in warned] == [
+        "16 copies of 8x8 per chunk; 8 from now on", "8 copies of 8x8 per chunk; 4 from now on"]
+    assert small.refused == 4 and sizes == [4] * 6
+    handle.remove()
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # not even one copy fits: the error is the device's
+        with pytest.warns(UserWarning):
+            smoothgrad(RunsOutOfMemory(model, fits=0), x, t, cfg)
+
+
 def test_a_compiled_member_gives_the_uncompiled_maps():
     cfg = ExplainerSection(samples=3, batch_cap=4, fixed_chunks=True, polyphase_stem=False)
     model, x, t = tiny_net(), images(2), torch.tensor([1, 3])
@@ -352,7 +396,7 @@ def test_default_gradcam_layer_of_torchvision_and_feature_models():
     assert out.shape == (2, 32, 32) and (out >= 0).all() and torch.isfinite(out).all()
 
 
-# ----------------------------------------------------------------------------------------------- targets, dispatch, ensemble
+# ---------------------------------------------------------------------------------------- targets, dispatch, ensemble
 
 
 def test_targets_from_labels_or_predictions():

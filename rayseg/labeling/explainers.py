@@ -18,6 +18,8 @@ and its parameters stop requiring gradients; both are restored afterwards.
 from __future__ import annotations
 
 import contextlib
+import warnings
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -48,9 +50,13 @@ METHODS = ("smoothgrad", "integrated_gradients", "gradcam")  # the choices of la
 # ``batch_cap: 0`` (auto): input pixels per forward/backward chunk, by device. On a CPU the chunk that pays at 64 px
 # (256 copies) costs at 224 px, where 8-64 copies run best (bench/RESULTS.md, 2026-11-30, the explainer at both
 # sizes), so the auto chunk keeps the pixels, not the copies, constant: 256 at 64 px, 20 at 224 px. On a GPU it
-# is sized for memory: 64 copies at 224 px for the 15-member ensemble in bf16 (not measured yet).
+# is sized for memory: 64 copies at 224 px for the 15-member ensemble in bf16 (not measured yet); a chunk that does
+# not fit is halved (:func:`smoothgrad`).
 CHUNK_PIXELS = {"cpu": 256 * 64 * 64, "cuda": 64 * 224 * 224}
 MAX_CHUNK = 256
+# A chunk that runs out of device memory is halved and retried (the same copies, so the same maps); the smaller size
+# is kept per model and image size, so a process (an explainer actor) learns what its device holds once.
+_FITTING_CHUNK: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, int], int]] = weakref.WeakKeyDictionary()
 
 
 def chunk_size(cfg: ExplainerSection, images: Tensor) -> int:
@@ -193,10 +199,11 @@ def smoothgrad(
 
     Efficiency: the ``B·S`` noisy copies are processed in chunks of at most ``cfg.batch_cap`` samples (copies of
     several images share a chunk), one forward and one ``torch.autograd.grad`` per chunk, gradients w.r.t. the
-    inputs only; only one image's noise block and one chunk are in memory at a time. With ``cfg.fixed_chunks`` the
-    last chunk is padded with zero rows to the chunk size (their scores are left out, so they add no gradient):
-    every forward of a batch of ``B`` images then has one shape, which compiled models (``cfg.compile``) and CUDA
-    graphs need.
+    inputs only; only the noise blocks of the images in the current chunk and one chunk are in memory at a time.
+    With ``cfg.fixed_chunks`` the last chunk is padded with zero rows to the chunk size (their scores are left out,
+    so they add no gradient): every forward of a batch of ``B`` images then has one shape, which compiled models
+    (``cfg.compile``) and CUDA graphs need. A chunk that runs out of device memory (``torch.cuda.OutOfMemoryError``)
+    is halved and run again; the model keeps that size for this image size in later calls.
     """
     cfg = cfg or ExplainerSection()
     targets = _check_inputs(images, targets)
@@ -215,42 +222,64 @@ def smoothgrad(
         sigma = cfg.noise_level * (x.amax(dim=(1, 2, 3)) - x.amin(dim=(1, 2, 3)))  # [B]
     rng_device = generator.device if generator is not None else x.device
 
-    block: dict[int, Tensor] = {}  # the noise of the image being processed (drawn lazily, in image order)
+    # the noise of the images of the current chunk (drawn once, lazily, in image order: a chunk run again after running
+    # out of memory gets the same noise); an image's block goes once all its copies are through
+    block: dict[int, Tensor] = {}
 
     def noise_of(i: int, lo: int, hi: int) -> Tensor:
         if noise is not None:
             return noise[i, lo:hi]
         if i not in block:
-            block.clear()
             eps = torch.randn((samples, c, h, w), generator=generator, device=rng_device, dtype=x.dtype)
             block[i] = eps.to(x.device) * sigma[i]
         return block[i][lo:hi]
 
     grad_sum = torch.zeros((b, c, h, w), dtype=torch.float32, device=x.device)
     total = b * samples
-    cap = min(chunk_size(cfg, x), total)  # fixed_chunks pads to this: never beyond the copies there are
+    fitting = _FITTING_CHUNK.get(model, {}).get((h, w), MAX_CHUNK)
+    cap = min(chunk_size(cfg, x), total, fitting)  # fixed_chunks pads to this: never beyond the copies there are
+
+    def add_chunk(start: int, stop: int) -> None:  # its tensors go with its frame
+        pieces, owners = [], []
+        for i in range(start // samples, (stop - 1) // samples + 1):
+            lo, hi = max(start - i * samples, 0), min(stop - i * samples, samples)
+            pieces.append(x[i] + noise_of(i, lo, hi))
+            owners.append(torch.full((hi - lo,), i, dtype=torch.long, device=x.device))
+        n = stop - start
+        if cfg.fixed_chunks and n < cap:  # one input shape for every chunk: the padding rows add no gradient
+            pieces.append(x.new_zeros((cap - n, c, h, w)))
+        noisy = torch.cat(pieces)
+        if use_cl:
+            noisy = noisy.contiguous(memory_format=torch.channels_last)
+        noisy.requires_grad_(True)
+        owner = torch.cat(owners)
+        with amp:
+            outputs = model(noisy)
+        selected = _target_scores(outputs[:n], targets[owner], cfg.target).sum()
+        (grad,) = torch.autograd.grad(selected, noisy)
+        grad_sum.index_add_(0, owner, grad[:n].float())
+
     with _explaining(model):
         amp, use_cl = _fast_path(model, x, cfg)
-        for start in range(0, total, cap):
+        start = 0
+        while start < total:
             stop = min(start + cap, total)
-            pieces, owners = [], []
-            for i in range(start // samples, (stop - 1) // samples + 1):
-                lo, hi = max(start - i * samples, 0), min(stop - i * samples, samples)
-                pieces.append(x[i] + noise_of(i, lo, hi))
-                owners.append(torch.full((hi - lo,), i, dtype=torch.long, device=x.device))
-            n = stop - start
-            if cfg.fixed_chunks and n < cap:  # one input shape for every chunk: the padding rows add no gradient
-                pieces.append(x.new_zeros((cap - n, c, h, w)))
-            noisy = torch.cat(pieces)
-            if use_cl:
-                noisy = noisy.contiguous(memory_format=torch.channels_last)
-            noisy.requires_grad_(True)
-            owner = torch.cat(owners)
-            with amp:
-                outputs = model(noisy)
-            selected = _target_scores(outputs[:n], targets[owner], cfg.target).sum()
-            (grad,) = torch.autograd.grad(selected, noisy)
-            grad_sum.index_add_(0, owner, grad[:n].float())
+            try:
+                add_chunk(start, stop)
+            except torch.cuda.OutOfMemoryError:
+                if cap == 1:
+                    raise
+                warnings.warn(f"explainer: {type(model).__name__} ran out of device memory with {cap} copies of "
+                              f"{h}x{w} per chunk; {cap // 2} from now on", stacklevel=2)
+                cap //= 2
+                _FITTING_CHUNK.setdefault(model, {})[(h, w)] = cap
+            else:
+                for i in [i for i in block if (i + 1) * samples <= stop]:
+                    del block[i]
+                start = stop
+                continue
+            if x.is_cuda:  # here, not in the except block, whose traceback still holds the failed chunk's tensors
+                torch.cuda.empty_cache()
     return (grad_sum / samples).abs().sum(dim=1)
 
 
