@@ -185,6 +185,10 @@ def test_memory_cap_chunks_do_not_change_the_result_and_bound_each_forward():
     sizes.clear()
     odd = smoothgrad(model, x, t, ExplainerSection(batch_cap=5), noise=noise)  # chunks straddle images
     assert sizes == [5, 5, 2]
+    sizes.clear()
+    many = 0.3 * torch.randn(3, 100, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    smoothgrad(model, x, t, ExplainerSection(batch_cap=1000), noise=many)
+    assert sizes == [300]  # an explicit cap is not bounded by the auto chunk's MAX_CHUNK
     handle.remove()
     assert not any(param_modes)  # every forward ran in eval mode with frozen parameters
     torch.testing.assert_close(small, big, rtol=1e-6, atol=1e-8)

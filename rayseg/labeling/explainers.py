@@ -236,7 +236,7 @@ def smoothgrad(
 
     grad_sum = torch.zeros((b, c, h, w), dtype=torch.float32, device=x.device)
     total = b * samples
-    fitting = _FITTING_CHUNK.get(model, {}).get((h, w), MAX_CHUNK)
+    fitting = _FITTING_CHUNK.get(model, {}).get((h, w), total)  # what ran out of device memory before, if anything
     cap = min(chunk_size(cfg, x), total, fitting)  # fixed_chunks pads to this: never beyond the copies there are
 
     def add_chunk(start: int, stop: int) -> None:  # its tensors go with its frame
