@@ -75,23 +75,24 @@ def _free_port() -> int:
 
 @pytest.fixture
 def ray_head():
-    """`ray start --head` on 127.0.0.1 in its own temp dir with its own auth token; stopped by its PIDs."""
+    """`ray start --head` on 127.0.0.1 in its own temp dir with its own auth token; stopped by its PIDs. Yields
+    (dashboard URL, the environment that holds the token, GCS address)."""
     temp_dir = tempfile.mkdtemp(prefix="rs-head-", dir="/tmp")
     token_file = Path(temp_dir) / "token"
     token_file.write_text(secrets.token_hex(32))
-    dash = _free_port()
+    dash, gcs = _free_port(), _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file),
            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     start = subprocess.run(
-        ["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
+        ["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp_dir}", "--num-cpus=2",
          # the agent's HTTP port is fixed (52365) by default and taken if another cluster runs here
          f"--dashboard-agent-listen-port={_free_port()}",
          "--disable-usage-stats"], capture_output=True, text=True, env=env, timeout=120)
     try:
         assert start.returncode == 0, start.stderr[-2000:]
-        yield f"http://127.0.0.1:{dash}", env
+        yield f"http://127.0.0.1:{dash}", env, f"127.0.0.1:{gcs}"
     finally:
         stop_pids(cluster_pids(temp_dir))
 
@@ -159,7 +160,7 @@ def test_ray_job_submit_label_pretrain_finetune_with_relative_paths(ray_head, tm
     relative output is refused in one line; a second submission of a finished run does no work."""
     from rayseg.data.synthetic import SyntheticClassification, write_image_folder
 
-    address, env = ray_head
+    address, env, _ = ray_head
     write_image_folder(SyntheticClassification(num_images=8, image_size=32, classes=[0, 1]), tmp_path / "imgs")
     shared = {"env_vars": {"RAYSEG_BASE_DIR": str(tmp_path)}}
 
@@ -189,3 +190,29 @@ def test_ray_job_submit_label_pretrain_finetune_with_relative_paths(ray_head, tm
     assert "log.txt" in {p.name for p in (tmp_path / "runs" / "ft").iterdir()}
     again = _submit(address, env, finetune_args, shared)
     assert again.returncode == 0 and "already complete" in again.stdout
+
+
+def test_joining_a_token_cluster_without_the_token_is_one_error_line_that_names_the_fix(ray_head, tmp_path):
+    """`rayseg label --address HOST:PORT` of a `ray start` cluster (token authentication, Ray's default): without
+    RAY_AUTH_MODE Ray only says it failed to connect; rayseg's one error line says what to set, and with it set the
+    same command joins and labels. The token itself is never printed."""
+    from rayseg.data.synthetic import SyntheticClassification, write_image_folder
+
+    _, env, gcs = ray_head
+    write_image_folder(SyntheticClassification(num_images=8, image_size=32, classes=[0, 1]), tmp_path / "imgs")
+    args = [sys.executable, "-m", "rayseg", "label", "--address", gcs, "label.images=imgs", "label.output=labels",
+            "label.members=[resnet18]", "label.allow_random_weights=true", "label.explainer.samples=2",
+            "label.input_size=32", "label.cpus_per_task=0.5"]
+    no_token = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
+    refused = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=no_token, timeout=300)
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert refused.returncode == 2 and errors == [
+        f"error: --address (or RAY_ADDRESS): Failed to connect to Ray cluster at {gcs}; a cluster from `ray start` "
+        f"requires token authentication by default (Ray >= 2.59): set RAY_AUTH_MODE=token (the token is read from "
+        f"~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN; `ray get-auth-token` on the head prints it)"], (
+        refused.stderr[-2000:])
+    joined = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert joined.returncode == 0, joined.stderr[-3000:]
+    assert "labelled 8 images, 0 errors" in joined.stdout
+    token = Path(env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+    assert token not in refused.stdout + refused.stderr + joined.stdout + joined.stderr

@@ -24,6 +24,9 @@ if TYPE_CHECKING:  # the engine is handed its method; it imports no method modul
     from rayseg.methods.base import Method
 
 
+ADDRESS_KEY = "--address (or RAY_ADDRESS)"  # the option an error about the cluster's address names
+
+
 def ensure_ray(address: str | None = None, dashboard: bool = True) -> None:
     """Join ``address`` (or ``RAY_ADDRESS``) if given, else start a fresh local cluster; no-op when Ray is up.
 
@@ -53,7 +56,14 @@ def ensure_ray(address: str | None = None, dashboard: bool = True) -> None:
         check_address(address)
         # (inside `ray job submit` the job's own runtime_env, with its working_dir, must stay as it is)
         env = {"RAY_ADDRESS": address} if address != "auto" and not in_ray_job() else {}
-        ray.init(address=address, logging_level=logging.WARNING, runtime_env={"env_vars": env} if env else None)
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, runtime_env={"env_vars": env} if env else None)
+        except ConnectionError as exc:  # Ray's words name no cause; the usual one is the token a driver must bring
+            hint = "" if os.environ.get("RAY_AUTH_MODE") else (
+                "; a cluster from `ray start` requires token authentication by default (Ray >= 2.59): set "
+                "RAY_AUTH_MODE=token (the token is read from ~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or "
+                "RAY_AUTH_TOKEN; `ray get-auth-token` on the head prints it)")
+            raise ConfigError(f"{str(exc).splitlines()[0]}{hint}", ADDRESS_KEY) from None
 
 
 def _free_port() -> int:
@@ -67,7 +77,7 @@ def check_address(address: str, timeout: float = 5.0) -> None:
     minute and then print a traceback). ``auto`` and ``ray://`` client addresses are left to Ray."""
     if address == "auto" or address.startswith("ray://"):
         return
-    key = "--address (or RAY_ADDRESS)"
+    key = ADDRESS_KEY
     if address.startswith(("http://", "https://")):
         raise ConfigError(f"{address} is a dashboard (job submission) address; join the cluster at its GCS "
                           f"address HOST:PORT (`ray start --head` prints it; default port 6379), or leave "
