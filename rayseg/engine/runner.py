@@ -77,19 +77,18 @@ def check_address(address: str, timeout: float = 5.0) -> None:
     minute and then print a traceback). ``auto`` and ``ray://`` client addresses are left to Ray."""
     if address == "auto" or address.startswith("ray://"):
         return
-    key = ADDRESS_KEY
     if address.startswith(("http://", "https://")):
         raise ConfigError(f"{address} is a dashboard (job submission) address; join the cluster at its GCS "
                           f"address HOST:PORT (`ray start --head` prints it; default port 6379), or leave "
-                          f"--address out inside `ray job submit`", key)
+                          f"--address out inside `ray job submit`", ADDRESS_KEY)
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():
-        raise ConfigError(f"{address!r} is not HOST:PORT", key)
+        raise ConfigError(f"{address!r} is not HOST:PORT", ADDRESS_KEY)
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as e:
         raise ConfigError(f"no Ray cluster answers at {address} ({e.strerror or e}); check the head node's address "
-                          f"and port (`ray status` on the head prints it)", key) from None
+                          f"and port (`ray status` on the head prints it)", ADDRESS_KEY) from None
 
 
 def train(cfg: Config, command: str, method: type[Method], address: str | None = None,

@@ -238,6 +238,7 @@ def smoothgrad(
     total = b * samples
     fitting = _FITTING_CHUNK.get(model, {}).get((h, w), total)  # what ran out of device memory before, if anything
     cap = min(chunk_size(cfg, x), total, fitting)  # fixed_chunks pads to this: never beyond the copies there are
+    amp, use_cl = _fast_path(model, x, cfg)
 
     def add_chunk(start: int, stop: int) -> None:  # its tensors go with its frame
         pieces, owners = [], []
@@ -260,7 +261,6 @@ def smoothgrad(
         grad_sum.index_add_(0, owner, grad[:n].float())
 
     with _explaining(model):
-        amp, use_cl = _fast_path(model, x, cfg)
         start = 0
         while start < total:
             stop = min(start + cap, total)
